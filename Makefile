@@ -1,0 +1,43 @@
+# kmemopt: `make demo` and `make test` work on a fresh machine (they install what they need).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KMEMOPT := $(VENV)/bin/kmemopt
+SUITE ?= all
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint format bench samples clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(KMEMOPT) profile sample_models/digits_cnn.keras --batch-size 64 --budget 512MiB
+
+test: install
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check kmemopt tests benchmarks sample_models
+	$(VENV)/bin/ruff format --check kmemopt tests benchmarks sample_models
+
+format: install
+	$(VENV)/bin/ruff check --fix kmemopt tests benchmarks sample_models
+	$(VENV)/bin/ruff format kmemopt tests benchmarks sample_models
+
+bench: install
+	$(PY) benchmarks/run.py --suite $(SUITE)
+
+samples: install
+	$(PY) sample_models/make_samples.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,3 @@
+from kmemopt.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""The library behind the CLI: each function takes paths or models and returns typed results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kmemopt.archive import ModelFile, read_model_file
+from kmemopt.units import parse_size
+
+
+def resolve_custom_objects(custom_objects: dict[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
+    if custom_objects is None:
+        return {}
+    if isinstance(custom_objects, dict):
+        return dict(custom_objects)
+    from kmemopt.trust import load_custom_objects
+
+    return load_custom_objects(custom_objects)
+
+
+def open_checked(path: str | os.PathLike, custom_objects=None):
+    """Read a model file's metadata, check it against the allowlist, build it unallocated."""
+    from kmemopt.build import build_from_file
+    from kmemopt.trust import build_allowlist
+
+    model_file = read_model_file(path)
+    allow = build_allowlist(resolve_custom_objects(custom_objects))
+    model = build_from_file(model_file, allow=allow)
+    return model_file, model, allow
+
+
+def profile(path_or_model, *, batch_size=32, optimizer=None, input_shapes=None, seq_len=None,
+            budget=None, custom_objects=None):
+    from kmemopt.profiling.static import profile_model
+
+    budget_bytes = parse_size(budget) if budget is not None else None
+    if isinstance(path_or_model, (str, os.PathLike)):
+        model_file, model, _ = open_checked(path_or_model, custom_objects)
+    else:
+        model_file, model = None, path_or_model
+        from kmemopt._keras import import_keras
+
+        if not isinstance(model, import_keras().Model):
+            from kmemopt.errors import UsageError
+
+            raise UsageError(f"profile() takes a path or a keras.Model. Received: {type(model).__name__}.")
+    return profile_model(
+        model, model_file=model_file, batch_size=batch_size, optimizer=optimizer,
+        input_shapes=input_shapes, seq_len=seq_len, budget_bytes=budget_bytes,
+    )
+
+
+def load_model(path, *, custom_objects=None, compile=False):
+    """Full load with weights, after the static checks (allowlist, archive rules, stored weights)."""
+    from kmemopt.errors import UnsafeModelError
+
+    model_file: ModelFile = read_model_file(path)
+    from kmemopt.build import checked_configs
+    from kmemopt.trust import build_allowlist
+
+    allow = build_allowlist(resolve_custom_objects(custom_objects))
+    checked_configs(model_file, allow)
+    if not model_file.composition.weights_fully_stored:
+        raise UnsafeModelError(
+            f"{Path(path)} declares more weight bytes than it stores; kmemopt will not load it "
+            "(a truncated file or a 'shape bomb').",
+            rule="HDF5-SHAPE-BOMB",
+        )
+    from kmemopt._keras import import_keras
+
+    keras = import_keras()
+    return keras.models.load_model(path, custom_objects=allow.custom_objects or None, compile=compile, safe_mode=True)

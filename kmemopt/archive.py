@@ -1,0 +1,482 @@
+"""Bounded, validated reading of saved Keras models: the zip container, its JSON and HDF5 metadata.
+
+Nothing here deserializes Keras objects or reads weight values. What comes out is plain data: the
+parsed config, and for every stored weight its HDF5 path, shape, dtype, declared and stored bytes.
+Every read is bounded (member count, sizes, compression ratio, JSON depth), HDF5 links and external
+storage are refused, and the zip is never extracted to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kmemopt.errors import MalformedModelError, UnsafeModelError, UsageError
+
+ZIP_MAGIC = b"PK\x03\x04"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+# Archive rule ids, reported with every refusal so a user can look the rule up in the README.
+RULE_ZIP_MEMBERS = "ARCHIVE-MEMBERS"
+RULE_ZIP_NAME = "ARCHIVE-NAME"
+RULE_ZIP_DUPLICATE = "ARCHIVE-DUPLICATE"
+RULE_ZIP_ENCRYPTED = "ARCHIVE-ENCRYPTED"
+RULE_ZIP_RATIO = "ARCHIVE-RATIO"
+RULE_ZIP_SIZE = "ARCHIVE-SIZE"
+RULE_JSON = "CONFIG-JSON"
+RULE_HDF5_LINK = "HDF5-LINK"
+RULE_HDF5_EXTERNAL = "HDF5-EXTERNAL"
+RULE_HDF5_DTYPE = "HDF5-DTYPE"
+RULE_HDF5_LIMITS = "HDF5-LIMITS"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what a model file may make kmemopt read. Generous for real models, tight for bombs."""
+
+    max_members: int = 10_000
+    max_config_bytes: int = 64 * 1024**2
+    max_metadata_bytes: int = 1024**2
+    max_json_depth: int = 200
+    max_compression_ratio: float = 1_000.0
+    max_asset_bytes: int = 1024**3
+    max_hdf5_objects: int = 1_000_000
+    max_hdf5_depth: int = 64
+    max_hdf5_rank: int = 32
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """One HDF5 dataset: what it declares and how many bytes are really stored for it."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    declared_bytes: int
+    stored_bytes: int
+    filtered: bool  # compressed in HDF5; then stored < declared is legitimate
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def fully_stored(self) -> bool:
+        return self.filtered or self.stored_bytes >= self.declared_bytes
+
+
+@dataclass(frozen=True)
+class FileComposition:
+    """Where a model file's bytes go."""
+
+    file_bytes: int
+    weights_bytes: int
+    optimizer_bytes: int
+    config_bytes: int
+    assets_bytes: int
+    overhead_bytes: int
+    weights_declared_bytes: int
+    weights_fully_stored: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file_bytes": self.file_bytes,
+            "weights_bytes": self.weights_bytes,
+            "optimizer_bytes": self.optimizer_bytes,
+            "config_bytes": self.config_bytes,
+            "assets_bytes": self.assets_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "weights_declared_bytes": self.weights_declared_bytes,
+            "weights_fully_stored": self.weights_fully_stored,
+        }
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What kmemopt knows of a model file without deserializing anything."""
+
+    path: Path
+    format: str  # "keras" (Keras 3 zip) or "h5" (legacy full-model HDF5)
+    file_bytes: int
+    config: dict[str, Any]
+    compile_config: dict[str, Any] | None
+    keras_version: str | None
+    weights: tuple[StoredArray, ...]
+    optimizer_weights: tuple[StoredArray, ...]
+    composition: FileComposition
+    members: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "name": self.config.get("config", {}).get("name") if isinstance(self.config.get("config"), dict) else None,
+            "format": self.format,
+            "file_bytes": self.file_bytes,
+            "keras_version": self.keras_version,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# JSON
+
+
+def _json_depth_ok(text: str, max_depth: int) -> bool:
+    """Nesting depth of JSON text, ignoring brackets inside strings, without recursion."""
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    depth = 0
+    for ch in stripped:
+        if ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def load_json(raw: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Parse JSON from an untrusted file with size and depth caps; errors are MalformedModelError."""
+    if len(raw) > limits.max_config_bytes:
+        raise UnsafeModelError(
+            f"The {what} is {len(raw):,} bytes, over the {limits.max_config_bytes:,}-byte limit; "
+            "kmemopt refuses configs this large.",
+            rule=RULE_JSON,
+        )
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise MalformedModelError(f"The {what} is not UTF-8 text; the file is not a valid Keras model.") from None
+    if not _json_depth_ok(text, limits.max_json_depth):
+        raise UnsafeModelError(
+            f"The {what} is nested deeper than {limits.max_json_depth} levels; kmemopt refuses it.",
+            rule=RULE_JSON,
+        )
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedModelError(f"The {what} is not valid JSON ({exc}); the file is not a valid Keras model.") from None
+
+
+# --------------------------------------------------------------------------------------------
+# HDF5
+
+
+def _check_dtype(dt, path: str):
+    import numpy as np
+
+    if dt.kind not in "biuf" or dt.fields is not None or dt.subdtype is not None:
+        # Keras stores numbers; strings or references have no business in a weights file, except
+        # for the legacy format's string attributes (attributes are not datasets).
+        raise UnsafeModelError(
+            f"The HDF5 dataset {path!r} has dtype {dt}, which a Keras weights file never holds.",
+            rule=RULE_HDF5_DTYPE,
+            where=path,
+        )
+    return np.dtype(dt)
+
+
+def read_hdf5_arrays(h5file, limits: Limits = DEFAULT_LIMITS) -> list[StoredArray]:
+    """Every dataset of an open h5py.File, with links and external storage refused. No data read."""
+    import h5py
+
+    found: list[StoredArray] = []
+    seen = 0
+    stack: list[tuple[Any, str, int]] = [(h5file, "", 0)]
+    while stack:
+        group, prefix, depth = stack.pop()
+        if depth > limits.max_hdf5_depth:
+            raise UnsafeModelError(
+                f"The weights file nests groups deeper than {limits.max_hdf5_depth} levels.",
+                rule=RULE_HDF5_LIMITS,
+                where=prefix,
+            )
+        for name in sorted(group.keys()):
+            seen += 1
+            if seen > limits.max_hdf5_objects:
+                raise UnsafeModelError(
+                    f"The weights file holds more than {limits.max_hdf5_objects:,} objects.",
+                    rule=RULE_HDF5_LIMITS,
+                )
+            path = f"{prefix}/{name}" if prefix else name
+            link = group.get(name, getlink=True)
+            if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                raise UnsafeModelError(
+                    f"The weights file holds {kind} at {path!r}; kmemopt never follows links in model files.",
+                    rule=RULE_HDF5_LINK,
+                    where=path,
+                )
+            obj = group.get(name)
+            if isinstance(obj, h5py.Group):
+                stack.append((obj, path, depth + 1))
+                continue
+            if not isinstance(obj, h5py.Dataset):
+                continue
+            if obj.is_virtual or obj.external:
+                raise UnsafeModelError(
+                    f"The HDF5 dataset {path!r} points at storage outside the file; kmemopt refuses it.",
+                    rule=RULE_HDF5_EXTERNAL,
+                    where=path,
+                )
+            if obj.ndim > limits.max_hdf5_rank:
+                raise UnsafeModelError(
+                    f"The HDF5 dataset {path!r} has rank {obj.ndim}.", rule=RULE_HDF5_LIMITS, where=path
+                )
+            dt = _check_dtype(obj.dtype, path)
+            shape = tuple(int(d) for d in obj.shape)
+            n = 1
+            for d in shape:
+                n *= d
+            filtered = bool(obj.compression) or obj.chunks is not None and bool(obj.id.get_create_plist().get_nfilters())
+            found.append(
+                StoredArray(
+                    path=path,
+                    shape=shape,
+                    dtype=dt.name,
+                    declared_bytes=n * dt.itemsize,
+                    stored_bytes=int(obj.id.get_storage_size()),
+                    filtered=filtered,
+                )
+            )
+    found.sort(key=lambda a: a.path)
+    return found
+
+
+def _open_h5(fileobj):
+    import h5py
+
+    try:
+        return h5py.File(fileobj, "r")
+    except OSError as exc:
+        raise MalformedModelError(f"The weights are not a readable HDF5 file ({exc}).") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _check_path(path: Path) -> int:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"No such file: {path}. Check the path and try again.") from None
+    except OSError as exc:
+        raise UsageError(f"Cannot read {path}: {exc.strerror}.") from None
+    if stat.S_ISDIR(st.st_mode):
+        if (path / "saved_model.pb").exists():
+            raise UsageError(
+                f"{path} is a TensorFlow SavedModel folder; kmemopt reads Keras models saved as .keras "
+                "or .h5 files: re-save the model with model.save('model.keras')."
+            )
+        raise UsageError(f"{path} is a folder; give the path of a .keras or .h5 model file.")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{path} is not a regular file; give the path of a .keras or .h5 model file.")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"Cannot read {path}: permission denied.")
+    return st.st_size
+
+
+def read_model_file(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> ModelFile:
+    """Read and validate a `.keras` or legacy `.h5` model file's metadata. Never reads weight values."""
+    path = Path(path)
+    size = _check_path(path)
+    if size == 0:
+        raise MalformedModelError(f"{path} is empty; it is not a Keras model file.")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
+        return _read_keras_zip(path, size, limits)
+    if head == HDF5_MAGIC:
+        return _read_legacy_h5(path, size, limits)
+    if path.name.endswith(".weights.h5"):
+        raise MalformedModelError(f"{path} is not an HDF5 file.")
+    raise MalformedModelError(
+        f"{path} is neither a Keras 3 .keras archive nor an HDF5 .h5 model; kmemopt cannot read it."
+    )
+
+
+_ALLOWED_TOP = {"metadata.json", "config.json", "model.weights.h5", "model.weights.npz"}
+
+
+def _check_members(zf: zipfile.ZipFile, path: Path, limits: Limits) -> list[zipfile.ZipInfo]:
+    infos = zf.infolist()
+    if len(infos) > limits.max_members:
+        raise UnsafeModelError(
+            f"{path} holds {len(infos):,} zip members, over the limit of {limits.max_members:,}.",
+            rule=RULE_ZIP_MEMBERS,
+        )
+    seen: set[str] = set()
+    asset_total = 0
+    for info in infos:
+        name = info.filename
+        if (
+            name.startswith(("/", "\\"))
+            or "\\" in name
+            or re.match(r"^[A-Za-z]:", name)
+            or any(part in ("..", "") for part in name.rstrip("/").split("/"))
+            or "\x00" in name
+        ):
+            raise UnsafeModelError(f"{path} holds a zip member with an unsafe name: {name!r}.", rule=RULE_ZIP_NAME, where=name)
+        if name in seen:
+            raise UnsafeModelError(f"{path} holds the zip member {name!r} twice.", rule=RULE_ZIP_DUPLICATE, where=name)
+        seen.add(name)
+        if info.flag_bits & 0x1:
+            raise UnsafeModelError(f"{path} holds an encrypted zip member {name!r}.", rule=RULE_ZIP_ENCRYPTED, where=name)
+        if name not in _ALLOWED_TOP and not name.startswith("assets/"):
+            raise UnsafeModelError(
+                f"{path} holds an unexpected zip member {name!r}; a .keras file holds only "
+                "metadata.json, config.json, the weights and assets/.",
+                rule=RULE_ZIP_MEMBERS,
+                where=name,
+            )
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > 1024**2:
+            ratio = info.file_size / max(info.compress_size, 1)
+            if ratio > limits.max_compression_ratio:
+                raise UnsafeModelError(
+                    f"{path}: member {name!r} would inflate {ratio:,.0f}x ({info.file_size:,} bytes); "
+                    "kmemopt refuses it as a zip bomb.",
+                    rule=RULE_ZIP_RATIO,
+                    where=name,
+                )
+        if name.startswith("assets/"):
+            asset_total += info.file_size
+            if asset_total > limits.max_asset_bytes:
+                raise UnsafeModelError(
+                    f"{path}: assets exceed {limits.max_asset_bytes:,} bytes.", rule=RULE_ZIP_SIZE, where=name
+                )
+    return infos
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
+    info = zf.getinfo(name)
+    if info.file_size > cap:
+        raise UnsafeModelError(
+            f"The member {name!r} is {info.file_size:,} bytes, over the {cap:,}-byte limit.",
+            rule=RULE_ZIP_SIZE,
+            where=name,
+        )
+    with zf.open(info) as fh:
+        data = fh.read(cap + 1)  # never trust the declared size alone
+    if len(data) > cap:
+        raise UnsafeModelError(f"The member {name!r} inflates past {cap:,} bytes.", rule=RULE_ZIP_SIZE, where=name)
+    return data
+
+
+def _read_keras_zip(path: Path, size: int, limits: Limits) -> ModelFile:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise MalformedModelError(f"{path} is not a readable zip archive ({exc}); it may be truncated.") from None
+    with zf:
+        try:
+            infos = _check_members(zf, path, limits)
+            names = {i.filename for i in infos}
+            if "config.json" not in names:
+                if any(n.endswith(".h5") for n in names):
+                    raise MalformedModelError(f"{path} has no config.json; it is not a Keras 3 model archive.")
+                raise MalformedModelError(f"{path} is a zip file without config.json; it is not a .keras model.")
+            config_raw = _read_member(zf, "config.json", limits.max_config_bytes)
+            config = load_json(config_raw, "config.json", limits)
+            metadata: dict = {}
+            metadata_raw = b""
+            if "metadata.json" in names:
+                metadata_raw = _read_member(zf, "metadata.json", limits.max_metadata_bytes)
+                loaded = load_json(metadata_raw, "metadata.json", limits)
+                metadata = loaded if isinstance(loaded, dict) else {}
+            if not isinstance(config, dict) or "class_name" not in config:
+                raise MalformedModelError(f"{path}: config.json does not describe a Keras object.")
+            weights: list[StoredArray] = []
+            optimizer: list[StoredArray] = []
+            h5_member = 0
+            if "model.weights.h5" in names:
+                info = zf.getinfo("model.weights.h5")
+                h5_member = info.compress_size
+                with zf.open(info) as fh, _open_h5(fh) as h5:
+                    arrays = read_hdf5_arrays(h5, limits)
+                for a in arrays:
+                    (optimizer if a.path.startswith("optimizer/") else weights).append(a)
+            elif "model.weights.npz" in names:
+                raise MalformedModelError(f"{path} stores its weights as .npz, which kmemopt does not read yet.")
+            assets = sum(i.compress_size for i in infos if i.filename.startswith("assets/"))
+        except zipfile.BadZipFile as exc:
+            raise MalformedModelError(f"{path} is a damaged zip archive ({exc}).") from None
+        except (EOFError, zlib_error()) as exc:
+            raise MalformedModelError(f"{path} is truncated or damaged ({exc}).") from None
+    compile_config = config.get("compile_config")
+    return _finish(
+        path, "keras", size, config, compile_config if isinstance(compile_config, dict) else None,
+        metadata.get("keras_version"), weights, optimizer,
+        config_bytes=sum(i.compress_size for i in infos if i.filename in ("config.json", "metadata.json")),
+        assets_bytes=assets,
+        h5_bytes=h5_member, members=tuple(sorted(names)),
+    )
+
+
+def zlib_error():
+    import zlib
+
+    return zlib.error
+
+
+def _read_legacy_h5(path: Path, size: int, limits: Limits) -> ModelFile:
+    with open(path, "rb") as fh, _open_h5(fh) as h5:
+        raw = h5.attrs.get("model_config")
+        if raw is None:
+            if "layers" in h5 or "vars" in h5 or "layer_names" in h5.attrs:
+                raise MalformedModelError(
+                    f"{path} holds weights only, without the architecture; kmemopt needs a full model "
+                    "saved with model.save('model.keras')."
+                )
+            raise MalformedModelError(f"{path} is an HDF5 file but not a saved Keras model (no model_config).")
+        if isinstance(raw, bytes) or hasattr(raw, "decode"):
+            raw = bytes(raw)
+        elif not isinstance(raw, str):
+            raise MalformedModelError(f"{path}: its model_config attribute is not text.")
+        config = load_json(raw, "model_config attribute", limits)
+        training_raw = h5.attrs.get("training_config")
+        training = load_json(bytes(training_raw) if not isinstance(training_raw, str) else training_raw,
+                             "training_config attribute", limits) if training_raw is not None else None
+        version = h5.attrs.get("keras_version")
+        version = version.decode() if isinstance(version, bytes) else (str(version) if version is not None else None)
+        arrays = read_hdf5_arrays(h5, limits)
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise MalformedModelError(f"{path}: model_config does not describe a Keras model.")
+    weights = [a for a in arrays if not a.path.startswith("optimizer_weights/")]
+    optimizer = [a for a in arrays if a.path.startswith("optimizer_weights/")]
+    return _finish(
+        path, "h5", size, config, training if isinstance(training, dict) else None, version,
+        weights, optimizer, config_bytes=len(raw), assets_bytes=0, h5_bytes=size, members=(),
+    )
+
+
+def _finish(path, fmt, size, config, compile_config, version, weights, optimizer, *,
+            config_bytes, assets_bytes, h5_bytes, members) -> ModelFile:
+    stored_w = sum(a.stored_bytes for a in weights)
+    stored_o = sum(a.stored_bytes for a in optimizer)
+    composition = FileComposition(
+        file_bytes=size,
+        weights_bytes=stored_w,
+        optimizer_bytes=stored_o,
+        config_bytes=config_bytes,
+        assets_bytes=assets_bytes,
+        overhead_bytes=max(size - stored_w - stored_o - config_bytes - assets_bytes, 0),
+        weights_declared_bytes=sum(a.declared_bytes for a in weights),
+        weights_fully_stored=all(a.fully_stored for a in weights + optimizer),
+    )
+    return ModelFile(
+        path=path, format=fmt, file_bytes=size, config=config, compile_config=compile_config,
+        keras_version=version, weights=tuple(weights), optimizer_weights=tuple(optimizer),
+        composition=composition, members=members,
+    )

@@ -1,0 +1,130 @@
+"""Architecture without weights: the stateless-scope trick lives here and nowhere else.
+
+Inside Keras's private `StatelessScope(initialize_variables=False)`, variables are created with their
+shapes and dtypes but no values, so a model of billions of parameters "builds" in seconds with
+almost no memory. Everything kmemopt counts statically comes from a model built this way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+from kmemopt.archive import ModelFile
+from kmemopt.errors import MalformedModelError
+from kmemopt.trust import Allowlist, build_allowlist, check_config
+
+
+@contextlib.contextmanager
+def unallocated(allow_constants: bool = False) -> Iterator[None]:
+    """Variables created inside get shapes and dtypes but no memory.
+
+    With `allow_constants`, a variable created from a concrete value (a scalar some optimizers make
+    in `build`, e.g. Nadam's running product) is created normally instead of being refused: such
+    values are already in memory and tiny. Slots created from initializers stay unallocated.
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import StatelessScope, in_stateless_scope
+    from keras.src.backend.common.variables import Variable as KerasVariable
+
+    if not allow_constants:
+        with StatelessScope(initialize_variables=False):
+            yield
+        return
+
+    original = KerasVariable.__init__
+
+    def init(self, initializer, *args, **kwargs):
+        if in_stateless_scope() and not callable(initializer) and not isinstance(initializer, str):
+            scope = global_state.get_global_attribute("stateless_scope")
+            global_state.set_global_attribute("stateless_scope", None)
+            try:
+                return original(self, initializer, *args, **kwargs)
+            finally:
+                global_state.set_global_attribute("stateless_scope", scope)
+        return original(self, initializer, *args, **kwargs)
+
+    KerasVariable.__init__ = init
+    try:
+        with StatelessScope(initialize_variables=False):
+            yield
+    finally:
+        KerasVariable.__init__ = original
+
+
+def checked_configs(model_file: ModelFile, allow: Allowlist) -> None:
+    """Run the allowlist over everything in the file that Keras could deserialize."""
+    check_config(model_file.config, allow, root="$")
+    if model_file.compile_config is not None:
+        check_config(model_file.compile_config, allow, root="$.compile_config")
+
+
+def build_from_file(model_file: ModelFile, custom_objects: dict[str, Any] | None = None,
+                    allow: Allowlist | None = None):
+    """The model's architecture, built without allocating its variables, after the allowlist check."""
+    allow = allow or build_allowlist(custom_objects)
+    checked_configs(model_file, allow)
+    config = copy.deepcopy(model_file.config)
+    config.pop("compile_config", None)  # the optimizer is built separately, also unallocated
+    return build_from_config(config, legacy=model_file.format == "h5", custom_objects=allow.custom_objects)
+
+
+def build_from_config(config: dict[str, Any], *, legacy: bool = False, custom_objects: dict[str, Any] | None = None):
+    from kmemopt._keras import import_keras
+
+    keras = import_keras()
+    from keras.src.saving import serialization_lib
+
+    try:
+        with unallocated():
+            if legacy:
+                from keras.src.legacy.saving import saving_utils
+
+                model = saving_utils.model_from_config(config, custom_objects=custom_objects)
+            else:
+                with serialization_lib.ObjectSharingScope():
+                    model = serialization_lib.deserialize_keras_object(
+                        config, custom_objects=custom_objects, safe_mode=True
+                    )
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, NotImplementedError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MalformedModelError(
+            f"Keras could not rebuild the architecture from the file's config: {first[:300]}"
+        ) from exc
+    if not isinstance(model, keras.Model):
+        raise MalformedModelError(
+            f"The file's config describes a {type(model).__name__}, not a Keras model."
+        )
+    if not model.built:
+        raise MalformedModelError(
+            "The saved model was never built (no input shape is known), so its weights cannot be sized; "
+            "build it (call it on data or give it an Input) before saving."
+        )
+    return model
+
+
+def make_optimizer(identifier: Any) -> Any:
+    """A fresh, unbuilt Keras optimizer from a name, a serialized config or an Optimizer instance."""
+    from kmemopt._keras import import_keras
+    from kmemopt.errors import UsageError
+
+    keras = import_keras()
+    try:
+        if isinstance(identifier, keras.optimizers.Optimizer):
+            return identifier.__class__.from_config(identifier.get_config())
+        if isinstance(identifier, str):
+            # Keras's own lookup knows lower-case aliases; accept any Optimizer class name too.
+            wanted = identifier.strip().lower()
+            for name in dir(keras.optimizers):
+                cls = getattr(keras.optimizers, name)
+                if name.lower() == wanted and isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer):
+                    return cls()
+            identifier = wanted
+        return keras.optimizers.get(identifier)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(
+            f"Unknown optimizer {identifier!r}; use a Keras optimizer name such as adam, adamw, sgd, "
+            "rmsprop, adagrad, adadelta, adamax, nadam, ftrl, lion, lamb or adafactor."
+        ) from exc

@@ -1,0 +1,70 @@
+"""The few errors kmemopt raises on purpose, each with its documented exit code.
+
+The CLI catches :class:`KmemoptError` once and prints its message as one sentence; anything else is
+an internal error (exit 4). The table is the stable interface documented in the README.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    GATE_FAILED = 1  # a budget or fidelity gate failed
+    USAGE = 2  # bad arguments, unreadable path
+    UNSAFE = 3  # model rejected as unsafe or malformed
+    INTERNAL = 4  # a bug in kmemopt
+
+
+class KmemoptError(Exception):
+    """Base class: a sentence for the user plus an exit code."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, *, rule: str | None = None, where: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.rule = rule
+        self.where = where
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.rule:
+            text = f"[{self.rule}] {text}"
+        if self.where:
+            text = f"{text} (at {self.where})"
+        return text
+
+    def to_dict(self) -> dict:
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "rule": self.rule,
+            "where": self.where,
+            "exit_code": int(self.exit_code),
+        }
+
+
+class UsageError(KmemoptError):
+    """Bad arguments or a path that cannot be read (exit 2)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class UnsafeModelError(KmemoptError):
+    """The model file names something outside the allowlist, or breaks an archive rule (exit 3)."""
+
+    exit_code = ExitCode.UNSAFE
+
+
+class MalformedModelError(KmemoptError):
+    """The file is not a valid Keras model (exit 3)."""
+
+    exit_code = ExitCode.UNSAFE
+
+
+class GateFailed(KmemoptError):
+    """A budget or fidelity gate failed (exit 1)."""
+
+    exit_code = ExitCode.GATE_FAILED

@@ -1,0 +1,1 @@
+"""Profiling: static estimates (static.py, graph.py, optimizer.py) and measurements (measure.py)."""

@@ -1,0 +1,25 @@
+"""Bytes per element for every dtype Keras stores or computes in."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+@lru_cache(maxsize=None)
+def itemsize(dtype) -> int:
+    import ml_dtypes
+    import numpy as np
+
+    name = getattr(dtype, "name", None) or str(dtype)
+    name = name.replace("tf.", "").replace("torch.", "")
+    if name in ("bool", "uint8", "int8"):
+        return 1
+    special = getattr(ml_dtypes, name, None)
+    return int(np.dtype(special if special is not None else name).itemsize)
+
+
+def nbytes(shape, dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * itemsize(dtype)

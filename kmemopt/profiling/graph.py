@@ -1,0 +1,251 @@
+"""The model's layer graph flattened into one list of leaf-layer calls, with every tensor sized.
+
+Nested functional and sequential models are expanded (their layers get paths like `encoder/dense`);
+a layer called several times (a shared layer) appears once per call. Tensors are sized as a line in
+the batch size: `fixed + per_sample * B`, so peaks can be evaluated at any batch size exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kmemopt.errors import UsageError
+from kmemopt.profiling.dtypes import itemsize
+
+
+@dataclass(frozen=True)
+class Line:
+    """Bytes as a function of the batch size: fixed + per_sample * B."""
+
+    fixed: int = 0
+    per_sample: int = 0
+
+    def at(self, batch_size: int) -> int:
+        return self.fixed + self.per_sample * batch_size
+
+    def __add__(self, other: Line) -> Line:
+        return Line(self.fixed + other.fixed, self.per_sample + other.per_sample)
+
+
+ZERO = Line()
+
+
+@dataclass
+class TensorInfo:
+    tid: int
+    shape: tuple  # batch dimension is None
+    dtype: str
+    size: Line
+
+
+@dataclass
+class Call:
+    """One call of a leaf layer in the flattened graph."""
+
+    layer: Any
+    path: str
+    inputs: list[int]
+    outputs: list[int]
+    saved_extra: Line = ZERO  # internal activations a training step keeps for the backward pass
+    transient: Line = ZERO  # internal workspace alive only while the layer runs
+
+
+@dataclass
+class Graph:
+    tensors: dict[int, TensorInfo] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+    input_names: list[str] = field(default_factory=list)
+
+
+class UnknownDimension(UsageError):
+    pass
+
+
+def tensor_line(shape, dtype, where: str) -> Line:
+    """Size of a symbolic tensor whose first dimension (if None) is the batch."""
+    dims = list(shape)
+    if not dims:
+        return Line(itemsize(dtype), 0)
+    batched = dims[0] is None
+    rest = dims[1:] if batched else dims
+    n = 1
+    for d in rest:
+        if d is None:
+            raise UnknownDimension(
+                f"The output of {where} has an unknown dimension (shape {tuple(shape)}); set the input's "
+                "unknown dimensions with --input-shape NAME=D1,D2 or --seq-len N."
+            )
+        n *= int(d)
+    b = n * itemsize(dtype)
+    return Line(0, b) if batched else Line(b, 0)
+
+
+def _is_functional(op) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(op, Functional)
+
+
+def _is_sequential(op) -> bool:
+    from keras.src.models.sequential import Sequential
+
+    return isinstance(op, Sequential)
+
+
+class Tracer:
+    """Walks a built model's graph symbolically; no tensor is ever allocated."""
+
+    def __init__(self, internals=None):
+        self.graph = Graph()
+        self._next = 0
+        self.internals = internals  # callable(layer, in_specs, out_specs) -> (saved_extra, transient)
+        self.recompute = False
+
+    def _new_tensor(self, spec, where: str) -> int:
+        tid = self._next
+        self._next += 1
+        shape = tuple(spec.shape)
+        dtype = str(getattr(spec, "dtype", "float32"))
+        self.graph.tensors[tid] = TensorInfo(tid, shape, dtype, tensor_line(shape, dtype, where))
+        return tid
+
+    def trace(self, model, input_specs: list, input_names: list[str]) -> Graph:
+        """`input_specs`: one KerasTensor per model input; `recompute` when they differ from the model's."""
+        ids = [self._new_tensor(s, f"input {n!r}") for s, n in zip(input_specs, input_names)]
+        self.graph.inputs = ids
+        self.graph.input_names = list(input_names)
+        out_ids, _ = self._trace_model(model, ids, list(input_specs), prefix="")
+        self.graph.outputs = out_ids
+        return self.graph
+
+    def _trace_model(self, model, in_ids, in_specs, prefix):
+        if _is_sequential(model) and getattr(model, "_functional", None) is not None:
+            return self._trace_functional(model._functional, in_ids, in_specs, prefix)
+        if _is_functional(model):
+            return self._trace_functional(model, in_ids, in_specs, prefix)
+        if _is_sequential(model):
+            ids, specs = in_ids, in_specs
+            for layer in model.layers:
+                ids, specs = self._leaf(layer, ids, specs, (specs[0] if len(specs) == 1 else specs,), {}, None, prefix)
+            return ids, specs
+        # A subclassed model is opaque: one row for the whole thing.
+        args = (in_specs[0] if len(in_specs) == 1 else in_specs,)
+        return self._leaf(model, in_ids, in_specs, args, {}, None, prefix)
+
+    def _trace_functional(self, model, in_ids, in_specs, prefix):
+        from keras import tree
+
+        td_id: dict[int, int] = {}
+        td_spec: dict[int, Any] = {}
+        if len(model.inputs) != len(in_ids):
+            raise UsageError(
+                f"Model {model.name!r} expects {len(model.inputs)} inputs but its caller passes {len(in_ids)}."
+            )
+        for x, tid, spec in zip(model.inputs, in_ids, in_specs):
+            td_id[id(x)] = tid
+            td_spec[id(x)] = spec
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                if node.is_input or not node.operation:
+                    continue
+                if any(id(x) not in td_id for x in node.input_tensors):
+                    continue
+                op = node.operation
+                ids = [td_id[id(x)] for x in node.input_tensors]
+                specs = [td_spec[id(x)] for x in node.input_tensors]
+                if _is_functional(op) or _is_sequential(op):
+                    out_ids, out_specs = self._trace_model(op, ids, specs, prefix + op.name + "/")
+                else:
+                    if self.recompute:
+                        args, kwargs = node.arguments.fill_in(td_spec)
+                    else:
+                        args, kwargs = None, None
+                    out_ids, out_specs = self._leaf(op, ids, specs, args, kwargs, node, prefix)
+                node_outputs = tree.flatten(node.outputs)
+                for x, tid, spec in zip(node_outputs, out_ids, out_specs):
+                    td_id[id(x)] = tid
+                    td_spec[id(x)] = spec
+        outs = tree.flatten(model.outputs)
+        return [td_id[id(x)] for x in outs], [td_spec[id(x)] for x in outs]
+
+    def _leaf(self, layer, in_ids, in_specs, args, kwargs, node, prefix):
+        from keras import tree
+
+        path = prefix + layer.name
+        if node is not None and not self.recompute:
+            out_specs = list(tree.flatten(node.outputs))
+        else:
+            try:
+                out = layer.compute_output_spec(*args, **(kwargs or {}))
+            except Exception as exc:  # a layer that cannot take these shapes
+                raise UsageError(
+                    f"Layer {path!r} ({type(layer).__name__}) cannot run on the given input shapes: "
+                    f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}."
+                ) from exc
+            out_specs = list(tree.flatten(out))
+        out_ids = [self._new_tensor(s, f"layer {path!r}") for s in out_specs]
+        saved, transient = ZERO, ZERO
+        if self.internals is not None:
+            saved, transient = self.internals(layer, in_specs, out_specs)
+        self.graph.calls.append(Call(layer, path, list(in_ids), out_ids, saved, transient))
+        return out_ids, out_specs
+
+
+# ---------------------------------------------------------------------------------------------
+# Peaks over the flattened graph
+
+
+def inference_peak(graph: Graph, batch_size: int) -> tuple[Line, int]:
+    """The largest set of tensors alive at once when the calls run in order.
+
+    A tensor lives from the call that makes it to its last consumer; model inputs from the start,
+    model outputs to the end. While a layer runs, its inputs, its outputs and its internal workspace
+    are all alive. Returns the live-bytes line at the peak (exact at `batch_size`) and the call index.
+    """
+    last_use: dict[int, int] = {}
+    for i, call in enumerate(graph.calls):
+        for t in call.inputs:
+            last_use[t] = i
+    end = len(graph.calls)
+    for t in graph.outputs:
+        last_use[t] = end
+    live: dict[int, Line] = {t: graph.tensors[t].size for t in graph.inputs}
+    best = _sum(live.values())
+    best_at = -1
+    for i, call in enumerate(graph.calls):
+        for t in call.outputs:
+            live[t] = graph.tensors[t].size
+        current = _sum(live.values()) + call.transient
+        if current.at(batch_size) > best.at(batch_size):
+            best, best_at = current, i
+        for t in set(call.inputs) | set(call.outputs):
+            if last_use.get(t, i) <= i and t in live:
+                del live[t]
+    return best, best_at
+
+
+def saved_for_backward(graph: Graph) -> Line:
+    """What a training step keeps from the forward pass: every tensor plus layers' internal saves."""
+    total = _sum(graph.tensors[t].size for t in graph.tensors)
+    return total + _sum(c.saved_extra for c in graph.calls)
+
+
+def backward_transient(graph: Graph, batch_size: int) -> Line:
+    """The largest set of gradient tensors one layer's backward step holds: d(outputs) and d(inputs)."""
+    best = ZERO
+    for call in graph.calls:
+        line = _sum(graph.tensors[t].size for t in set(call.inputs) | set(call.outputs)) + call.transient
+        if line.at(batch_size) > best.at(batch_size):
+            best = line
+    return best
+
+
+def _sum(lines) -> Line:
+    fixed = per = 0
+    for line in lines:
+        fixed += line.fixed
+        per += line.per_sample
+    return Line(fixed, per)

@@ -1,0 +1,174 @@
+"""The profile report: terminal table and Markdown, both from `ProfileResult.to_dict()`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kmemopt.units import format_bytes, format_count
+
+
+def _shape(shape: Any) -> str:
+    if shape is None:
+        return "-"
+    if shape and isinstance(shape[0], list):
+        return ", ".join(_shape(s) for s in shape)
+    return "(" + ", ".join("B" if i == 0 and d is None else ("?" if d is None else str(d)) for i, d in enumerate(shape)) + ")"
+
+
+def _mem_unit(n: int) -> str:
+    return "GiB" if n >= 1024**3 else "MiB" if n >= 1024**2 else "KiB"
+
+
+def _bar(share: float, width: int = 10) -> str:
+    full = int(round(share * width))
+    return "█" * full + "·" * (width - full)
+
+
+def _top_layers(layers: list[dict], top: int | None) -> tuple[list[dict], int]:
+    if top is None or len(layers) <= top:
+        return layers, 0
+    weight = sorted(layers, key=lambda r: r["param_bytes"] + r["activation_bytes"] + r["optimizer_bytes"], reverse=True)
+    keep = {id(r) for r in weight[:top]}
+    return [r for r in layers if id(r) in keep], len(layers) - top
+
+
+def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> None:
+    """The profile as a rich table: per-layer bytes with a share bar, totals, peaks, batch line."""
+    from rich.table import Table
+    from rich.text import Text
+
+    totals = data["totals"]
+    model = data["model"]
+    b = data["batch_size"]
+    unit = _mem_unit(max(totals["training_peak_bytes"], 1))
+    factor = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[unit]
+
+    def u(n: int) -> str:  # one unit for the whole table, named in the headers
+        return f"{n / factor:,.1f}" if n else "0"
+
+
+    title = f"{model['name']}  ·  {model['format']}"
+    if model.get("file_bytes") is not None:
+        title += f"  ·  file {format_bytes(model['file_bytes'])}"
+    title += f"  ·  batch {b}  ·  optimizer {data['optimizer']['name']} ({data['optimizer']['source']})"
+    table = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
+    table.add_column("Layer", overflow="fold")
+    table.add_column("Class")
+    table.add_column("Output shape")
+    table.add_column("Params", justify="right")
+    table.add_column("Dtype")
+    table.add_column(f"Weights ({unit})", justify="right")
+    table.add_column(f"Activations ({unit})", justify="right")
+    table.add_column(f"Grads ({unit})", justify="right")
+    table.add_column(f"Optimizer ({unit})", justify="right")
+    table.add_column("Share", justify="left", no_wrap=True)
+
+    layers, hidden = _top_layers(data["layers"], top)
+    denominator = max(totals["param_bytes"] + totals["activation_bytes"] + totals["gradient_bytes"] + totals["optimizer_bytes"], 1)
+    heaviest = max((r["param_bytes"] + r["activation_bytes"] + r["gradient_bytes"] + r["optimizer_bytes"] for r in data["layers"]), default=0)
+    for row in layers:
+        mine = row["param_bytes"] + row["activation_bytes"] + row["gradient_bytes"] + row["optimizer_bytes"]
+        share = mine / denominator
+        style = "bold red" if mine == heaviest and mine > 0 else ("yellow" if share >= 0.10 else "")
+        table.add_row(
+            row["path"] + (f" ×{row['calls']}" if row["calls"] > 1 else ""),
+            row["class_name"],
+            _shape(row["output_shape"]),
+            f"{row['params']:,}",
+            "+".join(row["param_dtypes"]) or "-",
+            u(row["param_bytes"]),
+            u(row["activation_bytes"]),
+            u(row["gradient_bytes"]),
+            u(row["optimizer_bytes"]),
+            Text(f"{_bar(share)} {share:5.1%}"),
+            style=style,
+        )
+    if hidden:
+        table.add_row(f"… {hidden} lighter layers hidden (--top)", "", "", "", "", "", "", "", "", "")
+    if totals["optimizer_global_bytes"]:
+        table.add_row("(optimizer globals)", "", "", "", "", "", "", "", u(totals["optimizer_global_bytes"]), "")
+    table.add_section()
+    table.add_row(
+        "Total", "", "", f"{totals['params']:,}", "", u(totals["param_bytes"]), u(totals["activation_bytes"]),
+        u(totals["gradient_bytes"]), u(totals["optimizer_bytes"]), "", style="bold",
+    )
+    console.print(table)
+
+    count = f" ({format_count(totals['params'])})" if totals["params"] >= 1000 else ""
+    console.print(
+        f"Parameters: {totals['params']:,}{count}: "
+        f"{totals['trainable_params']:,} trainable, {totals['non_trainable_params']:,} non-trainable."
+    )
+    lines = data["batch_line"]
+    console.print(
+        f"[bold]Inference peak[/bold] at batch {b}: [bold]{format_bytes(totals['inference_peak_bytes'])}[/bold]"
+        f"  = {format_bytes(lines['inference']['fixed_bytes'])} + B × {format_bytes(lines['inference']['per_sample_bytes'])}"
+    )
+    console.print(
+        f"[bold]Training peak[/bold]  at batch {b}: [bold]{format_bytes(totals['training_peak_bytes'])}[/bold]"
+        f"  = {format_bytes(lines['training']['fixed_bytes'])} + B × {format_bytes(lines['training']['per_sample_bytes'])}"
+        f"  (weights {format_bytes(totals['param_bytes'])}, gradients {format_bytes(totals['gradient_bytes'])}, "
+        f"optimizer {format_bytes(totals['optimizer_bytes'])}, activations kept {format_bytes(totals['activation_bytes'])}, "
+        f"backward transient {format_bytes(totals['backward_transient_bytes'])})"
+    )
+    if data.get("budget"):
+        fit = data["budget"]
+        console.print(
+            f"Budget {format_bytes(fit['budget_bytes'])}: largest batch for inference "
+            f"[bold]{fit['max_inference_batch']:,}[/bold], for training [bold]{fit['max_training_batch']:,}[/bold]."
+        )
+    if data.get("file"):
+        f = data["file"]
+        size = max(f["file_bytes"], 1)
+        parts = [
+            ("weights", f["weights_bytes"]),
+            ("optimizer state", f["optimizer_bytes"]),
+            ("config", f["config_bytes"]),
+            ("assets", f["assets_bytes"]),
+            ("container overhead", f["overhead_bytes"]),
+        ]
+        console.print(
+            f"File {format_bytes(f['file_bytes'])}: "
+            + ", ".join(f"{name} {format_bytes(n)} ({n / size:.0%})" for name, n in parts if n)
+        )
+    console.print(
+        "[dim]Weights, gradients and optimizer state are exact; activations and peaks are static estimates "
+        "(see README, 'Memory model'). Units: KiB/MiB/GiB = 1024-based.[/dim]"
+    )
+    for warning in data.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
+    totals = data["totals"]
+    model = data["model"]
+    out = [f"## kmemopt profile: {model['name']}", ""]
+    out.append(f"- File: `{model.get('path')}` ({model['format']}, {format_bytes(model.get('file_bytes'))})")
+    out.append(f"- Batch size: {data['batch_size']}; optimizer: {data['optimizer']['name']} ({data['optimizer']['source']})")
+    out.append(f"- Parameters: {totals['params']:,} ({totals['trainable_params']:,} trainable)")
+    out.append(f"- **Inference peak: {format_bytes(totals['inference_peak_bytes'])}** (static estimate)")
+    out.append(f"- **Training peak: {format_bytes(totals['training_peak_bytes'])}** (static estimate)")
+    if data.get("budget"):
+        fit = data["budget"]
+        out.append(
+            f"- Budget {format_bytes(fit['budget_bytes'])}: max batch {fit['max_inference_batch']:,} (inference), "
+            f"{fit['max_training_batch']:,} (training)"
+        )
+    out += ["", "| Layer | Class | Output shape | Params | Weights | Activations | Gradients | Optimizer |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    layers, hidden = _top_layers(data["layers"], top)
+    for row in layers:
+        out.append(
+            f"| `{row['path']}` | {row['class_name']} | {_shape(row['output_shape'])} | {row['params']:,} | "
+            f"{format_bytes(row['param_bytes'])} | {format_bytes(row['activation_bytes'])} | "
+            f"{format_bytes(row['gradient_bytes'])} | {format_bytes(row['optimizer_bytes'])} |"
+        )
+    if hidden:
+        out.append(f"| … {hidden} lighter layers hidden | | | | | | | |")
+    out.append(
+        f"| **Total** | | | **{totals['params']:,}** | **{format_bytes(totals['param_bytes'])}** | "
+        f"**{format_bytes(totals['activation_bytes'])}** | **{format_bytes(totals['gradient_bytes'])}** | "
+        f"**{format_bytes(totals['optimizer_bytes'])}** |"
+    )
+    for warning in data.get("warnings", []):
+        out.append(f"\n> warning: {warning}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,259 @@
+"""The allowlist: the one place that decides whether a model config is safe to deserialize.
+
+Keras's own `safe_mode` is a denylist with a history of bypasses. kmemopt instead walks the whole
+config (and compile config) before anything is deserialized and accepts an object only when the
+class or function it names resolves, in modules Keras has *already imported*, to an allowed object:
+built-in Keras classes (minus those that run code stored in or named by the file), keras-hub's
+registered classes when keras-hub is installed, kmemopt's own layers, and what the user passed with
+`--custom-objects`. Nothing named by the file is ever imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import runpy
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kmemopt.errors import UnsafeModelError, UsageError
+
+RULE_CODE = "TRUST-CODE"  # an object whose purpose is to run code (Lambda, TFSMLayer, ...)
+RULE_UNKNOWN = "TRUST-UNKNOWN"  # a class outside the allowlist
+RULE_MODULE = "TRUST-MODULE"  # a module outside Keras
+RULE_FUNCTION = "TRUST-FUNCTION"  # a function outside the allowlist
+RULE_MALFORMED = "TRUST-MALFORMED"  # an object entry of the wrong shape
+
+# Built-in Keras classes that execute code carried in (or referenced by) the file.
+CODE_RUNNING = frozenset({"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer"})
+# Serialization markers that carry plain data and are safe to deserialize.
+DATA_MARKERS = frozenset({"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__slice__", "__ellipsis__", "__tuple__"})
+# Markers that carry code or resolve arbitrary types.
+CODE_MARKERS = frozenset({"__lambda__", "__typespec__"})
+
+_PUBLIC_NAMESPACES = (
+    "keras",
+    "keras.layers",
+    "keras.models",
+    "keras.initializers",
+    "keras.regularizers",
+    "keras.constraints",
+    "keras.optimizers",
+    "keras.optimizers.schedules",
+    "keras.losses",
+    "keras.metrics",
+    "keras.dtype_policies",
+    "keras.quantizers",
+    "keras.activations",
+)
+_FUNCTION_NAMESPACES = ("keras.activations", "keras.losses", "keras.metrics")
+
+
+@dataclass
+class Allowlist:
+    """Allowed classes and functions, by identity, plus lookups by public name."""
+
+    classes: set[Any] = field(default_factory=set)
+    functions: set[Any] = field(default_factory=set)
+    by_name: dict[str, Any] = field(default_factory=dict)  # legacy configs name classes only
+    custom_objects: dict[str, Any] = field(default_factory=dict)
+
+    def allows(self, obj: Any) -> bool:
+        return obj in self.classes or obj in self.functions
+
+
+def build_allowlist(custom_objects: dict[str, Any] | None = None) -> Allowlist:
+    """Collect the allowed objects from Keras's public API (and keras-hub, kmemopt's own layers)."""
+    from kmemopt._keras import import_keras
+
+    keras = import_keras()
+    allow = Allowlist()
+    import importlib
+
+    for ns in _PUBLIC_NAMESPACES:
+        mod = importlib.import_module(ns)  # our own fixed list of Keras namespaces, never the file's
+        for name in dir(mod):
+            if name.startswith("_"):
+                continue
+            obj = getattr(mod, name)
+            if inspect.isclass(obj):
+                if name in CODE_RUNNING or obj.__name__ in CODE_RUNNING:
+                    continue
+                allow.classes.add(obj)
+                allow.by_name.setdefault(name, obj)
+            elif inspect.isfunction(obj) and ns in _FUNCTION_NAMESPACES:
+                allow.functions.add(obj)
+    # The functional and sequential model classes are serialized under their internal modules.
+    from keras.src.models.functional import Functional
+    from keras.src.models.sequential import Sequential
+
+    allow.classes.update({Functional, Sequential})
+    allow.by_name.setdefault("Functional", Functional)
+    allow.by_name.setdefault("Model", keras.Model)
+
+    for obj in _extension_objects():
+        (allow.classes if inspect.isclass(obj) else allow.functions).add(obj)
+    for name, obj in (custom_objects or {}).items():
+        (allow.classes if inspect.isclass(obj) else allow.functions).add(obj)
+        allow.by_name.setdefault(name, obj)
+        allow.custom_objects[name] = obj
+    return allow
+
+
+def _extension_objects() -> Iterator[Any]:
+    """Registered objects of trusted packages: keras-hub when installed, and kmemopt's own layers."""
+    from keras.src.saving import object_registration
+
+    try:
+        import keras_hub  # noqa: F401  (registers its classes with Keras on import)
+    except Exception:  # not installed, or broken: its classes simply are not allowed
+        pass
+    try:
+        import kmemopt.layers  # noqa: F401
+    except ImportError:
+        pass
+    for key, obj in object_registration.GLOBAL_CUSTOM_OBJECTS.items():
+        if key.startswith(("keras_hub>", "kmemopt>")):
+            yield obj
+
+
+def load_custom_objects(path: str | Path) -> dict[str, Any]:
+    """Run the user's own trusted Python file and collect the classes and functions it defines.
+
+    The file may define `CUSTOM_OBJECTS = {...}`; otherwise every public class and function defined
+    in it is taken, and anything it registers with `keras.saving.register_keras_serializable`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"The custom-objects file {path} does not exist; give a Python file that defines your layers.")
+    from keras.src.saving import object_registration
+
+    from kmemopt._keras import import_keras
+
+    import_keras()
+    before = dict(object_registration.GLOBAL_CUSTOM_OBJECTS)
+    try:
+        namespace = runpy.run_path(str(path), run_name="kmemopt_custom_objects")
+    except Exception as exc:
+        raise UsageError(f"The custom-objects file {path} failed to run: {type(exc).__name__}: {exc}.") from None
+    if isinstance(namespace.get("CUSTOM_OBJECTS"), dict):
+        found = dict(namespace["CUSTOM_OBJECTS"])
+    else:
+        found = {
+            name: obj
+            for name, obj in namespace.items()
+            if not name.startswith("_")
+            and (inspect.isclass(obj) or inspect.isfunction(obj))
+            and getattr(obj, "__module__", None) == "kmemopt_custom_objects"
+        }
+    for key, obj in object_registration.GLOBAL_CUSTOM_OBJECTS.items():
+        if key not in before:
+            found[key] = obj
+    return found
+
+
+def _resolve(module: str, name: str) -> Any:
+    """What Keras would retrieve for module+name, looked up only in modules already imported."""
+    from keras.src.api_export import get_symbol_from_name
+
+    obj = get_symbol_from_name(f"{module}.{name}")
+    if obj is not None:
+        return obj
+    mod = sys.modules.get(module)
+    if mod is None:
+        return None
+    return vars(mod).get(name)
+
+
+def _describe(name: str, module: str | None) -> str:
+    return f"{module}.{name}" if module else name
+
+
+def check_config(config: Any, allow: Allowlist, root: str = "$") -> int:
+    """Walk a config and raise UnsafeModelError at the first entry outside the allowlist.
+
+    Iterative (no recursion, so hostile nesting cannot overflow the stack). Returns the number of
+    objects checked.
+    """
+    from keras.src.saving import object_registration
+
+    checked = 0
+    stack: list[tuple[Any, str]] = [(config, root)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                stack.append((value, f"{path}.{key}"))
+        if "class_name" not in node:
+            continue
+        checked += 1
+        class_name = node.get("class_name")
+        module = node.get("module")
+        registered = node.get("registered_name")
+        if not isinstance(class_name, str) or not isinstance(module, (str, type(None))) or not isinstance(
+            registered, (str, type(None))
+        ):
+            raise UnsafeModelError(
+                "The config holds an object entry whose class_name, module or registered_name is not a string.",
+                rule=RULE_MALFORMED,
+                where=path,
+            )
+        if class_name in DATA_MARKERS:
+            continue
+        if class_name in CODE_MARKERS or class_name in CODE_RUNNING:
+            raise UnsafeModelError(
+                f"The model contains {class_name}, which runs code stored in or named by the file; "
+                "kmemopt never executes code from a model file. Re-save the model without it, or profile "
+                "the model in memory with kmemopt.profile(model).",
+                rule=RULE_CODE,
+                where=path,
+            )
+        if class_name == "function":
+            fn_name = node.get("config")
+            obj = None
+            if isinstance(fn_name, str):
+                if registered and registered != "function" and registered in allow.custom_objects:
+                    obj = allow.custom_objects[registered]
+                elif fn_name in allow.custom_objects:
+                    obj = allow.custom_objects[fn_name]
+                elif module in _FUNCTION_NAMESPACES or (module or "").startswith("keras.src."):
+                    obj = _resolve(module, fn_name)
+            if obj is None or not allow.allows(obj):
+                raise UnsafeModelError(
+                    f"The model names the function {_describe(str(fn_name), module)}, which is not a "
+                    "built-in Keras function; pass your own code with --custom-objects if you trust it.",
+                    rule=RULE_FUNCTION,
+                    where=path,
+                )
+            continue
+        obj = None
+        if registered and registered != class_name:
+            obj = allow.custom_objects.get(registered) or object_registration.GLOBAL_CUSTOM_OBJECTS.get(registered)
+        elif class_name in allow.custom_objects:
+            obj = allow.custom_objects[class_name]
+        elif module is None:
+            obj = allow.by_name.get(class_name)  # legacy (Keras 2) configs carry no module
+        elif module == "keras" or module.startswith("keras."):
+            obj = _resolve(module, class_name)
+        else:
+            raise UnsafeModelError(
+                f"The model names {_describe(class_name, module)}, from outside Keras; kmemopt does not "
+                "import modules named by a file. Pass your own code with --custom-objects if you trust it.",
+                rule=RULE_MODULE,
+                where=path,
+            )
+        if obj is None or not allow.allows(obj):
+            raise UnsafeModelError(
+                f"The model names {_describe(registered or class_name, module)}, which is not on kmemopt's "
+                "allowlist of Keras classes; pass your own code with --custom-objects if you trust it.",
+                rule=RULE_UNKNOWN,
+                where=path,
+            )
+    return checked
