@@ -1,0 +1,120 @@
+"""`make bench`: run the benchmark suites, merge their rows into benchmarks/results.json, and
+regenerate BENCHMARKS.md from it.
+
+Each suite is a module `benchmarks/suite_<name>.py` with:
+    KEY: str                       # top-level key in results.json (e.g. "speed", "estimate_vs_measured")
+    TITLE: str                     # section title in BENCHMARKS.md
+    def run(log) -> list[dict]     # measure; `log(str)` prints progress
+    def markdown(rows) -> str      # the section body (tables, notes)
+Run one with `make bench SUITE=name` (or `python benchmarks/run.py --suite name`); the other suites'
+committed rows are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results.json"
+REPORT = ROOT / "BENCHMARKS.md"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+
+SUITE_ORDER = ["estimate", "shrink", "speed"]
+
+
+def available_suites() -> list[str]:
+    found = sorted(p.stem.removeprefix("suite_") for p in HERE.glob("suite_*.py"))
+    return [s for s in SUITE_ORDER if s in found] + [s for s in found if s not in SUITE_ORDER]
+
+
+def machine() -> dict:
+    import psutil
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("keras", "tensorflow", "numpy", "h5py"):
+        try:
+            from importlib.metadata import version
+
+            versions[pkg] = version(pkg)
+        except Exception:
+            pass
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "os": f"{platform.system()} {platform.release()}",
+        "versions": versions,
+    }
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def render(results: dict) -> str:
+    m = results.get("machine", {})
+    out = [
+        "# Benchmarks",
+        "",
+        "Every figure below is measured by `make bench` (all suites) or `make bench SUITE=<name>`, on the",
+        "machine described here; the same numbers are in `benchmarks/results.json`. Not run in CI.",
+        "",
+        f"- Machine: {m.get('cores')} cores, {m.get('memory_bytes', 0) / 1024**3:.0f} GiB, {m.get('cpu')}, {m.get('os')}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
+        "",
+    ]
+    for name in available_suites():
+        mod = importlib.import_module(f"suite_{name}")
+        meta = results.get("runs", {}).get(name)
+        if mod.KEY not in results:
+            continue
+        out += [f"## {mod.TITLE}", ""]
+        if meta:
+            out += [f"Command: `{meta['command']}` · run {meta['date']} · {meta['seconds']:.0f} s", ""]
+        out += [mod.markdown(results[mod.KEY]).rstrip(), ""]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="all", help="all, or one of: " + ", ".join(available_suites()))
+    parser.add_argument("--render-only", action="store_true", help="regenerate BENCHMARKS.md from results.json")
+    args = parser.parse_args(argv)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if not args.render_only:
+        suites = available_suites() if args.suite == "all" else [args.suite]
+        for name in suites:
+            if name not in available_suites():
+                parser.error(f"unknown suite {name!r}; choose from {available_suites()}")
+            mod = importlib.import_module(f"suite_{name}")
+            log(f"suite {name}: start")
+            started = time.time()
+            rows = mod.run(log)
+            seconds = time.time() - started
+            results[mod.KEY] = rows
+            results.setdefault("runs", {})[name] = {
+                "command": f"make bench SUITE={name}",
+                "date": dt.date.today().isoformat(),
+                "seconds": round(seconds, 1),
+            }
+            results["machine"] = machine()
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+            log(f"suite {name}: done in {seconds:.0f} s")
+    REPORT.write_text(render(results))
+    log(f"wrote {REPORT.relative_to(ROOT)} and {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
