@@ -53,7 +53,7 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
     title += f"  ·  batch {b}  ·  optimizer {data['optimizer']['name']} ({data['optimizer']['source']})"
     table = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
     table.add_column("Layer", overflow="fold")
-    table.add_column("Class")
+    table.add_column("Class", no_wrap=True, min_width=max((len(r["class_name"]) for r in data["layers"]), default=5))
     table.add_column("Output shape")
     table.add_column("Params", justify="right")
     table.add_column("Dtype")
@@ -83,8 +83,6 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
             Text(f"{_bar(share)} {share:5.1%}"),
             style=style,
         )
-    if hidden:
-        table.add_row(f"… {hidden} lighter layers hidden (--top)", "", "", "", "", "", "", "", "", "")
     if totals["optimizer_global_bytes"]:
         table.add_row("(optimizer globals)", "", "", "", "", "", "", "", u(totals["optimizer_global_bytes"]), "")
     table.add_section()
@@ -93,6 +91,8 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         u(totals["gradient_bytes"]), u(totals["optimizer_bytes"]), "", style="bold",
     )
     console.print(table)
+    if hidden:
+        console.print(f"… {hidden} lighter layers hidden (--top); the totals include them.")
 
     count = f" ({format_count(totals['params'])})" if totals["params"] >= 1000 else ""
     console.print(

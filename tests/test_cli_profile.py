@@ -1,0 +1,155 @@
+"""The profile command as a user meets it: output, formats, files, exit codes, start-up cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import SAMPLES
+
+
+def test_table_names_layers_totals_and_peaks(cli, mlp_path):
+    result = cli("profile", mlp_path, "--batch-size", "8", "--budget", "64MiB")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for text in ("hidden", "Dense", "BatchNormalization", "Inference peak", "Training peak", "largest batch", "optimizer state"):
+        assert text in out
+
+
+def test_json_is_the_documented_interface(cli, mlp_path):
+    result = cli("profile", mlp_path, "-b", "4", "--format", "json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["schema_version"] == 1
+    assert set(data["model"]) >= {"path", "name", "format", "file_bytes"}
+    assert data["batch_size"] == 4 and data["optimizer"]["name"] == "Adam"
+    row_keys = {"name", "class_name", "output_shape", "params", "trainable_params", "param_bytes",
+                "activation_bytes", "gradient_bytes", "optimizer_bytes"}
+    assert all(row_keys <= set(row) for row in data["layers"])
+    total_keys = {"params", "trainable_params", "non_trainable_params", "param_bytes", "activation_bytes",
+                  "gradient_bytes", "optimizer_bytes", "inference_peak_bytes", "training_peak_bytes"}
+    assert total_keys <= set(data["totals"])
+    assert "measured" in data
+    assert sum(r["param_bytes"] for r in data["layers"]) == data["totals"]["param_bytes"]
+
+
+def test_markdown_and_output_file(cli, mlp_path, tmp_path):
+    target = tmp_path / "report.md"
+    result = cli("profile", mlp_path, "--format", "markdown", "--output", target)
+    assert result.exit_code == 0
+    text = target.read_text()
+    assert text.startswith("## kmemopt profile") and "| `hidden` | Dense |" in text
+    assert not list(tmp_path.glob("*.tmp"))
+    table = tmp_path / "report.txt"
+    assert cli("profile", mlp_path, "-o", table).exit_code == 0
+    assert "Training peak" in table.read_text()
+
+
+def test_top_hides_the_lighter_layers(cli, mlp_path):
+    result = cli("profile", mlp_path, "--top", "1")
+    assert result.exit_code == 0 and "lighter layers hidden" in result.stdout
+
+
+@pytest.mark.parametrize("sample", ["digits_mlp", "digits_cnn", "digits_lstm", "nested_shared"])
+def test_bundled_samples_profile(cli, sample):
+    assert cli("profile", SAMPLES / f"{sample}.keras", "-f", "json").exit_code == 0
+
+
+def test_missing_path_and_folder_exit_2(cli, tmp_path):
+    result = cli("profile", tmp_path / "missing.keras")
+    assert result.exit_code == 2 and "No such file" in result.stderr
+    result = cli("profile", tmp_path)
+    assert result.exit_code == 2 and "folder" in result.stderr
+
+
+def test_not_a_model_exits_3_without_traceback(cli, tmp_path):
+    text = tmp_path / "notes.keras"
+    text.write_text("hello")
+    empty = tmp_path / "empty.keras"
+    empty.write_bytes(b"")
+    for path in (text, empty):
+        result = cli("profile", path)
+        assert result.exit_code == 3
+        assert "Traceback" not in result.output and "error:" in result.stderr
+
+
+def test_lambda_model_is_refused_with_rule_and_path(cli, keras, tmp_path):
+    inp = keras.Input((4,))
+    out = keras.layers.Lambda(lambda x: x * 2, name="double")(inp)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inp, out).save(path)
+    result = cli("profile", path)
+    assert result.exit_code == 3
+    assert "TRUST-CODE" in result.stderr and "$.config.layers[1]" in result.stderr
+
+
+def test_unknown_dimension_is_exit_2_with_a_hint(cli, text_path):
+    result = cli("profile", text_path)
+    assert result.exit_code == 2 and "--seq-len" in result.stderr
+    assert cli("profile", text_path, "--seq-len", "64").exit_code == 0
+    assert cli("profile", text_path, "--input-shape", "tokens=64").exit_code == 0
+    assert cli("profile", text_path, "--input-shape", "tokens").exit_code == 2
+
+
+def test_bad_budget_is_a_usage_error(cli, mlp_path):
+    result = cli("profile", mlp_path, "--budget", "lots")
+    assert result.exit_code == 2 and "'lots'" in result.stderr
+
+
+def test_debug_shows_the_traceback(cli, tmp_path):
+    result = cli("--debug", "profile", tmp_path / "missing.keras")
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+
+
+def test_every_command_has_help_with_an_example(cli):
+    from kmemopt.cli import app
+
+    import typer.main
+
+    group = typer.main.get_command(app)
+    assert group.commands, "no commands registered"
+    for name in group.commands:
+        result = cli(name, "--help")
+        assert result.exit_code == 0 and "Example" in result.stdout, name
+
+
+def test_help_and_version_do_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "from kmemopt.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0\n"
+        "r = CliRunner().invoke(app, ['--version'])\n"
+        "assert r.stdout.startswith('kmemopt ')\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'pynvml', 'memory_profiler', 'h5py') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_profile_never_reads_weight_values(cli, mlp_path, tmp_path):
+    """Zero the weights' bytes on disk: the static profile must not notice (it reads metadata only)."""
+    import h5py
+
+    copy = tmp_path / "scrambled.keras"
+    with zipfile.ZipFile(mlp_path) as src, zipfile.ZipFile(copy, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "model.weights.h5":
+                weights = tmp_path / "w.h5"
+                weights.write_bytes(data)
+                with h5py.File(weights, "r+") as h5:
+                    def scramble(name, obj):
+                        if isinstance(obj, h5py.Dataset) and obj.shape:
+                            obj[...] = float("nan")
+                    h5.visititems(scramble)
+                data = weights.read_bytes()
+            dst.writestr(info, data)
+    a = json.loads(cli("profile", mlp_path, "-f", "json").stdout)
+    b = json.loads(cli("profile", copy, "-f", "json").stdout)
+    assert a["totals"] == b["totals"] and a["layers"] == b["layers"]
