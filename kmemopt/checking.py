@@ -1,0 +1,377 @@
+"""`kmemopt check`: find the config, expand the globs, profile each model once, hold it against its budgets.
+
+The glue between files and the pure budget logic in `kmemopt.budgets`. Models are profiled statically
+(no weight is read, so a check takes seconds) once per (batch size, optimizer, input shapes); a model
+rejected as unsafe or malformed is recorded and the other models are still checked, and the report's
+exit code is then 3.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kmemopt import budgets as bg
+from kmemopt.budgets import Budget, CheckReport, Config, Metric, Overrides
+from kmemopt.errors import MalformedModelError, UnsafeModelError, UsageError
+
+CONFIG_NAME = "pyproject.toml"
+_GLOB_CHARS = set("*?[")
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"No such config file: {path}.") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder; --config takes a pyproject.toml (or another TOML file).") from None
+    except OSError as exc:
+        raise UsageError(f"Cannot read {path}: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML: {exc}.") from None
+
+
+def _kmemopt_table(data: dict[str, Any]) -> Any:
+    tool = data.get("tool")
+    return tool.get("kmemopt") if isinstance(tool, dict) else None
+
+
+def find_config(start: str | os.PathLike) -> Path | None:
+    """The nearest pyproject.toml with a [tool.kmemopt] table, from `start` upwards (like ruff's)."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file() and _kmemopt_table(_load_toml(candidate)) is not None:
+            return candidate
+    return None
+
+
+def load_config(path: str | os.PathLike, name: str | None = None) -> Config:
+    """Read [tool.kmemopt] from a TOML file; globs in it are relative to the file's folder.
+
+    `name` is how messages and reports call the file (default: the path as given)."""
+    path = Path(path)
+    table = _kmemopt_table(_load_toml(path))
+    config = bg.config_from_table(table, name or str(path), str(path.resolve().parent))
+    return replace(config, path=str(path))
+
+
+def display_path(path: Path, cwd: Path, root: Path | None = None) -> str:
+    """Relative to the working directory when inside it, else to the config's folder (the project root,
+    what CI annotations and baselines want), else absolute."""
+    for folder in (cwd, root):
+        if folder is None:
+            continue
+        try:
+            return path.resolve().relative_to(Path(folder).resolve()).as_posix()
+        except ValueError:
+            continue
+    return str(path)
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in _GLOB_CHARS for c in pattern)
+
+
+def expand(pattern: str, base: Path) -> list[Path]:
+    """Files a glob (or a plain path) names, relative to `base`; `**` crosses folders. Sorted."""
+    full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
+    if not _is_glob(pattern):
+        return [Path(full)]
+    return [Path(p) for p in sorted(glob.glob(full, recursive=True)) if os.path.isfile(p)]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One budget on one model file."""
+
+    path: Path
+    model: str  # as displayed
+    budget: Budget
+
+
+def _dedupe(paths: Iterable[Path]) -> list[Path]:
+    seen: set[Path] = set()
+    out = []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def plan(paths: Sequence[str], config: Config | None, overrides: Overrides, cwd: Path) -> list[Check]:
+    """Which budgets apply to which files.
+
+    - No paths: every config budget on the files its glob matches (a glob matching nothing is a usage
+      error: a budget that checks nothing must not pass silently).
+    - Paths (or globs, relative to the working directory): the config budgets whose glob matches each
+      file, plus the flag budgets.
+    - A `--max-METRIC` flag replaces the config budgets of that metric; its targets are the paths, or
+      every file the config's budgets name.
+    """
+    cfg_budgets = [bg.apply_overrides(b, overrides) for b in (config.budgets if config else ())]
+    base = Path(config.path).resolve().parent if config and config.path else None
+    checks: list[Check] = []
+    if paths:
+        targets: list[Path] = []
+        for pattern in paths:
+            found = expand(pattern, cwd)
+            if not found:
+                raise UsageError(f"The glob {pattern!r} matches no file (from {cwd}).")
+            for f in found:
+                if not f.exists():
+                    raise UsageError(f"No such file: {pattern}. Check the path and try again.")
+            targets += found
+        targets = _dedupe(targets)
+        for budget in cfg_budgets:
+            matched = {p.resolve() for p in expand(budget.model, Path(budget.base or cwd))}
+            checks += [Check(t, display_path(t, cwd, base), budget) for t in targets if t.resolve() in matched]
+    else:
+        for budget in cfg_budgets:
+            found = expand(budget.model, Path(budget.base or cwd))
+            if not found:
+                raise UsageError(
+                    f"{budget.source}: model = {budget.model!r} matches no file (relative to {budget.base}); "
+                    "a budget that checks nothing would pass silently."
+                )
+            checks += [Check(f, display_path(f, cwd, base), budget) for f in found]
+        targets = _dedupe(c.path for c in checks)
+
+    if overrides.limits:
+        if not targets:
+            raise UsageError(
+                "Give the model files to check (paths or globs), e.g. kmemopt check models/*.keras --max-file-size 50MB."
+            )
+        flagged = {m for m, _, _ in overrides.limits}
+        checks = [c for c in checks if c.budget.metric not in flagged]
+        for metric, limit, text in overrides.limits:
+            checks += [
+                Check(t, display_path(t, cwd, base), bg.flag_budget(metric, limit, t.name, overrides, text))
+                for t in targets
+            ]
+
+    if not checks:
+        if paths:
+            raise UsageError(
+                "No budget applies to the given files: pass a limit (e.g. --max-file-size 50MB) or add a "
+                "[[tool.kmemopt.budget]] whose model glob matches them."
+            )
+        where = f" in {config.path}" if config and config.path else ""
+        raise UsageError(
+            f"Nothing to check: no [[tool.kmemopt.budget]]{where} and no limit given. "
+            "Example: kmemopt check model.keras --max-file-size 50MB"
+        )
+    uncovered = [t for t in targets if not any(c.path.resolve() == t.resolve() for c in checks)]
+    if uncovered:
+        raise UsageError(f"No budget applies to {display_path(uncovered[0], cwd, base)}; add one or drop the path.")
+    order = {t.resolve(): i for i, t in enumerate(targets)}
+    return sorted(checks, key=lambda c: order.get(c.path.resolve(), len(order)))
+
+
+def _load_baseline(path: Path, name: str) -> bg.Baseline:
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"No such baseline file: {path}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"Cannot read the baseline {path}: {exc}.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"The baseline {path} is not JSON ({exc}).") from None
+    return bg.baseline_from_json(data, name)
+
+
+def _profile_value(metric: Metric, data: dict[str, Any]) -> int:
+    totals = data["totals"]
+    return {
+        Metric.file_size: lambda: data["model"]["file_bytes"],
+        Metric.params: lambda: totals["params"],
+        Metric.param_memory: lambda: totals["param_bytes"],
+        Metric.inference_memory: lambda: totals["inference_peak_bytes"],
+        Metric.training_memory: lambda: totals["training_peak_bytes"],
+    }[metric]()
+
+
+def _measure_unavailable() -> None:
+    raise UsageError(
+        "--measure is unavailable: this build of kmemopt has no measurement (kmemopt.profiling.measure); "
+        "the check uses the static estimate without --measure."
+    )
+
+
+def _measure_module():
+    """Issue 3's measurement, when this build has it."""
+    try:
+        from kmemopt.profiling import measure  # noqa: F401
+    except ImportError:
+        _measure_unavailable()
+    _measure_unavailable()  # not wired yet: see the report; never pretend a static number is measured
+
+
+def evaluate_checks(
+    checks: Sequence[Check],
+    *,
+    baseline: bg.Baseline | None = None,
+    custom_objects: dict[str, Any] | None = None,
+    on_model: Callable[[str], None] | None = None,
+    config: str | None = None,
+) -> CheckReport:
+    """Profile each model once per budget key and hold every value against its budget."""
+    from kmemopt.api import profile
+    from kmemopt.archive import read_model_file
+
+    results: list[bg.BudgetResult] = []
+    errors: list[bg.ModelError] = []
+    by_path: dict[Path, list[Check]] = {}
+    for c in checks:
+        by_path.setdefault(c.path.resolve(), []).append(c)
+    for path, group in by_path.items():
+        model = group[0].model
+        if on_model is not None:
+            on_model(model)
+        profiles: dict[tuple, dict[str, Any]] = {}
+        try:
+            file_bytes = read_model_file(path).file_bytes  # bounded archive checks first, even for file_size
+            for c in group:
+                b = c.budget
+                if not b.metric.needs_profile:
+                    continue
+                # params and param_memory do not depend on the batch or optimizer: reuse any profile.
+                key = b.key() if b.metric.needs_batch else next(iter(profiles), b.key())
+                if key not in profiles:
+                    batch, optimizer, seq_len, shapes = key
+                    result = profile(
+                        path,
+                        batch_size=batch,
+                        optimizer=optimizer,
+                        seq_len=seq_len,
+                        input_shapes=dict(shapes) or None,
+                        custom_objects=custom_objects,
+                    )
+                    profiles[key] = result.to_dict()
+        except (UnsafeModelError, MalformedModelError) as exc:
+            errors.append(bg.ModelError(model, exc.message, exc.rule, exc.where))
+            results += [bg.not_checked(c.budget, model, str(exc)) for c in group]
+            continue
+        for c in group:
+            b = c.budget
+            if b.metric is Metric.file_size:
+                value, optimizer = file_bytes, None
+            else:
+                key = b.key() if b.metric.needs_batch else next(iter(profiles))
+                data = profiles[key]
+                value, optimizer = _profile_value(b.metric, data), (data.get("optimizer") or {}).get("name")
+            base_value = baseline.lookup(model, b.metric, b.batch_size, optimizer) if baseline is not None else None
+            results.append(bg.evaluate(b, model, int(value), base_value, optimizer))
+    return CheckReport(
+        results=tuple(results),
+        errors=tuple(errors),
+        config=config,
+        baseline=baseline.source if baseline is not None else None,
+    )
+
+
+def check(
+    paths: Sequence[str | os.PathLike] = (),
+    *,
+    config: str | os.PathLike | None = None,
+    max_file_size: Any = None,
+    max_params: Any = None,
+    max_param_memory: Any = None,
+    max_inference_memory: Any = None,
+    max_training_memory: Any = None,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    baseline: str | os.PathLike | None = None,
+    max_increase: Any = None,
+    min_increase: Any = None,
+    seq_len: int | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    custom_objects: dict[str, Any] | str | os.PathLike | None = None,
+    measure: bool = False,
+    use_config: bool = True,
+    cwd: str | os.PathLike | None = None,
+    on_model: Callable[[str], None] | None = None,
+) -> CheckReport:
+    """Check model files against budgets; see `kmemopt.check` for the documented API."""
+    if measure:
+        _measure_module()
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+        raise UsageError(f"--batch-size must be at least 1. Received: {batch_size!r}.")
+    overrides = Overrides(
+        limits=bg.parse_limit_flags(
+            {
+                Metric.file_size: max_file_size,
+                Metric.params: max_params,
+                Metric.param_memory: max_param_memory,
+                Metric.inference_memory: max_inference_memory,
+                Metric.training_memory: max_training_memory,
+            }
+        ),
+        batch_size=batch_size,
+        optimizer=optimizer,
+        max_increase=bg.parse_percent_at(max_increase, "--max-increase") if max_increase is not None else None,
+        min_increase_bytes=_parse_floor(min_increase) if min_increase is not None else None,
+        seq_len=seq_len,
+        input_shapes=tuple(sorted((k, tuple(v)) for k, v in (input_shapes or {}).items())),
+    )
+    cfg: Config | None = None
+    if config is not None:
+        path = Path(config) if Path(config).is_absolute() else here / config
+        cfg = load_config(path, display_path(path, here, path.parent))
+    elif use_config:
+        found = find_config(here)
+        cfg = load_config(found, display_path(found, here, found.parent)) if found else None
+    root = Path(cfg.path).resolve().parent if cfg is not None and cfg.path else None
+
+    base: bg.Baseline | None = None
+    if baseline is not None:
+        path = Path(baseline) if Path(baseline).is_absolute() else here / baseline
+        base = _load_baseline(path, display_path(path, here, root))
+    elif cfg is not None and cfg.baseline:
+        path = Path(cfg.path).resolve().parent / cfg.baseline
+        base = _load_baseline(path, display_path(path, here, root))
+
+    checks = plan([os.fspath(p) for p in paths], cfg, overrides, here)
+    if base is None:
+        compare_only = [c.budget for c in checks if c.budget.max is None]
+        if compare_only:
+            raise UsageError(
+                f"{compare_only[0].source} has no 'max' and only compares with a baseline, but none was given "
+                "(--baseline FILE.json)."
+            )
+    from kmemopt.api import resolve_custom_objects
+
+    objects = resolve_custom_objects(custom_objects)
+    return evaluate_checks(
+        checks,
+        baseline=base,
+        custom_objects=objects,
+        on_model=on_model,
+        config=display_path(Path(cfg.path), here, root) if cfg is not None and cfg.path else None,
+    )
+
+
+def _parse_floor(value: Any) -> int:
+    from kmemopt.units import parse_size
+
+    try:
+        return parse_size(value)
+    except UsageError as exc:
+        raise UsageError(f"--min-increase: {exc.message}") from None

@@ -1,0 +1,173 @@
+"""`kmemopt check`: memory and size budgets for CI. Parse, call kmemopt.checking, render, exit."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class CheckFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    github = "github"
+    junit = "junit"
+
+
+def _size_opt(metric: str, example: str):
+    return Annotated[
+        Optional[str],
+        typer.Option(
+            f"--max-{metric}",
+            help=f"Fail when the {metric.replace('-', ' ')} exceeds this (e.g. {example}).",
+            rich_help_panel="Budgets",
+        ),
+    ]
+
+
+@contextlib.contextmanager
+def _spinner(console):
+    """Yields a callback naming the model being checked (a spinner on stderr, on a terminal only)."""
+    if not console.is_terminal:
+        yield None
+        return
+    with console.status("Checking ...") as status:
+        yield lambda model: status.update(f"Checking {model} ...")
+
+
+def check(
+    paths: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Model files or globs. Default: the budgets in pyproject.toml \\[tool.kmemopt].", show_default=False
+        ),
+    ] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", help="A TOML file with \\[tool.kmemopt] (default: pyproject.toml, searched upwards)."),
+    ] = None,
+    max_file_size: _size_opt("file-size", "50MB") = None,
+    max_params: _size_opt("params", "25M") = None,
+    max_param_memory: _size_opt("param-memory", "100MiB") = None,
+    max_inference_memory: _size_opt("inference-memory", "2GiB") = None,
+    max_training_memory: _size_opt("training-memory", "6GiB") = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size", "-b", min=1, help="Batch size for memory budgets (default: the config's, else 32)."
+        ),
+    ] = None,
+    optimizer: Annotated[
+        Optional[str],
+        typer.Option("--optimizer", help="Optimizer for training memory (default: the file's, else adam)."),
+    ] = None,
+    seq_len: Annotated[
+        Optional[int], typer.Option("--seq-len", min=1, help="Fill every unknown non-batch input dimension.")
+    ] = None,
+    input_shape: Annotated[
+        Optional[list[str]],
+        typer.Option("--input-shape", help="NAME=D1,D2: fill an input's unknown dimensions. Repeatable."),
+    ] = None,
+    baseline: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--baseline",
+            help="A `profile --format json` or `check --format json` output to compare with.",
+            rich_help_panel="Baseline",
+        ),
+    ] = None,
+    max_increase: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-increase",
+            help="Fail when a value grew more than this over the baseline (e.g. 5%).",
+            rich_help_panel="Baseline",
+        ),
+    ] = None,
+    min_increase: Annotated[
+        Optional[str],
+        typer.Option(
+            "--min-increase",
+            help="...and by more than this many bytes, for byte metrics (a noise floor, e.g. 1MB).",
+            rich_help_panel="Baseline",
+        ),
+    ] = None,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Use measured memory (issue 3) instead of the static estimate.")
+    ] = False,
+    custom_objects: Annotated[
+        Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
+    ] = None,
+    fmt: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.table,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to this file.")] = None,
+    exit_zero: Annotated[
+        bool, typer.Option("--exit-zero", help="Exit 0 even when a budget fails (report only).")
+    ] = False,
+) -> None:
+    """Fail (exit 1) when a model outgrows its memory or size budget; every budget is evaluated.
+
+    Example: kmemopt check models/*.keras --max-file-size 50MB --max-training-memory 6GiB -b 32
+
+    With no arguments, checks the \\[\\[tool.kmemopt.budget]] entries of pyproject.toml.
+
+    Exit codes: 0 all budgets pass, 1 an error-level budget fails, 2 usage or config error, 3 a model was rejected as unsafe or malformed (the other models are still checked), 4 internal error.
+    """
+    from kmemopt import cli
+
+    with cli.guarded():
+        from kmemopt.checking import check as run_check
+
+        shapes = cli.parse_input_shapes(input_shape)
+        with _spinner(cli._stderr_console()) as on_model:
+            report = run_check(
+                paths or (),
+                config=config,
+                max_file_size=max_file_size,
+                max_params=max_params,
+                max_param_memory=max_param_memory,
+                max_inference_memory=max_inference_memory,
+                max_training_memory=max_training_memory,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                baseline=baseline,
+                max_increase=max_increase,
+                min_increase=min_increase,
+                seq_len=seq_len,
+                input_shapes=shapes,
+                custom_objects=custom_objects,
+                measure=measure,
+                on_model=on_model,
+            )
+        data = report.to_dict()
+        from kmemopt.report import render_to_text, to_json
+        from kmemopt.report.check import check_github, check_junit, check_markdown, render_check
+
+        if fmt is CheckFormat.json:
+            cli.write_output(to_json(data), output)
+        elif fmt is CheckFormat.markdown:
+            cli.write_output(check_markdown(data), output)
+        elif fmt is CheckFormat.github:
+            cli.write_output(check_github(data), output)
+        elif fmt is CheckFormat.junit:
+            cli.write_output(check_junit(data), output)
+        elif output is not None:
+            cli.write_output(render_to_text(lambda c: render_check(data, c)), output)
+        else:
+            render_check(data, cli._stdout_console())
+        if report.errors:
+            from kmemopt.report import render_error
+
+            console = cli._stderr_console()
+            for err in report.errors:
+                render_error(console, f"{err.model} was not checked: {err.message}")
+        code = report.exit_code(exit_zero=exit_zero)
+        if code:
+            raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="check")(check)

@@ -1,0 +1,192 @@
+"""Renderers for `kmemopt check`: terminal table, Markdown, GitHub workflow commands, JUnit XML.
+
+Each takes the report's `to_dict()` (the documented JSON), so every format says the same thing.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from kmemopt.budgets import format_value, uses_si
+
+_STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "error": "bold magenta"}
+_STATUS_MARK = {"pass": "✅ pass", "fail": "❌ fail", "warn": "⚠️ warn", "error": "⛔ error"}
+
+
+def _what(row: dict[str, Any]) -> str:
+    """'training_memory (batch 32, Adam)'."""
+    extra = []
+    if row.get("batch_size") is not None:
+        extra.append(f"batch {row['batch_size']}")
+    if row.get("optimizer"):
+        extra.append(str(row["optimizer"]))
+    return f"{row['metric']} ({', '.join(extra)})" if extra else row["metric"]
+
+
+def _si(row: dict[str, Any]) -> bool:
+    return uses_si(row.get("limit_text"))
+
+
+def _fmt(row: dict[str, Any], key: str) -> str:
+    return format_value(row["metric"], row.get(key), _si(row))
+
+
+def _delta(row: dict[str, Any]) -> str:
+    if row.get("delta") is None:
+        return "-"
+    sign = "+" if row["delta"] >= 0 else "-"
+    text = sign + format_value(row["metric"], abs(row["delta"]), _si(row))
+    if row.get("delta_percent") is not None:
+        text += f" ({row['delta_percent']:+.1f}%)"
+    return text
+
+
+def _limit(row: dict[str, Any]) -> str:
+    parts = []
+    if row.get("limit") is not None:
+        parts.append(row.get("limit_text") or _fmt(row, "limit"))
+    if row.get("max_increase") is not None and row.get("baseline") is not None:
+        parts.append(f"+{100 * row['max_increase']:g}%")
+    return ", ".join(parts) or "-"
+
+
+def _reason(row: dict[str, Any]) -> str:
+    if row.get("error"):
+        return row["error"]
+    return "; ".join(row.get("reasons") or [])
+
+
+def _summary(data: dict[str, Any]) -> str:
+    s = data["summary"]
+    parts = [f"{s['total']} budget{'s' if s['total'] != 1 else ''}", f"{s['passed']} passed"]
+    if s["failed"]:
+        parts.append(f"{s['failed']} failed")
+    if s["warned"]:
+        parts.append(f"{s['warned']} warned")
+    if s["errors"]:
+        parts.append(f"{s['errors']} not checked")
+    return ", ".join(parts)
+
+
+def _headline(data: dict[str, Any]) -> str:
+    return {"pass": "passed", "fail": "FAILED", "error": "ERROR (a model was rejected)"}[data["verdict"]]
+
+
+def render_check(data: dict[str, Any], console) -> None:
+    """The terminal table: one row a budget."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    show_baseline = data.get("baseline") is not None
+    table = Table(title="kmemopt check", title_justify="left", show_lines=False)
+    table.add_column("model", overflow="fold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("limit", justify="right")
+    if show_baseline:
+        table.add_column("baseline", justify="right")
+        table.add_column("delta", justify="right")
+    table.add_column("status")
+    table.add_column("level")
+    for row in data["budgets"]:
+        cells = [escape(row["model"]), _what(row), _fmt(row, "value"), _limit(row)]
+        if show_baseline:
+            cells += [_fmt(row, "baseline"), _delta(row)]
+        style = _STATUS_STYLE[row["status"]]
+        cells += [f"[{style}]{row['status']}[/{style}]", row["level"]]
+        table.add_row(*cells)
+    console.print(table)
+    for row in data["budgets"]:
+        if row["status"] != "pass":
+            style = _STATUS_STYLE[row["status"]]
+            console.print(
+                f"[{style}]{row['status']}[/{style}] {escape(row['model'])} {_what(row)}: {escape(_reason(row))}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    style = _STATUS_STYLE["pass" if data["passed"] else ("error" if data["verdict"] == "error" else "fail")]
+    console.print(f"[{style}]check {_headline(data)}[/{style}]: {_summary(data)}.", highlight=False)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def check_markdown(data: dict[str, Any]) -> str:
+    """For pull-request comments and $GITHUB_STEP_SUMMARY."""
+    mark = {"pass": "✅", "fail": "❌", "error": "⛔"}[data["verdict"]]
+    lines = [f"## {mark} kmemopt check {_headline(data)}", "", f"{_summary(data)}."]
+    if data.get("baseline"):
+        lines.append(f"Baseline: `{data['baseline']}`.")
+    lines.append("")
+    head = ["model", "metric", "value", "limit"]
+    if data.get("baseline"):
+        head += ["baseline", "delta"]
+    head += ["status", "level", "details"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join("---:" if h in ("value", "limit", "baseline", "delta") else "---" for h in head) + "|")
+    for row in data["budgets"]:
+        cells = [f"`{row['model']}`", _what(row), _fmt(row, "value"), _limit(row)]
+        if data.get("baseline"):
+            cells += [_fmt(row, "baseline"), _delta(row)]
+        cells += [_STATUS_MARK[row["status"]], row["level"], _reason(row)]
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    lines.append("")
+    how = "Static estimates" if data.get("estimate") == "static" else "Measured"
+    lines.append(f"_{how} by kmemopt {data.get('kmemopt_version', '')}._")
+    return "\n".join(lines) + "\n"
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_prop(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def check_github(data: dict[str, Any]) -> str:
+    """GitHub Actions workflow commands: an annotation on the model file for each budget not passing."""
+    command = {"fail": "error", "error": "error", "warn": "warning"}
+    lines = []
+    for row in data["budgets"]:
+        if row["status"] == "pass":
+            continue
+        title = f"kmemopt budget {row['metric']}" if row["status"] != "error" else "kmemopt: model not checked"
+        message = f"{_what(row)} = {_fmt(row, 'value')}: {_reason(row)}"
+        if row["status"] == "error":
+            message = _reason(row)
+        lines.append(
+            f"::{command[row['status']]} file={_gh_prop(row['model'])},title={_gh_prop(title)}::{_gh_data(message)}"
+        )
+    notice = f"kmemopt check {_headline(data)}: {_summary(data)}"
+    lines.append(f"::{'notice' if data['passed'] else 'error'} title=kmemopt check::{_gh_data(notice)}")
+    return "\n".join(lines) + "\n"
+
+
+def check_junit(data: dict[str, Any]) -> str:
+    """JUnit XML: one testcase a budget; a failure element for each failing one (warn-level: system-out)."""
+    s = data["summary"]
+    failures, errors = str(s["failed"]), str(s["errors"])
+    suites = ET.Element("testsuites", name="kmemopt check", tests=str(s["total"]), failures=failures, errors=errors)
+    suite = ET.SubElement(
+        suites, "testsuite", name="kmemopt check", tests=str(s["total"]), failures=failures, errors=errors, skipped="0"
+    )
+    for row in data["budgets"]:
+        case = ET.SubElement(suite, "testcase", classname=row["model"], name=_what(row), file=row["model"])
+        detail = (
+            f"{_what(row)} = {_fmt(row, 'value')} (limit {_limit(row)}, "
+            f"baseline {_fmt(row, 'baseline')}, delta {_delta(row)})"
+        )
+        if row["status"] == "fail":
+            failure = ET.SubElement(case, "failure", message=_reason(row), type="BudgetExceeded")
+            failure.text = detail
+        elif row["status"] == "error":
+            error = ET.SubElement(case, "error", message=_reason(row), type="ModelRejected")
+            error.text = _reason(row)
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = detail + (f"\nwarning: {_reason(row)}" if row["status"] == "warn" else "")
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
