@@ -200,6 +200,9 @@ def profile(
 
 def _register_commands() -> None:
     """Commands that live in their own modules register themselves on `app` here."""
+    from kmemopt.commands import check
+
+    check.register(app)
 
 
 _register_commands()
