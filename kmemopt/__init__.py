@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kmemopt.budgets import CheckReport
     from kmemopt.profiling.static import ProfileResult
 
-__all__ = ["__version__", "load_model", "profile"]
+__all__ = ["__version__", "check", "load_model", "profile"]
 
 
 def profile(
@@ -57,3 +58,50 @@ def load_model(path: Any, *, custom_objects: dict[str, Any] | str | None = None,
     from kmemopt.api import load_model as _load
 
     return _load(path, custom_objects=custom_objects, compile=compile)
+
+
+def check(
+    paths: Any = (),
+    *,
+    config: Any = None,
+    max_file_size: int | str | None = None,
+    max_params: int | str | None = None,
+    max_param_memory: int | str | None = None,
+    max_inference_memory: int | str | None = None,
+    max_training_memory: int | str | None = None,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    baseline: Any = None,
+    max_increase: float | str | None = None,
+    min_increase: int | str | None = None,
+    seq_len: int | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    custom_objects: dict[str, Any] | str | None = None,
+    measure: bool = False,
+    use_config: bool = True,
+    cwd: Any = None,
+) -> CheckReport:
+    """Check model files against memory and size budgets (what `kmemopt check` runs).
+
+    Budgets come from the `max_*` arguments (for `paths`, files or globs) and from `[tool.kmemopt]` in
+    the nearest pyproject.toml above `cwd` (or `config`; `use_config=False` ignores it). A budget that
+    fails is reported, not raised: read `report.passed` and `report.exit_code()`. Usage errors (a bad
+    size, a glob matching nothing) raise `kmemopt.errors.UsageError`.
+
+    Example:
+        >>> report = kmemopt.check("models/*.keras", max_file_size="50 MB", max_training_memory="6 GiB")
+        >>> report.passed, [r.value for r in report.results]
+    """
+    import os
+
+    from kmemopt.checking import check as _check
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return _check(
+        paths, config=config, max_file_size=max_file_size, max_params=max_params,
+        max_param_memory=max_param_memory, max_inference_memory=max_inference_memory,
+        max_training_memory=max_training_memory, batch_size=batch_size, optimizer=optimizer,
+        baseline=baseline, max_increase=max_increase, min_increase=min_increase, seq_len=seq_len,
+        input_shapes=input_shapes, custom_objects=custom_objects, measure=measure, use_config=use_config, cwd=cwd,
+    )
