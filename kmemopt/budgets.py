@@ -512,7 +512,7 @@ def evaluate(
         return budget.metric.format(v, budget.si)
 
     if budget.max is not None and value > budget.max:
-        reasons.append(f"over the limit of {fmt(budget.max)} by {fmt(value - budget.max)}")
+        reasons.append(f"over the limit of {budget.limit_text or fmt(budget.max)} by {fmt(value - budget.max)}")
     if budget.max_increase is not None and baseline is not None:
         delta = value - baseline
         allowed = max(budget.max_increase * baseline, budget.min_increase or 0)

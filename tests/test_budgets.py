@@ -195,5 +195,5 @@ def test_unreadable_baselines_are_usage_errors(doc):
 
 def test_si_limits_show_si_values():
     b = bg.budget_from_entry({"model": "m", "metric": "file_size", "max": "600 KB"}, 1, "p")
-    assert b.si and bg.evaluate(b, "m", 637_936, None).reasons == ("over the limit of 600.0 kB by 37.9 kB",)
+    assert b.si and bg.evaluate(b, "m", 637_936, None).reasons == ("over the limit of 600 KB by 37.9 kB",)
     assert not Budget("m", Metric.file_size, max=1, limit_text="1 MiB").si
