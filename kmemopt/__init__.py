@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kmemopt.budgets import CheckReport
     from kmemopt.profiling.static import ProfileResult
 
-__all__ = ["__version__", "check", "load_model", "profile"]
+__all__ = ["__version__", "check", "load_model", "profile", "shrink"]
 
 
 def profile(
@@ -105,3 +105,28 @@ def check(
         baseline=baseline, max_increase=max_increase, min_increase=min_increase, seq_len=seq_len,
         input_shapes=input_shapes, custom_objects=custom_objects, measure=measure, use_config=use_config, cwd=cwd,
     )
+
+
+def shrink(path_or_model: Any, out: Any = None, **options: Any):
+    """Write a slimmer copy of a model (default `<stem>.slim.keras` beside it) and report on it.
+
+    Options mirror `kmemopt shrink` (quantize="int8", allow_custom_layers=True, prune=0.5,
+    compress=True, mixed_precision="float16", skip="regex", keep_optimizer=True, data="x.npz",
+    min_agreement=0.99, max_accuracy_drop=0.01, explain=True, dry_run=True, force=True, ...).
+    Returns a `ShrinkResult` (`to_dict()` is the documented JSON); a failed fidelity gate raises
+    `kmemopt.errors.GateFailed` (its `.result` holds the report) and writes nothing.
+
+    Example:
+        >>> r = kmemopt.shrink("sample_models/digits_mlp.keras", "mlp.slim.keras", quantize="int8")
+        >>> r.after.file_bytes / r.before.file_bytes
+    """
+    from kmemopt.shrinking import shrink as _shrink
+
+    return _shrink(path_or_model, out, **options)
+
+
+# Files written with --allow-custom-layers name kmemopt's layers: register them with Keras as soon as
+# Keras is imported (now, if it already is), without importing Keras here.
+from kmemopt import _layers_hook  # noqa: E402
+
+_layers_hook.install()

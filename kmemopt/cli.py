@@ -200,7 +200,7 @@ def profile(
 
 def _register_commands() -> None:
     """Commands that live in their own modules register themselves on `app` here."""
-    from kmemopt.commands import check
+    from kmemopt.commands import check, shrink
 
     check.register(app)
 
@@ -214,3 +214,4 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+    shrink.register(app)

@@ -1,0 +1,132 @@
+"""`kmemopt shrink`: parse, call kmemopt.shrinking, render, exit."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class QuantizeChoice(str, Enum):
+    int8 = "int8"
+    int4 = "int4"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class MixedChoice(str, Enum):
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class ShrinkFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+PASSES = "Passes (applied in this order)"
+FIDELITY = "Fidelity"
+
+
+@contextlib.contextmanager
+def _spinner(console):
+    if not console.is_terminal:
+        yield None
+        return
+    with console.status("Shrinking ...") as status:
+        yield status.update
+
+
+def shrink(
+    model: Annotated[Path, typer.Argument(help="A .keras or legacy .h5 model file.", show_default=False)],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Output .keras file (default: <stem>.slim.keras beside the input).")
+    ] = None,
+    keep_optimizer: Annotated[
+        bool, typer.Option("--keep-optimizer/--strip-optimizer", help="Keep or drop saved optimizer state (dropped by default).", rich_help_panel=PASSES)
+    ] = False,
+    prune: Annotated[
+        Optional[str], typer.Option("--prune", help="Magnitude-prune kernels to this sparsity (0.5 or 50%); implies --compress.", rich_help_panel=PASSES)
+    ] = None,
+    prune_first_last: Annotated[
+        bool, typer.Option("--prune-first-last", help="Also prune the first and last weighted layers.", rich_help_panel=PASSES)
+    ] = False,
+    quantize: Annotated[
+        Optional[QuantizeChoice], typer.Option("--quantize", "-q", help="int8/int4 (Keras; other float kernels stored float16) or float16/bfloat16 storage.", rich_help_panel=PASSES)
+    ] = None,
+    allow_custom_layers: Annotated[
+        bool, typer.Option("--allow-custom-layers", help="Quantize convolutions to int8 with kmemopt's layers (load after `import kmemopt`).", rich_help_panel=PASSES)
+    ] = False,
+    mixed_precision: Annotated[
+        Optional[MixedChoice], typer.Option("--mixed-precision", help="Set a mixed dtype policy for training (lowers the training peak, not the file).", rich_help_panel=PASSES)
+    ] = None,
+    compress: Annotated[bool, typer.Option("--compress", help="Write the container with deflate (lossless).", rich_help_panel=PASSES)] = False,
+    skip: Annotated[Optional[str], typer.Option("--skip", help="Leave layers whose path matches this regex alone in every pass.", rich_help_panel=PASSES)] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help=".npy, or .npz keyed by input name or x (labels under y). Default: synthetic inputs.", rich_help_panel=FIDELITY)
+    ] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Use at most this many samples (synthetic default 64).", rich_help_panel=FIDELITY)] = None,
+    min_agreement: Annotated[
+        Optional[str], typer.Option("--min-agreement", help="Gate: top-1 agreement at least this (0.99 or 99%); else exit 1, write nothing.", rich_help_panel=FIDELITY)
+    ] = None,
+    max_accuracy_drop: Annotated[
+        Optional[str], typer.Option("--max-accuracy-drop", help="Gate: accuracy may drop at most this (0.01 or 1%); needs labels.", rich_help_panel=FIDELITY)
+    ] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Quantize one layer at a time to find the layers that hurt most.", rich_help_panel=FIDELITY)] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what the passes would do; write nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file (never the input).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size for the peaks in the report.")] = 32,
+    custom_objects: Annotated[
+        Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
+    ] = None,
+    fmt: Annotated[ShrinkFormat, typer.Option("--format", "-f", help="Report format.")] = ShrinkFormat.table,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the report to this file instead of stdout.")] = None,
+    all_layers: Annotated[bool, typer.Option("--all-layers", help="List every layer, not only those that changed.")] = False,
+) -> None:
+    """Write a slimmer copy of a model, verified to load and to stay faithful, with a before/after report.
+
+    Example: kmemopt shrink model.keras --quantize int8 --data test.npz --min-agreement 99%
+    """
+    from kmemopt.cli import _stderr_console, _stdout_console, guarded, write_output
+
+    with guarded():
+        from kmemopt.errors import GateFailed
+        from kmemopt.report import render_to_text, to_json
+        from kmemopt.report.shrink import render_shrink, shrink_markdown
+        from kmemopt.shrinking import shrink as run_shrink
+        from kmemopt.units import parse_percent
+
+        def emit(data):
+            if fmt is ShrinkFormat.json:
+                write_output(to_json(data), report)
+            elif fmt is ShrinkFormat.markdown:
+                write_output(shrink_markdown(data), report)
+            elif report is not None:
+                write_output(render_to_text(lambda c: render_shrink(data, c, all_layers=all_layers)), report)
+            else:
+                render_shrink(data, _stdout_console(), all_layers=all_layers)
+
+        with _spinner(_stderr_console()) as update:
+            try:
+                result = run_shrink(
+                    model, out, quantize=quantize, allow_custom_layers=allow_custom_layers, prune=prune,
+                    prune_first_last=prune_first_last, compress=compress, mixed_precision=mixed_precision, skip=skip,
+                    keep_optimizer=keep_optimizer, data=data, samples=samples,
+                    min_agreement=parse_percent(min_agreement) if min_agreement is not None else None,
+                    max_accuracy_drop=parse_percent(max_accuracy_drop) if max_accuracy_drop is not None else None,
+                    explain=explain, dry_run=dry_run, force=force, batch_size=batch_size,
+                    custom_objects=custom_objects, progress=update,
+                )
+            except GateFailed as exc:
+                if getattr(exc, "result", None) is not None:
+                    emit(exc.result.to_dict())
+                raise
+        emit(result.to_dict())
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(shrink)

@@ -1,0 +1,111 @@
+"""--quantize int8|int4|float16|bfloat16: store weights in fewer bits.
+
+int8/int4 delegate to Keras's own `model.quantize` for the layers it supports (Dense, EinsumDense,
+Embedding, by exact type). Every other layer with float weights (convolutions, RNNs, ...) is stored
+as float16 through its dtype policy, which plain Keras loads; with `allow_custom_layers`, convolutions
+instead become kmemopt's int8 layers (per-output-channel scales). Normalisation layers keep float32.
+float16/bfloat16 set a 16-bit dtype policy on weighted layers except normalisation layers and the
+final softmax.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kmemopt.passes.base import Action, Pass, PassResult, QuantizeMode, Reason, ShrinkOptions
+from kmemopt.passes.rewrite import float_weights, is_normalization, quantizable_sublayers
+
+
+def _policy_name(layer) -> str:
+    policy = getattr(layer, "dtype_policy", None)
+    return getattr(policy, "name", str(policy))
+
+
+class Quantize(Pass):
+    name = "quantize"
+
+    def enabled(self, options: ShrinkOptions) -> bool:
+        return options.quantize is not None
+
+    def rewrites_weights(self, options: ShrinkOptions) -> bool:
+        return True
+
+    def prepare(self, ctx, result: PassResult) -> None:
+        mode = ctx.options.quantize
+        keras = ctx.keras
+        from kmemopt.layers import int8_class_for
+
+        for slot in ctx.slots:
+            layer, plan = slot.layer, ctx.plan[slot.path]
+            reason = ctx.options.skipped(slot.path)
+            if reason is None and not layer.weights:
+                reason = Reason.NO_WEIGHTS
+            if reason is None and not float_weights(layer):
+                reason = Reason.NO_FLOAT_WEIGHTS
+            if reason is None and is_normalization(layer):
+                reason = Reason.NORMALIZATION
+            if reason is not None:
+                result.skip(slot.path, slot.class_name, reason)
+                continue
+            params = sum(math.prod(int(d) for d in v.shape) for v in layer.weights)
+            if mode in (QuantizeMode.float16, QuantizeMode.bfloat16):
+                if slot.path in ctx.final_softmax:
+                    result.skip(slot.path, slot.class_name, Reason.FINAL_SOFTMAX)
+                    continue
+                plan.dtype = mode.value
+                action = Action.FLOAT16 if mode is QuantizeMode.float16 else Action.BFLOAT16
+                result.apply(slot.path, slot.class_name, action, params=params, policy=mode.value)
+                continue
+            # int8 / int4
+            subs = quantizable_sublayers(layer, keras)
+            if subs:
+                if "float16" in _policy_name(layer) or "bfloat16" in _policy_name(layer):
+                    result.apply(slot.path, slot.class_name, Action.POLICY_TO_FLOAT32, was=_policy_name(layer))
+                    plan.dtype = "float32"
+                plan.keras_quantized = True
+                ctx.keras_quantize_paths.append(slot.path)
+                action = Action.KERAS_INT8 if mode is QuantizeMode.int8 else Action.KERAS_INT4
+                names = [s.name for s in subs if s is not layer]
+                detail = {"params": params}
+                if names:
+                    detail["sublayers"] = names
+                result.apply(slot.path, slot.class_name, action, **detail)
+                if len(float_weights(layer)) > sum(len(float_weights(s)) for s in subs):
+                    result.notes.append(f"{slot.path}: weights outside its Dense/EinsumDense sublayers stay float32.")
+                continue
+            custom = int8_class_for(type(layer)) if ctx.options.allow_custom_layers else None
+            if custom is not None:
+                if "float16" in _policy_name(layer):
+                    plan.dtype = "float32"
+                plan.int8_class = custom
+                result.apply(slot.path, slot.class_name, Action.KMEMOPT_INT8, params=params, layer_class=f"kmemopt>{custom.__name__}")
+                continue
+            plan.dtype = "float16"
+            result.apply(slot.path, slot.class_name, Action.FLOAT16, params=params, policy="float16")
+        if mode in (QuantizeMode.int8, QuantizeMode.int4):
+            if ctx.options.allow_custom_layers:
+                result.notes.append(
+                    "Convolutions use kmemopt's int8 layers: `import kmemopt` before keras.models.load_model."
+                )
+                if mode is QuantizeMode.int4:
+                    result.notes.append("kmemopt's convolution layers are int8 (there is no int4 convolution).")
+            else:
+                result.notes.append("Layers Keras cannot quantize are stored as float16 (portable).")
+
+    def finish(self, ctx, result: PassResult) -> None:
+        paths = ctx.keras_quantize_paths
+        if not paths:
+            return
+        import warnings
+
+        from kmemopt.passes.rewrite import new_model_config_layers, walk_slots
+
+        keras = ctx.keras
+        targets = set()
+        slots = {s.path: s for s in walk_slots(ctx.new_model, new_model_config_layers(ctx.new_model, keras), keras)}
+        for path in paths:
+            for sub in quantizable_sublayers(slots[path].layer, keras):
+                targets.add(id(sub))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ctx.new_model.quantize(ctx.options.quantize.value, filters=lambda layer: id(layer) in targets)

@@ -1,0 +1,160 @@
+"""The shrink report: before/after, per-layer dtypes and bytes, passes, fidelity. From `to_dict()`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kmemopt.units import format_bytes
+
+SIDE_ROWS = (
+    ("File", "file_bytes"),
+    ("Parameters", "param_bytes"),
+    ("Inference peak", "inference_peak_bytes"),
+    ("Training peak", "training_peak_bytes"),
+)
+
+
+def _ratio(before: int | None, after: int | None) -> str:
+    if not before or after is None:
+        return "-"
+    return f"{after / before:.3f}x"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _dtypes(values: list[str] | None) -> str:
+    return "-" if values is None else ("/".join(values) or "-")
+
+
+def _headline(data: dict[str, Any]) -> str:
+    if data["dry_run"]:
+        return "Dry run: nothing was written."
+    if not data["written"]:
+        return "Nothing was written (a fidelity gate failed)."
+    text = f"Wrote {data['output']}"
+    if data.get("file_ratio") is not None:
+        text += f" ({data['file_ratio']:.3f}x the input file)"
+    if data["needs_import_kmemopt"]:
+        text += ". It uses kmemopt's int8 layers: `import kmemopt` before keras.models.load_model."
+    else:
+        text += ". It loads with plain keras.models.load_model."
+    return text
+
+
+def _changed_layers(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        r for r in data["layers"]
+        if r["param_bytes_before"] and (
+            r["param_bytes_after"] != r["param_bytes_before"] or r["dtypes_after"] != r["dtypes_before"]
+            or r["class_name_after"] != r["class_name"]
+        )
+    ]
+
+
+def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) -> None:
+    from rich.table import Table
+
+    before, after = data["before"], data["after"] or {}
+    table = Table(title=f"{data['input'] or 'model'}  ·  batch {data['batch_size']}  ·  optimizer {data['optimizer']}",
+                  title_justify="left", header_style="bold")
+    for col, justify in (("", "left"), ("Before", "right"), ("After", "right"), ("Ratio", "right")):
+        table.add_column(col, justify=justify)
+    for label, key in SIDE_ROWS:
+        table.add_row(label, format_bytes(before.get(key)), format_bytes(after.get(key)),
+                      _ratio(before.get(key), after.get(key)))
+    console.print(table)
+
+    rows = data["layers"] if all_layers else _changed_layers(data)
+    if rows:
+        lt = Table(title="Layers" + ("" if all_layers else " with weights that changed"), title_justify="left",
+                   header_style="bold")
+        for col in ("Layer", "Class", "Dtype before", "Dtype after", "Bytes before", "Bytes after"):
+            lt.add_column(col, justify="right" if col.startswith("Bytes") else "left", overflow="fold")
+        for r in rows:
+            cls = r["class_name"] if r["class_name_after"] in (None, r["class_name"]) else f"{r['class_name']} → {r['class_name_after']}"
+            lt.add_row(r["layer"], cls, _dtypes(r["dtypes_before"]), _dtypes(r["dtypes_after"]),
+                       format_bytes(r["param_bytes_before"]), format_bytes(r["param_bytes_after"]))
+        console.print(lt)
+
+    for p in data["passes"]:
+        applied = ", ".join(f"{a['layer']} ({a['action']})" for a in p["applied"][:12])
+        more = len(p["applied"]) - 12
+        line = f"[bold]{p['name']}[/bold]: applied {len(p['applied'])}"
+        if applied:
+            line += f": {applied}" + (f", … {more} more" if more > 0 else "")
+        console.print(line, highlight=False)
+        reasons: dict[str, int] = {}
+        for s in p["skipped"]:
+            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        for reason, n in reasons.items():
+            console.print(f"    skipped {n}: {reason}", highlight=False)
+        for note in p["notes"]:
+            console.print(f"    note: {note}", highlight=False)
+
+    fid = data.get("fidelity")
+    if fid:
+        ft = Table(title=f"Fidelity ({fid['source']}, {fid['samples']} samples)", title_justify="left", header_style="bold")
+        for col in ("Output", "Max abs error", "Relative L2", "Cosine", "Top-1 agreement"):
+            ft.add_column(col, justify="left" if col == "Output" else "right")
+        for o in fid["outputs"]:
+            ft.add_row(o["name"], _num(o["max_abs_error"]), _num(o["relative_l2_error"]),
+                       _num(o["cosine_similarity"]), _pct(o["top1_agreement"]))
+        console.print(ft)
+        if fid["accuracy_before"] is not None:
+            console.print(f"Accuracy: {_pct(fid['accuracy_before'])} → {_pct(fid['accuracy_after'])}", highlight=False)
+        for g in fid["gates"]:
+            verdict = "[green]pass[/green]" if g["passed"] else "[red]FAIL[/red]"
+            console.print(f"Gate {g['gate']}: {_pct(g['value'])} vs {_pct(g['threshold'])} {verdict}", highlight=False)
+        if fid["explain"]:
+            et = Table(title="One layer at a time (worst first)", title_justify="left", header_style="bold")
+            for col in ("Layer", "Relative L2", "Top-1 agreement", "Accuracy"):
+                et.add_column(col, justify="left" if col == "Layer" else "right")
+            for e in fid["explain"][:15]:
+                et.add_row(e["layer"], _num(e["relative_l2_error"]), _pct(e["top1_agreement"]), _pct(e["accuracy_after"]))
+            console.print(et)
+        if fid.get("note"):
+            console.print(f"[dim]{fid['note']}[/dim]", highlight=False)
+    if data.get("reload"):
+        console.print(f"Verified: reloaded with {data['reload']['loaded_with']}, outputs reproduced.", highlight=False)
+    console.print(_headline(data) + f"  ({data['elapsed_s']:.1f} s)", highlight=False)
+
+
+def shrink_markdown(data: dict[str, Any]) -> str:
+    before, after = data["before"], data["after"] or {}
+    out = [f"## kmemopt shrink: {data['input'] or 'model'}", "", _headline(data), "",
+           "| | Before | After | Ratio |", "|---|---:|---:|---:|"]
+    for label, key in SIDE_ROWS:
+        out.append(f"| {label} | {format_bytes(before.get(key))} | {format_bytes(after.get(key))} | "
+                   f"{_ratio(before.get(key), after.get(key))} |")
+    rows = _changed_layers(data)
+    if rows:
+        out += ["", "| Layer | Class | Dtype before | Dtype after | Bytes before | Bytes after |",
+                "|---|---|---|---|---:|---:|"]
+        for r in rows:
+            out.append(f"| {r['layer']} | {r['class_name']} | {_dtypes(r['dtypes_before'])} | {_dtypes(r['dtypes_after'])} "
+                       f"| {format_bytes(r['param_bytes_before'])} | {format_bytes(r['param_bytes_after'])} |")
+    out += ["", "### Passes", ""]
+    for p in data["passes"]:
+        out.append(f"- **{p['name']}**: applied {len(p['applied'])}, skipped {len(p['skipped'])}")
+        for s in p["skipped"]:
+            out.append(f"  - skipped {s['layer']}: {s['reason']}")
+        for note in p["notes"]:
+            out.append(f"  - note: {note}")
+    fid = data.get("fidelity")
+    if fid:
+        out += ["", f"### Fidelity ({fid['source']}, {fid['samples']} samples)", "",
+                "| Output | Max abs error | Relative L2 | Cosine | Top-1 agreement |", "|---|---:|---:|---:|---:|"]
+        for o in fid["outputs"]:
+            out.append(f"| {o['name']} | {_num(o['max_abs_error'])} | {_num(o['relative_l2_error'])} | "
+                       f"{_num(o['cosine_similarity'])} | {_pct(o['top1_agreement'])} |")
+        if fid["accuracy_before"] is not None:
+            out += ["", f"Accuracy: {_pct(fid['accuracy_before'])} → {_pct(fid['accuracy_after'])}"]
+        if fid.get("note"):
+            out += ["", fid["note"]]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,474 @@
+"""The `kmemopt shrink` pipeline: load safely -> passes -> check fidelity -> write atomically -> reload in
+a fresh process with plain Keras -> profile before and after -> report.
+
+Nothing is written when a fidelity gate fails, and nothing half-written is ever left: the output is a
+temp file beside the target until the fresh-process reload has verified it, then renamed.
+(Named shrinking.py, not shrink.py, so that importing it cannot shadow the public `kmemopt.shrink`.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmemopt.errors import ExitCode, GateFailed, KmemoptError, UsageError
+from kmemopt.passes import MixedPrecision, PassResult, QuantizeMode, ShrinkOptions, enabled_passes
+
+SCHEMA_VERSION = 1
+# Outputs of the reloaded model may differ from the in-process ones by float noise only.
+RELOAD_RTOL = 1e-4
+
+
+class ReloadFailed(KmemoptError):
+    """The written model did not load, or did not reproduce its outputs, in a fresh process (exit 4)."""
+
+    exit_code = ExitCode.INTERNAL
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of the before/after comparison."""
+
+    file_bytes: int | None
+    params: int
+    param_bytes: int
+    inference_peak_bytes: int
+    training_peak_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ShrinkResult:
+    input: str | None
+    output: str | None
+    written: bool
+    dry_run: bool
+    options: ShrinkOptions
+    batch_size: int
+    optimizer: str
+    before: Side
+    after: Side | None
+    layers: list[dict[str, Any]]
+    passes: list[PassResult]
+    fidelity: Any = None
+    reload: dict[str, Any] | None = None
+    custom_layers: bool = False
+    elapsed_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.after is None or not self.before.file_bytes or self.after.file_bytes is None:
+            return None
+        return self.after.file_bytes / self.before.file_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        from kmemopt import __version__
+
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kmemopt_version": __version__,
+            "input": self.input,
+            "output": self.output,
+            "written": self.written,
+            "dry_run": self.dry_run,
+            "options": self.options.to_dict(),
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict() if self.after else None,
+            "file_ratio": self.ratio,
+            "loads_with_plain_keras": not self.custom_layers,
+            "needs_import_kmemopt": self.custom_layers,
+            "layers": self.layers,
+            "passes": [p.to_dict() for p in self.passes],
+            "fidelity": self.fidelity.to_dict() if self.fidelity is not None else None,
+            "reload": self.reload,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "warnings": list(self.warnings),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# options and paths
+
+
+def make_options(
+    *, quantize=None, allow_custom_layers=False, prune=None, prune_first_last=False, compress=False,
+    mixed_precision=None, skip=None, keep_optimizer=False,
+) -> ShrinkOptions:
+    try:
+        q = QuantizeMode(str(getattr(quantize, "value", quantize)).lower()) if quantize is not None else None
+    except ValueError:
+        raise UsageError(f"--quantize takes int8, int4, float16 or bfloat16. Received: {quantize!r}.") from None
+    try:
+        mp = MixedPrecision(str(getattr(mixed_precision, "value", mixed_precision)).lower()) if mixed_precision else None
+    except ValueError:
+        raise UsageError(f"--mixed-precision takes float16 or bfloat16. Received: {mixed_precision!r}.") from None
+    if prune is not None:
+        from kmemopt.units import parse_percent
+
+        prune = parse_percent(prune) if isinstance(prune, str) else float(prune)
+        if not 0 < prune < 1:
+            raise UsageError(f"--prune takes a sparsity between 0 and 1 (or 0% and 100%). Received: {prune!r}.")
+    if skip is not None:
+        try:
+            re.compile(skip)
+        except re.error as exc:
+            raise UsageError(f"--skip is not a valid regular expression ({exc}). Received: {skip!r}.") from None
+    if allow_custom_layers and q not in (QuantizeMode.int8, QuantizeMode.int4):
+        raise UsageError("--allow-custom-layers only applies with --quantize int8 or int4.")
+    return ShrinkOptions(
+        strip_optimizer=not keep_optimizer, quantize=q, allow_custom_layers=allow_custom_layers, prune=prune,
+        prune_first_last=prune_first_last, compress=compress, mixed_precision=mp, skip=skip,
+    )
+
+
+def default_output(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.slim.keras")
+
+
+def check_output(src: Path | None, out: Path, force: bool) -> Path:
+    from kmemopt.fileio import check_writable_dir
+
+    if out.suffix != ".keras":
+        raise UsageError(f"The output must be a .keras file. Received: {out}.")
+    if src is not None and (out.resolve() == src.resolve() or (out.exists() and os.path.samefile(out, src))):
+        raise UsageError(f"The output {out} is the input; kmemopt never overwrites its input.")
+    if out.exists() and not force:
+        raise UsageError(f"{out} already exists; pass --force to overwrite it, or choose another -o.")
+    if out.exists() and out.is_dir():
+        raise UsageError(f"{out} is a directory.")
+    check_writable_dir(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# writing and verifying
+
+
+def save_container(model, target: Path, *, compress: bool) -> None:
+    """Save with Keras into memory, then write the zip to `target`, deflated on request."""
+    from keras.src.saving import saving_lib
+
+    buffer = io.BytesIO()
+    saving_lib.save_model(model, buffer)
+    buffer.seek(0)
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(target, "w", compression=method) as dst:
+        for info in src.infolist():
+            item = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+            item.compress_type = method
+            item.external_attr = info.external_attr
+            dst.writestr(item, src.read(info))
+    # mkstemp made the temp file 0600; give the output the permissions a normal save would have.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(target, 0o666 & ~umask)
+
+
+_RELOAD_SCRIPT = r"""
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+model_path, inputs_path, outputs_path, import_kmemopt = sys.argv[1:5]
+if import_kmemopt == "1":
+    import kmemopt  # registers kmemopt's layers once keras is imported
+import numpy as np
+import keras
+model = keras.models.load_model(model_path)
+with np.load(inputs_path) as data:
+    arrays = [data[f"a{i}"] for i in range(len(data.files))]
+out = model.predict(arrays[0] if len(arrays) == 1 else arrays, batch_size=32, verbose=0)
+if isinstance(out, dict):
+    out = list(out.values())
+if not isinstance(out, (list, tuple)):
+    out = [out]
+np.savez(outputs_path, **{f"o{i}": np.asarray(o, dtype="float32") for i, o in enumerate(out)})
+"""
+
+
+def reload_command(model_path: Path, inputs_path: Path, outputs_path: Path, import_kmemopt: bool) -> list[str]:
+    """The fresh process that loads the written file with plain Keras (a function so tests can swap it)."""
+    return [sys.executable, "-c", _RELOAD_SCRIPT, str(model_path), str(inputs_path), str(outputs_path),
+            "1" if import_kmemopt else "0"]
+
+
+def verify_reload(tmp: Path, inputs, expected: list[np.ndarray], *, custom_layers: bool) -> tuple[list[np.ndarray], dict]:
+    """Load the written file with `keras.models.load_model` in a fresh process and rerun the inputs."""
+    with tempfile.TemporaryDirectory(prefix="kmemopt-reload-") as scratch:
+        scratch = Path(scratch)
+        link = scratch / "model.keras"  # Keras wants the .keras suffix; the temp file has .tmp
+        os.symlink(tmp.resolve(), link)
+        np.savez(scratch / "inputs.npz", **{f"a{i}": a for i, a in enumerate(inputs.arrays)})
+        outputs_path = scratch / "outputs.npz"
+        env = dict(os.environ)
+        env.setdefault("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
+        started = time.perf_counter()
+        proc = subprocess.run(
+            reload_command(link, scratch / "inputs.npz", outputs_path, custom_layers),
+            capture_output=True, text=True, env=env,
+        )
+        if proc.returncode != 0:
+            tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            raise ReloadFailed(
+                f"The written model did not reload in a fresh process with plain Keras ({tail[0][:300]}); "
+                "nothing was written."
+            )
+        with np.load(outputs_path) as data:
+            got = [data[f"o{i}"] for i in range(len(data.files))]
+        seconds = time.perf_counter() - started
+    diff = max((float(np.max(np.abs(g - e))) if g.size else 0.0) for g, e in zip(got, expected))
+    scale = max((float(np.max(np.abs(e))) if e.size else 0.0) for e in expected) or 1.0
+    reproduced = len(got) == len(expected) and diff <= RELOAD_RTOL * scale
+    if not reproduced:
+        raise ReloadFailed(
+            f"The reloaded model's outputs differ from the shrunk model's by {diff:.3g}; nothing was written."
+        )
+    info = {
+        "loaded_with": "keras.models.load_model (fresh process)",
+        "imports_kmemopt": custom_layers,
+        "max_abs_diff_vs_in_process": diff,
+        "reproduced": reproduced,
+        "seconds": round(seconds, 3),
+    }
+    return got, info
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _side(profile, file_bytes: int | None) -> Side:
+    t = profile.totals
+    return Side(
+        file_bytes=file_bytes, params=t.params, param_bytes=t.param_bytes,
+        inference_peak_bytes=t.inference_peak_bytes, training_peak_bytes=t.training_peak_bytes,
+    )
+
+
+def _layer_rows(before, after) -> list[dict[str, Any]]:
+    after_rows = {row.path: row for row in after.layers} if after is not None else {}
+    rows = []
+    for row in before.layers:
+        other = after_rows.get(row.path)
+        rows.append({
+            "layer": row.path,
+            "class_name": row.class_name,
+            "class_name_after": other.class_name if other else None,
+            "dtypes_before": list(row.param_dtypes),
+            "dtypes_after": list(other.param_dtypes) if other else None,
+            "param_bytes_before": row.param_bytes,
+            "param_bytes_after": other.param_bytes if other else None,
+        })
+    return rows
+
+
+def _output_names(model) -> list[str]:
+    names = getattr(model, "output_names", None)
+    return list(names) if names else [f"output_{i}" for i in range(len(model.outputs))]
+
+
+def _run_passes(model, options: ShrinkOptions, keras, file_info: dict, *, rebuild: bool = True):
+    from kmemopt.passes.rewrite import RewriteContext
+
+    passes = enabled_passes(options)
+    ctx = RewriteContext.from_model(model, options, keras)
+    ctx.file_info = file_info
+    ctx.will_rewrite = any(p.rewrites_weights(options) for p in passes)
+    results = [PassResult(p.name) for p in passes]
+    for p, r in zip(passes, results):
+        p.prepare(ctx, r)
+    if rebuild:
+        ctx.rebuild()
+        for p, r in zip(passes, results):
+            p.finish(ctx, r)
+    return ctx, results
+
+
+def _explain(model, options: ShrinkOptions, keras, results: list[PassResult], inputs, ref, names) -> list[dict]:
+    """Quantize (or prune) one layer at a time and measure what each does to the outputs alone."""
+    from dataclasses import replace
+
+    from kmemopt import fidelity as fid
+
+    paths = []
+    for r in results:
+        if r.name in ("quantize", "prune"):
+            paths.extend(a.layer for a in r.applied if a.layer not in paths)
+    rows = []
+    for path in paths:
+        ctx, _ = _run_passes(model, replace(options, only=frozenset({path}), mixed_precision=None), keras, {})
+        out = fid.predict(ctx.new_model, inputs)
+        f = fid.compare(names, ref, out, inputs)
+        first = f.outputs[0]
+        rows.append({
+            "layer": path,
+            "top1_agreement": f.top1_agreement,
+            "relative_l2_error": first.relative_l2_error,
+            "max_abs_error": first.max_abs_error,
+            "accuracy_after": f.accuracy_after,
+        })
+        del ctx
+    rows.sort(key=lambda r: (-(r["relative_l2_error"] or 0.0)))
+    return rows
+
+
+def shrink(
+    path_or_model: Any,
+    out: str | os.PathLike | None = None,
+    *,
+    quantize: str | None = None,
+    allow_custom_layers: bool = False,
+    prune: float | str | None = None,
+    prune_first_last: bool = False,
+    compress: bool = False,
+    mixed_precision: str | None = None,
+    skip: str | None = None,
+    keep_optimizer: bool = False,
+    data: str | os.PathLike | None = None,
+    samples: int | None = None,
+    min_agreement: float | None = None,
+    max_accuracy_drop: float | None = None,
+    explain: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    batch_size: int = 32,
+    optimizer: Any = None,
+    custom_objects: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> ShrinkResult:
+    """Write a slimmer copy of a model and report what changed and how faithful it stays."""
+    from kmemopt import fidelity as fid
+    from kmemopt._keras import import_keras
+    from kmemopt.api import load_model, profile
+    from kmemopt.fileio import atomic_path
+    from kmemopt.profiling.static import _optimizer_identifier, profile_model
+
+    started = time.perf_counter()
+    say = progress or (lambda message: None)
+    options = make_options(
+        quantize=quantize, allow_custom_layers=allow_custom_layers, prune=prune, prune_first_last=prune_first_last,
+        compress=compress, mixed_precision=mixed_precision, skip=skip, keep_optimizer=keep_optimizer,
+    )
+    if batch_size < 1:
+        raise UsageError(f"The batch size must be at least 1. Received: batch_size={batch_size}.")
+    if samples is not None and samples < 1:
+        raise UsageError(f"--samples must be at least 1. Received: {samples}.")
+    keras = import_keras()
+    src: Path | None = None
+    if isinstance(path_or_model, (str, os.PathLike)):
+        src = Path(path_or_model)
+        target = Path(out) if out is not None else default_output(src)
+    elif isinstance(path_or_model, keras.Model):
+        if out is None and not dry_run:
+            raise UsageError("shrink() of an in-memory model needs an output path: shrink(model, 'out.keras').")
+        target = Path(out) if out is not None else None
+    else:
+        raise UsageError(f"shrink() takes a path or a keras.Model. Received: {type(path_or_model).__name__}.")
+    if target is not None and not dry_run:
+        check_output(src, target, force)
+
+    say("Loading the model (after the safety checks) ...")
+    if src is not None:
+        from kmemopt.archive import read_model_file
+
+        model_file = read_model_file(src)
+        compiled = model_file.compile_config is not None
+        model = load_model(src, custom_objects=custom_objects, compile=keep_optimizer and compiled)
+        file_info = {
+            "compiled": compiled,
+            "optimizer_variables": len(model_file.optimizer_weights),
+            "optimizer_bytes": model_file.composition.optimizer_bytes,
+        }
+        opt_ident = optimizer if optimizer is not None else _optimizer_identifier(model_file, None)[0]
+        before_profile = profile(src, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects)
+        before_bytes = model_file.file_bytes
+    else:
+        model, model_file = path_or_model, None
+        file_info = {"compiled": getattr(model, "optimizer", None) is not None and model.optimizer.built,
+                     "optimizer_variables": 0, "optimizer_bytes": 0}
+        opt_ident = optimizer if optimizer is not None else "adam"
+        before_profile = profile_model(model, batch_size=batch_size, optimizer=opt_ident)
+        before_bytes = None
+    opt_name = opt_ident if isinstance(opt_ident, str) else str(opt_ident.get("class_name", "optimizer")) if isinstance(opt_ident, dict) else type(opt_ident).__name__
+    before = _side(before_profile, before_bytes)
+
+    say("Planning the passes ...")
+    if dry_run:
+        ctx, results = _run_passes(model, options, keras, file_info, rebuild=False)
+        return ShrinkResult(
+            input=str(src) if src else None, output=str(target) if target else None, written=False, dry_run=True,
+            options=options, batch_size=batch_size, optimizer=opt_name, before=before, after=None,
+            layers=_layer_rows(before_profile, None), passes=results,
+            custom_layers=any(p.int8_class is not None for p in ctx.plan.values()),
+            elapsed_s=time.perf_counter() - started,
+        )
+
+    inputs = fid.load_inputs(model, data, samples=samples)
+    names = _output_names(model)
+    say(f"Running the original model on {inputs.samples} {inputs.source} inputs ...")
+    ref = fid.predict(model, inputs)
+
+    say("Applying the passes ...")
+    ctx, results = _run_passes(model, options, keras, file_info)
+    new_model = ctx.new_model
+    custom = any(p.int8_class is not None for p in ctx.plan.values())
+
+    say("Measuring fidelity ...")
+    new_out = fid.predict(new_model, inputs)
+    fidelity = fid.compare(names, ref, new_out, inputs)
+    fid.apply_gates(fidelity, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+    if explain:
+        say("Explaining: one layer at a time ...")
+        fidelity.explain = _explain(model, options, keras, results, inputs, ref, names)
+
+    def partial(after=None, output=None, written=False, reload=None) -> ShrinkResult:
+        return ShrinkResult(
+            input=str(src) if src else None, output=output, written=written, dry_run=False, options=options,
+            batch_size=batch_size, optimizer=opt_name, before=before, after=after,
+            layers=_layer_rows(before_profile, after_profile), passes=results, fidelity=fidelity, reload=reload,
+            custom_layers=custom, elapsed_s=time.perf_counter() - started,
+        )
+
+    after_profile = None
+    if not fidelity.passed:
+        exc = fid.gate_failure(fidelity)
+        exc.result = partial()
+        raise exc
+    if ctx.new_model is not model:
+        ctx.model = None  # the original's weights are no longer needed: free them before writing
+        del model
+
+    say(f"Writing {target} ...")
+    with atomic_path(target) as tmp:
+        save_container(new_model, tmp, compress=ctx.compress)
+        say("Reloading the written file in a fresh process with plain Keras ...")
+        reloaded, reload_info = verify_reload(tmp, inputs, new_out, custom_layers=custom)
+        fidelity_reloaded = fid.compare(names, ref, reloaded, inputs)
+        fidelity_reloaded.gates = fidelity.gates
+        fidelity_reloaded.explain = fidelity.explain
+        fidelity = fidelity_reloaded
+        say("Profiling the result ...")
+        after_profile = profile(tmp, batch_size=batch_size, optimizer=opt_ident,
+                                custom_objects=custom_objects)
+        after = _side(after_profile, tmp.stat().st_size)
+    return partial(after=after, output=str(target), written=True, reload=reload_info)
+
+
+def to_json_dict(result: ShrinkResult) -> dict[str, Any]:
+    return json.loads(json.dumps(result.to_dict(), default=str))
