@@ -530,6 +530,12 @@ def evaluate(
     return BudgetResult(budget, model, value, status, tuple(reasons), optimizer, baseline)
 
 
+def unmeasured(budget: Budget, model: str, why: str, optimizer: str | None = None) -> BudgetResult:
+    """A budget whose value could not be measured fails at its level: a gate never passes on a guess."""
+    status = Status.failed if budget.level is Level.error else Status.warned
+    return BudgetResult(budget, model, None, status, (why,), optimizer)
+
+
 def not_checked(budget: Budget, model: str, error: str) -> BudgetResult:
     return BudgetResult(budget, model, None, Status.error, (), None, None, error)
 

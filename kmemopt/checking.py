@@ -196,31 +196,44 @@ def _load_baseline(path: Path, name: str) -> bg.Baseline:
     return bg.baseline_from_json(data, name)
 
 
-def _profile_value(metric: Metric, data: dict[str, Any]) -> int:
-    totals = data["totals"]
+def _needed(b: Budget, static: dict[tuple, Any]) -> tuple:
+    """The profile a budget reads: params and param_memory do not depend on the batch or optimizer."""
+    return b.key() if b.metric.needs_batch else next(iter(static), b.key())
+
+
+def _profile_value(metric: Metric, result) -> int:
+    t = result.totals
     return {
-        Metric.file_size: lambda: data["model"]["file_bytes"],
-        Metric.params: lambda: totals["params"],
-        Metric.param_memory: lambda: totals["param_bytes"],
-        Metric.inference_memory: lambda: totals["inference_peak_bytes"],
-        Metric.training_memory: lambda: totals["training_peak_bytes"],
-    }[metric]()
+        Metric.params: t.params,
+        Metric.param_memory: t.param_bytes,
+        Metric.inference_memory: t.inference_peak_bytes,
+        Metric.training_memory: t.training_peak_bytes,
+    }[metric]
 
 
-def _measure_unavailable() -> None:
-    raise UsageError(
-        "--measure is unavailable: this build of kmemopt has no measurement (kmemopt.profiling.measure); "
-        "the check uses the static estimate without --measure."
-    )
-
-
-def _measure_module():
-    """Issue 3's measurement, when this build has it."""
+def measurement() -> Callable[..., Any]:
+    """Issue 3's measurement (`kmemopt.profiling.measure.measure_profile`), or a usage error saying it is missing."""
     try:
-        from kmemopt.profiling import measure  # noqa: F401
+        from kmemopt.profiling.measure import measure_profile
     except ImportError:
-        _measure_unavailable()
-    _measure_unavailable()  # not wired yet: see the report; never pretend a static number is measured
+        raise UsageError(
+            "--measure is unavailable: this build of kmemopt has no measurement (kmemopt.profiling.measure). "
+            "Run the check without --measure (static estimates)."
+        ) from None
+    return measure_profile
+
+
+def _measured_value(metric: Metric, data: dict[str, Any]) -> tuple[int | None, str | None]:
+    """(measured peak, None) or (None, why it could not be measured)."""
+    measured = data.get("measured") or {}
+    key = "inference_peak_bytes" if metric is Metric.inference_memory else "training_peak_bytes"
+    status = measured.get("status", "ok")
+    value = measured.get(key)
+    if status != "ok" or value is None:
+        run = next(iter(measured.get("runs") or []), {})
+        why = run.get("message") or measured.get("message") or "no value"
+        return None, f"could not be measured ({status}): {why}"
+    return int(value), None
 
 
 def evaluate_checks(
@@ -230,8 +243,15 @@ def evaluate_checks(
     custom_objects: dict[str, Any] | None = None,
     on_model: Callable[[str], None] | None = None,
     config: str | None = None,
+    measure: Callable[..., Any] | None = None,
+    custom_objects_file: str | os.PathLike | None = None,
 ) -> CheckReport:
-    """Profile each model once per budget key and hold every value against its budget."""
+    """Profile each model once per budget key and hold every value against its budget.
+
+    With `measure` (see `measurement()`), inference and training memory are measured in a child
+    process instead of estimated; a budget whose model could not be measured (over the child's memory
+    or time limit, or a crash) fails, with the reason, rather than passing on a guess.
+    """
     from kmemopt.api import profile
     from kmemopt.archive import read_model_file
 
@@ -244,18 +264,19 @@ def evaluate_checks(
         model = group[0].model
         if on_model is not None:
             on_model(model)
-        profiles: dict[tuple, dict[str, Any]] = {}
+        static: dict[tuple, Any] = {}  # budget key -> ProfileResult
+        measured: dict[tuple, dict[str, Any]] = {}  # budget key -> measured profile's to_dict()
+
         try:
             file_bytes = read_model_file(path).file_bytes  # bounded archive checks first, even for file_size
             for c in group:
                 b = c.budget
                 if not b.metric.needs_profile:
                     continue
-                # params and param_memory do not depend on the batch or optimizer: reuse any profile.
-                key = b.key() if b.metric.needs_batch else next(iter(profiles), b.key())
-                if key not in profiles:
+                key = _needed(b, static)
+                if key not in static:
                     batch, optimizer, seq_len, shapes = key
-                    result = profile(
+                    static[key] = profile(
                         path,
                         batch_size=batch,
                         optimizer=optimizer,
@@ -263,7 +284,10 @@ def evaluate_checks(
                         input_shapes=dict(shapes) or None,
                         custom_objects=custom_objects,
                     )
-                    profiles[key] = result.to_dict()
+                if measure is not None and b.metric.needs_batch and key not in measured:
+                    measured[key] = measure(
+                        static[key], path, optimizer=key[1], custom_objects=custom_objects_file
+                    ).to_dict()
         except (UnsafeModelError, MalformedModelError) as exc:
             errors.append(bg.ModelError(model, exc.message, exc.rule, exc.where))
             results += [bg.not_checked(c.budget, model, str(exc)) for c in group]
@@ -273,9 +297,13 @@ def evaluate_checks(
             if b.metric is Metric.file_size:
                 value, optimizer = file_bytes, None
             else:
-                key = b.key() if b.metric.needs_batch else next(iter(profiles))
-                data = profiles[key]
-                value, optimizer = _profile_value(b.metric, data), (data.get("optimizer") or {}).get("name")
+                result = static[_needed(b, static)]
+                value, optimizer = _profile_value(b.metric, result), result.optimizer.get("name")
+                if measure is not None and b.metric.needs_batch:
+                    value, why = _measured_value(b.metric, measured[_needed(b, static)])
+                    if value is None:
+                        results.append(bg.unmeasured(b, model, why, optimizer))
+                        continue
             base_value = baseline.lookup(model, b.metric, b.batch_size, optimizer) if baseline is not None else None
             results.append(bg.evaluate(b, model, int(value), base_value, optimizer))
     return CheckReport(
@@ -283,6 +311,7 @@ def evaluate_checks(
         errors=tuple(errors),
         config=config,
         baseline=baseline.source if baseline is not None else None,
+        estimate="measured" if measure is not None else "static",
     )
 
 
@@ -309,8 +338,9 @@ def check(
     on_model: Callable[[str], None] | None = None,
 ) -> CheckReport:
     """Check model files against budgets; see `kmemopt.check` for the documented API."""
-    if measure:
-        _measure_module()
+    measure_fn = measurement() if measure else None
+    if measure_fn is not None and isinstance(custom_objects, dict):
+        raise UsageError("With measure=True, custom_objects must be a file path (the measuring process loads it).")
     here = Path(cwd) if cwd is not None else Path.cwd()
     if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
         raise UsageError(f"--batch-size must be at least 1. Received: {batch_size!r}.")
@@ -364,6 +394,8 @@ def check(
         baseline=base,
         custom_objects=objects,
         on_model=on_model,
+        measure=measure_fn,
+        custom_objects_file=Path(here, custom_objects).resolve() if measure_fn and custom_objects else None,
         config=display_path(Path(cfg.path), here, root) if cfg is not None and cfg.path else None,
     )
 

@@ -379,9 +379,59 @@ def test_internal_errors_exit_4(cli, project, monkeypatch):
     assert r.exit_code == 4 and "internal error" in r.stderr
 
 
-def test_measure_is_a_clear_usage_error_until_measurement_exists(cli, project):
+def _fake_measure(measured: dict, calls: list):
+    from types import SimpleNamespace
+
+    def measure(result, path, *, optimizer=None, custom_objects=None):
+        calls.append((Path(path).name, result.batch_size, optimizer))
+        return SimpleNamespace(to_dict=lambda: {**result.to_dict(), "measured": measured})
+
+    return measure
+
+
+def test_measure_uses_the_measured_peaks(cli, project, monkeypatch):
+    calls: list = []
+    fake = _fake_measure({"status": "ok", "inference_peak_bytes": 111, "training_peak_bytes": 222}, calls)
+    monkeypatch.setattr(checking, "measurement", lambda: fake)
+    args = ["check", "models/mlp.keras", "--max-training-memory", "1GiB", "--max-inference-memory", "1GiB"]
+    r = cli(*args, "--max-params", "1M", "-b", "4", "--measure", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    data = _json(r)
+    assert data["estimate"] == "measured"
+    assert {row["metric"]: row["value"] for row in data["budgets"]} == {
+        "training_memory": 222,
+        "inference_memory": 111,
+        "params": MLP_PARAMS,
+    }
+    assert calls == [("mlp.keras", 4, None)]  # one measurement serves both memory budgets
+
+
+def test_a_model_that_cannot_be_measured_fails_its_budget(cli, project, monkeypatch):
+    fake = _fake_measure({"status": "exceeded_memory", "runs": [{"message": "over the 1 GiB limit"}]}, [])
+    monkeypatch.setattr(checking, "measurement", lambda: fake)
+    r = cli("check", "models/mlp.keras", "--max-training-memory", "1GiB", "--measure", "-f", "json")
+    assert r.exit_code == 1
+    row = _json(r)["budgets"][0]
+    assert row["status"] == "fail" and row["value"] is None
+    assert row["reasons"] == ["could not be measured (exceeded_memory): over the 1 GiB limit"]
+
+
+def test_measure_without_the_measurement_module_is_a_usage_error(cli, project, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "kmemopt.profiling.measure", None)  # makes the import fail
     r = cli("check", "models/mlp.keras", "--max-training-memory", "1GiB", "--measure")
-    assert r.exit_code == 2 and "--measure" in r.stderr and "unavailable" in r.stderr
+    assert r.exit_code == 2 and "--measure is unavailable" in r.stderr
+
+
+@pytest.mark.slow
+def test_measure_for_real(cli, project):
+    """The real measurement (issue 3) runs in a child process: values are positive byte counts."""
+    pytest.importorskip("kmemopt.profiling.measure")
+    r = cli("check", "models/nested.keras", "--max-inference-memory", "4GiB", "-b", "2", "--measure", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    data = _json(r)
+    assert data["estimate"] == "measured" and data["budgets"][0]["value"] > 0
 
 
 # --- library ---------------------------------------------------------------------------------

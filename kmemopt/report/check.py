@@ -79,7 +79,8 @@ def render_check(data: dict[str, Any], console) -> None:
     from rich.table import Table
 
     show_baseline = data.get("baseline") is not None
-    table = Table(title="kmemopt check", title_justify="left", show_lines=False)
+    title = "kmemopt check" + (" (measured memory)" if data.get("estimate") == "measured" else "")
+    table = Table(title=title, title_justify="left", show_lines=False)
     table.add_column("model", overflow="fold")
     table.add_column("metric")
     table.add_column("value", justify="right")
