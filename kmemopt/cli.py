@@ -203,6 +203,7 @@ def _register_commands() -> None:
     from kmemopt.commands import check, shrink
 
     check.register(app)
+    shrink.register(app)
 
 
 _register_commands()
@@ -214,4 +215,3 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-    shrink.register(app)
