@@ -163,7 +163,8 @@ def check(
 
             console = cli._stderr_console()
             for err in report.errors:
-                render_error(console, f"{err.model} was not checked: {err.message}")
+                rule = f"[{err.rule}] " if err.rule else ""
+                render_error(console, f"{err.model} was not checked: {rule}{err.message}")
         code = report.exit_code(exit_zero=exit_zero)
         if code:
             raise typer.Exit(code)
