@@ -19,7 +19,14 @@ from kmemopt.trust import Allowlist, build_allowlist, check_config
 
 @contextlib.contextmanager
 def unallocated(allow_constants: bool = False) -> Iterator[None]:
-    """Variables created inside get shapes and dtypes but no memory.
+    """Variables created inside get shapes and dtypes but no memory, now and later.
+
+    Keras keeps every variable created in a stateless scope on a global "uninitialized" list and
+    initializes (allocates) the whole list when any top-level stateless scope exits, which
+    TensorFlow's shape inference opens for every layer without its own `compute_output_spec`. So
+    everything that touches unallocated models (building, tracing, optimizer building) runs inside
+    this scope, whose nesting keeps those inner scopes from initializing anything, and the variables
+    created here are taken off that list on exit: nothing ever allocates them behind our back.
 
     With `allow_constants`, a variable created from a concrete value (a scalar some optimizers make
     in `build`, e.g. Nadam's running product) is created normally instead of being refused: such
@@ -29,11 +36,8 @@ def unallocated(allow_constants: bool = False) -> Iterator[None]:
     from keras.src.backend.common.stateless_scope import StatelessScope, in_stateless_scope
     from keras.src.backend.common.variables import Variable as KerasVariable
 
-    if not allow_constants:
-        with StatelessScope(initialize_variables=False):
-            yield
-        return
-
+    outermost = not in_stateless_scope()
+    before = list(global_state.get_global_attribute("uninitialized_variables") or [])
     original = KerasVariable.__init__
 
     def init(self, initializer, *args, **kwargs):
@@ -46,12 +50,17 @@ def unallocated(allow_constants: bool = False) -> Iterator[None]:
                 global_state.set_global_attribute("stateless_scope", scope)
         return original(self, initializer, *args, **kwargs)
 
-    KerasVariable.__init__ = init
+    if allow_constants:
+        KerasVariable.__init__ = init
     try:
         with StatelessScope(initialize_variables=False):
             yield
     finally:
         KerasVariable.__init__ = original
+        if outermost:
+            keep = {id(v) for v in before}
+            current = global_state.get_global_attribute("uninitialized_variables") or []
+            global_state.set_global_attribute("uninitialized_variables", [v for v in current if id(v) in keep])
 
 
 def checked_configs(model_file: ModelFile, allow: Allowlist) -> None:

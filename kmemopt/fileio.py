@@ -24,6 +24,9 @@ def check_writable_dir(target: Path) -> Path:
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside `target`; on success it is renamed onto `target`, else removed."""
     target = Path(target)
+    if target.exists() and not target.is_file():
+        # Renaming onto a device or a pipe would replace it (as root, /dev/null itself).
+        raise UsageError(f"{target} exists and is not a regular file; kmemopt writes files only.")
     folder = check_writable_dir(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=(suffix or target.suffix) + ".tmp", dir=folder)
     os.close(fd)
@@ -39,5 +42,11 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    """Write text atomically; a device or pipe (/dev/stdout, /dev/null, a FIFO) is written in place."""
+    path = Path(target)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")

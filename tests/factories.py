@@ -18,15 +18,9 @@ def write_declared_model(path: Path, model, *, store_values: bool = False) -> Pa
 
     from kmemopt.profiling.dtypes import itemsize
 
-    config = {
-        "module": "keras",
-        "class_name": type(model).__name__ if type(model).__name__ == "Sequential" else "Functional",
-        "config": model.get_config(),
-        "registered_name": None,
-        "build_config": {"input_shape": None},
-    }
-    if type(model).__name__ != "Sequential":
-        config["module"] = "keras.src.models.functional"
+    from keras.saving import serialize_keras_object
+
+    config = serialize_keras_object(model)
     weights_tmp = path.with_suffix(".weights.tmp")
     with h5py.File(weights_tmp, "w") as h5:
         for layer in model.layers:

@@ -75,3 +75,36 @@ def test_keras_hub_backbone_profiles_when_installed(keras, tmp_path):
     assert r.totals.params == model.count_params()
     assert {row.class_name for row in r.layers} >= {"ReversibleEmbedding", "LlamaTransformerDecoder"}
     assert {i.name for i in r.inputs} == {"token_ids", "padding_mask"}
+
+
+def test_tracing_never_allocates_declared_weights(keras, tmp_path):
+    """A 0.5 B-parameter keras-hub Llama (2 GB of float32 weights, declared but not stored) profiles
+    with unknown dimensions filled (so every layer's shape is inferred again, some through TensorFlow's
+    scratch-graph tracing) in a child whose peak RSS stays far below the weights' size."""
+    keras_hub = pytest.importorskip("keras_hub")
+    import json
+    import subprocess
+    import sys
+
+    from factories import write_declared_model
+
+    with unallocated():
+        llama = keras_hub.models.LlamaBackbone(
+            vocabulary_size=32000, num_layers=8, num_query_heads=16, num_key_value_heads=16,
+            hidden_dim=2048, intermediate_dim=5504,
+        )
+    weight_bytes = llama.count_params() * 4
+    path = write_declared_model(tmp_path / "llama.keras", llama)
+    code = (
+        "import json, resource, sys, kmemopt\n"
+        f"r = kmemopt.profile({str(path)!r}, batch_size=1, seq_len=256)\n"
+        "from keras.src.backend.common import global_state\n"
+        "print(json.dumps({'params': r.totals.params,\n"
+        "  'left': len(global_state.get_global_attribute('uninitialized_variables') or []),\n"
+        "  'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["params"] == llama.count_params()
+    assert result["left"] == 0  # nothing left for a later stateless scope to initialize
+    assert result["rss"] < min(weight_bytes / 2, 1.5 * 1024**3)

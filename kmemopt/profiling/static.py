@@ -275,7 +275,10 @@ def profile_model(
     specs, names, recompute = _input_specs(model, input_shapes, seq_len)
     tracer = g.Tracer(internals=layer_internals)
     tracer.recompute = recompute
-    graph = tracer.trace(model, specs, names)
+    from kmemopt.build import unallocated
+
+    with unallocated():  # shape inference must never initialize (allocate) unallocated variables
+        graph = tracer.trace(model, specs, names)
 
     ident, source = _optimizer_identifier(model_file, optimizer)
     opt: OptimizerState = optimizer_state(ident, model)
