@@ -140,7 +140,7 @@ def plan(paths: Sequence[str], config: Config | None, overrides: Overrides, cwd:
             checks += [Check(t, display_path(t, cwd, base), budget) for t in targets if t.resolve() in matched]
     else:
         for budget in cfg_budgets:
-            found = expand(budget.model, Path(budget.base or cwd))
+            found = [f for f in expand(budget.model, Path(budget.base or cwd)) if f.exists()]
             if not found:
                 raise UsageError(
                     f"{budget.source}: model = {budget.model!r} matches no file (relative to {budget.base}); "

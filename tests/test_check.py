@@ -334,6 +334,7 @@ def test_usage_errors_exit_2(cli, project, args, words):
         (_budget("models/*.keras", "gpu_memory", "1 GB"), ["budget #1", "gpu_memory"]),
         (_budget("models/*.keras", "params", "many"), ["budget #1", "many"]),
         (_budget("models/*.h5", "params", "1M"), ["budget #1", "models/*.h5", "matches no file"]),
+        (_budget("models/gone.keras", "params", "1M"), ["budget #1", "models/gone.keras", "matches no file"]),
         ("[tool.kmemopt]\nbudget = 3\n", ["[[tool.kmemopt.budget]]"]),
         ("[tool.kmemopt\n", ["not valid TOML"]),
     ],
