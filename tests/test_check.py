@@ -446,3 +446,16 @@ def test_python_api(project):
         ("models/nested.keras", 123),
     ]
     assert kmemopt.check(project / "models" / "nested.keras", max_params=123, cwd=project).passed
+
+
+def test_glob_expansion(tmp_path):
+    for rel in ("a/x.keras", "a/b/y.keras", "a/b/c/z.h5", "a/notes.txt", "a/dir.keras/inner.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    names = lambda pattern: [p.relative_to(tmp_path).as_posix() for p in checking.expand(pattern, tmp_path)]  # noqa: E731
+    assert names("a/*.keras") == ["a/x.keras"]  # a folder named dir.keras is not a model file
+    assert names("a/**/*.keras") == ["a/b/y.keras", "a/x.keras"]
+    assert names("**/*.h5") == ["a/b/c/z.h5"]
+    assert names("a/*.onnx") == []
+    assert names("a/x.keras") == ["a/x.keras"]  # a plain path is returned as is, checked later
+    assert [p.name for p in checking.expand(str(tmp_path / "a" / "*.keras"), Path("/elsewhere"))] == ["x.keras"]
