@@ -388,7 +388,7 @@ def shrink(
         from kmemopt.archive import read_model_file
 
         model_file = read_model_file(src)
-        compiled = model_file.compile_config is not None
+        compiled = bool(model_file.compile_config)
         model = load_model(src, custom_objects=custom_objects, compile=keep_optimizer and compiled)
         file_info = {
             "compiled": compiled,
