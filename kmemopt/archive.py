@@ -8,10 +8,13 @@ storage are refused, and the zip is never extracted to disk.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,7 +406,7 @@ def _read_keras_zip(path: Path, size: int, limits: Limits) -> ModelFile:
             if "model.weights.h5" in names:
                 info = zf.getinfo("model.weights.h5")
                 h5_member = info.compress_size
-                with zf.open(info) as fh, _open_h5(fh) as h5:
+                with _open_member(zf, info, path) as fh, _open_h5(fh) as h5:
                     arrays = read_hdf5_arrays(h5, limits)
                 for a in arrays:
                     (optimizer if a.path.startswith("optimizer/") else weights).append(a)
@@ -422,6 +425,63 @@ def _read_keras_zip(path: Path, size: int, limits: Limits) -> ModelFile:
         assets_bytes=assets,
         h5_bytes=h5_member, members=tuple(sorted(names)),
     )
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of bytes [start, start + size) of a file.
+
+    HDF5 seeks back and forth to read its metadata. Python 3.11's zip member stream answers every
+    backward seek by reading the member again from its start, which made reading the metadata of a
+    100 MB stored member take seconds; a stored member is plain bytes in the archive, so read it there.
+    """
+
+    def __init__(self, fh, start: int, size: int):
+        super().__init__()
+        self._fh, self._start, self._size, self._pos = fh, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        self._fh.seek(self._start + self._pos)
+        data = self._fh.read(n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+@contextlib.contextmanager
+def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
+    """A seekable stream of a member: a window on the archive when stored, zipfile's stream otherwise."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        with zf.open(info) as fh:
+            yield fh
+        return
+    with open(path, "rb") as raw:
+        raw.seek(info.header_offset)
+        header = raw.read(30)
+        if len(header) != 30 or header[:4] != ZIP_MAGIC:
+            raise MalformedModelError(f"{path}: the local header of {info.filename!r} is damaged.")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        if start + info.file_size > os.fstat(raw.fileno()).st_size:
+            raise MalformedModelError(f"{path} is truncated: {info.filename!r} runs past the end of the file.")
+        window = _Window(raw, start, info.file_size)
+        yield io.BufferedReader(window, buffer_size=64 * 1024)
 
 
 def zlib_error():
