@@ -153,3 +153,44 @@ def test_profile_never_reads_weight_values(cli, mlp_path, tmp_path):
     a = json.loads(cli("profile", mlp_path, "-f", "json").stdout)
     b = json.loads(cli("profile", copy, "-f", "json").stdout)
     assert a["totals"] == b["totals"] and a["layers"] == b["layers"]
+
+
+CUSTOM_LAYER = '''
+import keras
+
+
+@keras.saving.register_keras_serializable(package="mine")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.w * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+'''
+
+
+def test_custom_layers_need_custom_objects(cli, keras, tmp_path):
+    import runpy
+
+    source = tmp_path / "my_layers.py"
+    source.write_text(CUSTOM_LAYER)
+    scale = runpy.run_path(str(source))["Scale"]
+    inp = keras.Input((6,), name="x")
+    path = tmp_path / "custom.keras"
+    keras.Model(inp, scale(name="scale")(inp)).save(path)
+
+    refused = cli("profile", path)
+    assert refused.exit_code == 3 and "--custom-objects" in refused.stderr
+    accepted = cli("profile", path, "--custom-objects", source, "-f", "json")
+    assert accepted.exit_code == 0, accepted.stderr
+    rows = {r["name"]: r for r in json.loads(accepted.stdout)["layers"]}
+    assert rows["scale"]["class_name"] == "Scale" and rows["scale"]["params"] == 6
+    missing = cli("profile", path, "--custom-objects", tmp_path / "nope.py")
+    assert missing.exit_code == 2
