@@ -103,10 +103,10 @@ def progress(message: str):
     """A spinner on stderr while slow work runs (only on a terminal)."""
     console = _stderr_console()
     if console.is_terminal:
-        with console.status(message):
-            yield
+        with console.status(message) as status:
+            yield status.update
     else:
-        yield
+        yield lambda _message: None
 
 
 def parse_input_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -168,10 +168,30 @@ def profile(
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="Show only the N heaviest layers.")] = None,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Also run the model for real (in a child process) and show measured peaks.")
+    ] = False,
+    device: Annotated[
+        str, typer.Option("--device", help="Where to measure: cpu, gpu or auto (a GPU when one is visible).")
+    ] = "cpu",
+    gpu_index: Annotated[int, typer.Option("--gpu-index", min=0, help="Which GPU to measure on.")] = 0,
+    batch_sizes: Annotated[
+        Optional[str], typer.Option("--batch-sizes", help="Measure several batch sizes, e.g. 1,8,32, and fit fixed + per-sample bytes.")
+    ] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="Inputs for --measure: .npy, or .npz keyed by input name or x.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds one measuring child may run (per batch size).")
+    ] = 900,
+    max_memory: Annotated[
+        Optional[str], typer.Option("--max-memory", help="Resident memory the measuring child may use (default: 3/4 of available).")
+    ] = None,
 ) -> None:
     """Show where a saved model's memory goes, layer by layer, without loading its weights.
 
     Example: kmemopt profile model.keras --batch-size 64 --budget 16GiB
+    Example: kmemopt profile model.keras --measure --batch-sizes 1,8,32
     """
     with guarded():
         from kmemopt.api import profile as run_profile
@@ -184,6 +204,18 @@ def profile(
                 model, batch_size=batch_size, optimizer=optimizer, input_shapes=shapes, seq_len=seq_len,
                 budget=budget_bytes, custom_objects=custom_objects,
             )
+        if measure or batch_sizes:
+            from kmemopt.profiling.measure import Device, measure_profile, parse_batch_sizes
+
+            if device not in {d.value for d in Device}:
+                raise UsageError(f"--device takes cpu, gpu or auto. Received: {device!r}.")
+            with progress(f"Measuring {model} ...") as update:
+                result = measure_profile(
+                    result, model, batch_sizes=parse_batch_sizes(batch_sizes), optimizer=optimizer,
+                    custom_objects=custom_objects, data=data, device=device, gpu_index=gpu_index, timeout_s=timeout,
+                    max_memory_bytes=parse_size(max_memory) if max_memory else None,
+                    on_phase=lambda p: update(f"Measuring {model}: {p} ..."),
+                )
         data = result.to_dict()
         from kmemopt.report import render_to_text, to_json
         from kmemopt.report.profile import profile_markdown, render_profile

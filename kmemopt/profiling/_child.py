@@ -1,0 +1,551 @@
+"""The measuring child: `python -m kmemopt.profiling._child SPEC.json RESULT.json`.
+
+Runs in its own process (started by measure.py) so that kmemopt's own process and the user's shell stay
+small, and so the framework's memory can be measured from a clean start. It reads a JSON spec, runs the
+phases one after another and writes one JSON result; progress goes to stdout as `phase <name>` lines.
+
+Phases, each measured on its own:
+  baseline   import the framework, start its runtime, warm it up on a tiny model (one-time costs)
+  load       kmemopt.api.load_model (allowlist + archive checks, safe_mode=True)
+  inference  one predict step at the batch size
+  training   one train step at the batch size (compiled loss, else a default from the output layer)
+  layers     one eager forward pass that records every leaf layer's real output bytes
+
+CPU peaks are the kernel's high-water mark (VmHWM), reset before each phase by writing "5" to
+/proc/self/clear_refs; where that is not possible, RSS is sampled every few milliseconds (psutil).
+Freed heap memory is handed back to the kernel (malloc_trim) before each reset, so one phase's
+leftovers do not hide the next phase's growth.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+PROC_STATUS = "/proc/self/status"
+CLEAR_REFS = "/proc/self/clear_refs"
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open(PROC_STATUS) as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def rss_bytes() -> int:
+    value = _status_kib("VmRSS")
+    if value is not None:
+        return value
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _trim() -> None:
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class HighWaterMark:
+    """The process's peak RSS since `reset()`: the kernel's VmHWM, else a sampling thread."""
+
+    def __init__(self) -> None:
+        self.method = "vmhwm" if self._can_reset() else "sampling"
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _can_reset() -> bool:
+        if _status_kib("VmHWM") is None:
+            return False
+        try:
+            with open(CLEAR_REFS, "w") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        _trim()
+        if self.method == "vmhwm":
+            with open(CLEAR_REFS, "w") as fh:
+                fh.write("5")
+            return
+        self._stop_thread()
+        self._peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self._peak = max(self._peak, proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def peak(self) -> int:
+        if self.method == "vmhwm":
+            return max(_status_kib("VmHWM") or 0, rss_bytes())
+        self._stop_thread()
+        return max(self._peak, rss_bytes())
+
+
+# --------------------------------------------------------------------------------------------- GPU
+
+
+class GpuMeter:
+    """Backend allocator peak and NVML figures for one GPU. Only built when the device is a GPU."""
+
+    def __init__(self, backend: str, index: int) -> None:
+        self.backend = backend
+        self.index = index
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._start_peak = 0
+
+    def configure(self) -> None:
+        """Before any tensor: TensorFlow must not grab the whole card."""
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            for gpu in gpus:
+                tf.config.experimental.set_memory_growth(gpu, True)
+
+    def _tf_name(self) -> str:
+        return "GPU:0"  # CUDA_VISIBLE_DEVICES narrows the process to the chosen card
+
+    def reset(self) -> None:
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.experimental.reset_memory_stats(self._tf_name())
+        elif self.backend == "torch":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        elif self.backend == "jax":
+            self._start_peak = self._jax_stats().get("peak_bytes_in_use", 0)
+
+    def _jax_stats(self) -> dict:
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        return (gpus[0].memory_stats() or {}) if gpus else {}
+
+    def allocator(self) -> tuple[int, int]:
+        """(current, peak) bytes of the backend's own allocator."""
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            info = tf.config.experimental.get_memory_info(self._tf_name())
+            return int(info["current"]), int(info["peak"])
+        if self.backend == "torch":
+            import torch
+
+            return int(torch.cuda.memory_allocated()), int(torch.cuda.max_memory_allocated())
+        stats = self._jax_stats()
+        # JAX cannot reset its peak: a phase's peak is only known when it exceeds the earlier ones.
+        return int(stats.get("bytes_in_use", 0)), int(stats.get("peak_bytes_in_use", 0))
+
+    def nvml(self) -> dict[str, int]:
+        nv = self._nvml
+        mem = nv.nvmlDeviceGetMemoryInfo(self._handle)
+        mine = 0
+        try:
+            for proc in nv.nvmlDeviceGetComputeRunningProcesses(self._handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory:
+                    mine += int(proc.usedGpuMemory)
+        except nv.NVMLError:
+            pass
+        return {"total_bytes": int(mem.total), "used_bytes": int(mem.used), "process_bytes": mine}
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def _embedding_vocab(model) -> int | None:
+    sizes = [layer.input_dim for layer in model._flatten_layers() if type(layer).__name__ == "Embedding"]
+    return min(sizes) if sizes else None
+
+
+def _load_data(path: str | None):
+    if not path:
+        return None
+    import numpy as np
+
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return {"x": loaded}
+    return {k: loaded[k] for k in loaded.files}
+
+
+def make_inputs(model, specs: list[dict], batch: int, data, seed: int = 0) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    vocab = _embedding_vocab(model)
+    for i, spec in enumerate(specs):
+        name, dims, dtype = spec["name"], [int(d) for d in spec["shape"][1:]], spec["dtype"]
+        source = None
+        if data is not None:
+            source = data.get(name)
+            if source is None and len(specs) == 1:
+                source = data.get("x", next(iter(data.values())) if len(data) == 1 else None)
+        if source is not None:
+            reps = -(-batch // max(len(source), 1))
+            arr = np.concatenate([source] * reps)[:batch] if reps > 1 else source[:batch]
+            out[name] = np.asarray(arr).astype(dtype)
+        elif np.issubdtype(np.dtype(dtype), np.integer):
+            out[name] = rng.integers(0, vocab or 2, size=[batch] + dims).astype(dtype)
+        elif np.dtype(dtype) == np.bool_:
+            out[name] = rng.integers(0, 2, size=[batch] + dims).astype(bool)
+        else:
+            out[name] = rng.standard_normal([batch] + dims).astype(dtype)
+    return out
+
+
+def _as_model_input(model, arrays: dict):
+    values = list(arrays.values())
+    return values[0] if len(values) == 1 else values
+
+
+def _compiled_loss(keras, config):
+    """The file's compiled loss (already allowlist-checked by load_model), or None if unusable."""
+    if config is None:
+        return None
+    if isinstance(config, (list, dict)) and not (isinstance(config, dict) and "class_name" in config):
+        return None  # per-output losses: use the default rule
+    try:
+        return keras.losses.get(config)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _loss_name(loss) -> str:
+    if loss is None:
+        return ""
+    if isinstance(loss, str):
+        return loss
+    return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
+
+
+def default_loss(model) -> str:
+    """A loss that fits the last layer: softmax -> categorical CE, sigmoid -> binary CE, else MSE."""
+    layers = [layer for layer in model._flatten_layers(include_self=False) if not layer._layers]
+    last = layers[-1] if layers else None
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    if type(last).__name__ == "Softmax" or activation == "softmax":
+        return "categorical_crossentropy"
+    if type(last).__name__ == "Activation" and getattr(last, "activation", None).__name__ == "softmax":
+        return "categorical_crossentropy"
+    if activation == "sigmoid":
+        return "binary_crossentropy"
+    return "mean_squared_error"
+
+
+def make_targets(model, outputs, loss, seed: int = 1):
+    """Random targets shaped for `loss` from the model's real outputs."""
+    import numpy as np
+
+    from keras import tree
+
+    rng = np.random.default_rng(seed)
+    name = _loss_name(loss).lower()
+    targets = []
+    for y in tree.flatten(outputs):
+        shape = tuple(y.shape)
+        if "sparse" in name:
+            targets.append(rng.integers(0, max(shape[-1], 1), size=shape[:-1]).astype("int32"))
+        elif "categorical" in name:
+            idx = rng.integers(0, max(shape[-1], 1), size=shape[:-1])
+            targets.append(np.eye(shape[-1], dtype="float32")[idx])
+        elif "binary" in name or "hinge" in name:
+            targets.append(rng.integers(0, 2, size=shape).astype("float32"))
+        else:
+            targets.append(rng.standard_normal(shape).astype("float32"))
+    return targets[0] if len(targets) == 1 else targets
+
+
+# --------------------------------------------------------------------------------------------- phases
+
+
+def _warm_up(keras) -> None:
+    """One-time framework costs (kernel libraries, graph machinery) paid on a tiny model."""
+    import numpy as np
+
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = keras.layers.Dense(2, activation="softmax")(h)
+    tiny = keras.Model(inp, out)
+    tiny.compile(optimizer="adam", loss="categorical_crossentropy")
+    x = np.zeros((2, 8, 8, 3), "float32")
+    tiny.predict_on_batch(x)
+    tiny.train_on_batch(x, np.eye(2, dtype="float32"))
+    # The load path's own imports (saving, HDF5, kmemopt's checks) are framework cost too.
+    tiny.save("warmup.keras")
+    del tiny
+    from kmemopt.api import load_model
+
+    again = load_model("warmup.keras")
+    again.predict_on_batch(x)
+    del again
+    os.remove("warmup.keras")
+
+
+def _record_layers(model, x) -> dict[str, int]:
+    """Bytes of every leaf layer's real outputs in one eager forward pass, keyed by layer path."""
+    from keras import tree
+
+    sizes: dict[str, int] = {}
+    patched = []
+
+    from keras.src.layers.core.input_layer import InputLayer
+
+    from kmemopt.profiling.graph import _is_functional, _is_sequential
+
+    def walk(m, prefix):
+        for layer in m.layers:
+            if _is_functional(layer) or _is_sequential(layer):
+                walk(layer, prefix + layer.name + "/")
+            elif not isinstance(layer, InputLayer):
+                yield_leaf(layer, prefix + layer.name)
+
+    def yield_leaf(layer, path):
+        original = layer.call
+
+        def call(*args, __original=original, __path=path, **kwargs):
+            result = __original(*args, **kwargs)
+            total = 0
+            for t in tree.flatten(result):
+                shape = getattr(t, "shape", None)
+                dtype = getattr(t, "dtype", None)
+                if shape is None or dtype is None:
+                    continue
+                n = 1
+                for d in shape:
+                    n *= int(d)
+                total += n * _itemsize(dtype)
+            sizes[__path] = sizes.get(__path, 0) + total
+            return result
+
+        layer.call = call
+        patched.append(layer)
+
+    walk(model, "")
+    try:
+        model(x, training=False)
+    finally:
+        for layer in patched:
+            try:
+                del layer.call
+            except AttributeError:
+                pass
+    return sizes
+
+
+def _itemsize(dtype) -> int:
+    from kmemopt.profiling.dtypes import itemsize
+
+    return itemsize(getattr(dtype, "name", dtype))
+
+
+def _limit_memory(max_bytes: int | None, cpu_seconds: int | None) -> None:
+    """Backstops: RLIMIT_AS above today's address space by the allowed resident bytes; RLIMIT_CPU."""
+    if max_bytes:
+        size = _status_kib("VmSize") or 0
+        # Address space grows without resident memory (thread stacks, malloc arenas): leave slack.
+        limit = size + int(max_bytes) + 2 * 1024**3
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ValueError, OSError):
+            pass
+    if cpu_seconds:
+        try:
+            resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_seconds), int(cpu_seconds) + 5))
+        except (ValueError, OSError):
+            pass
+
+
+def _phase(name: str) -> None:
+    print(f"phase {name}", flush=True)
+
+
+def run(spec: dict) -> dict:
+    device = spec.get("device", "cpu")
+    _limit_memory(None, spec.get("cpu_seconds"))
+    hwm = HighWaterMark()
+    result: dict = {"device": device, "method": hwm.method, "pid": os.getpid(), "seconds": {}}
+
+    _phase("baseline")
+    hwm.reset()
+    t0 = time.perf_counter()
+    gpu = None
+    if device == "gpu":
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        gpu = GpuMeter(backend, int(spec.get("gpu_index", 0)))
+        if backend == "tensorflow":
+            import tensorflow  # noqa: F401
+
+            gpu.configure()
+    from kmemopt._keras import import_keras
+
+    keras = import_keras()
+    _warm_up(keras)
+    _trim()
+    baseline = rss_bytes()
+    result["baseline_bytes"] = baseline
+    result["baseline_peak_bytes"] = hwm.peak()
+    result["seconds"]["baseline"] = time.perf_counter() - t0
+    _limit_memory(spec.get("max_memory_bytes"), None)
+    gpu_base = 0
+    if gpu is not None:
+        gpu_base = gpu.allocator()[0]
+        result["nvml_baseline_bytes"] = gpu.nvml()["process_bytes"]
+
+    def gpu_phase(name: str) -> None:
+        if gpu is None:
+            return
+        current, peak = gpu.allocator()
+        nv = gpu.nvml()
+        result.setdefault("gpu", {})[name] = {
+            "allocator_peak_bytes": max(peak - gpu_base, 0),
+            "allocator_current_bytes": max(current - gpu_base, 0),
+            "nvml_used_bytes": nv["used_bytes"],
+            "nvml_process_bytes": nv["process_bytes"],
+            "nvml_total_bytes": nv["total_bytes"],
+        }
+
+    _phase("load")
+    hwm.reset()
+    if gpu is not None:
+        gpu.reset()
+    t0 = time.perf_counter()
+    from kmemopt.api import load_model
+
+    custom = spec.get("custom_objects")
+    model = load_model(spec["path"], custom_objects=custom, compile=False)
+    result["load_peak_bytes"] = hwm.peak() - baseline
+    _trim()
+    result["load_bytes"] = rss_bytes() - baseline
+    result["seconds"]["load"] = time.perf_counter() - t0
+    gpu_phase("load")
+
+    data = _load_data(spec.get("data"))
+    runs = []
+    for batch in spec["batch_sizes"]:
+        row: dict = {"batch_size": batch}
+        x = _as_model_input(model, make_inputs(model, spec["inputs"], batch, data))
+        if "inference" in spec.get("phases", ["inference", "training"]):
+            _phase(f"inference b={batch}")
+            hwm.reset()
+            if gpu is not None:
+                gpu.reset()
+            t0 = time.perf_counter()
+            outputs = model.predict_on_batch(x)
+            row["inference_peak_bytes"] = hwm.peak() - baseline
+            row["inference_seconds"] = time.perf_counter() - t0
+            gpu_phase(f"inference b={batch}")
+        else:
+            outputs = model.predict_on_batch(x)
+        if "training" in spec.get("phases", ["inference", "training"]):
+            _phase(f"training b={batch}")
+            loss, loss_source = _compiled_loss(keras, spec.get("loss")), "compiled"
+            if loss is None:
+                loss, loss_source = default_loss(model), "default"
+            y = make_targets(model, outputs, loss)
+            del outputs
+            from kmemopt.build import make_optimizer
+
+            model.compile(optimizer=make_optimizer(spec.get("optimizer") or "adam"), loss=loss)
+            hwm.reset()
+            if gpu is not None:
+                gpu.reset()
+            t0 = time.perf_counter()
+            model.train_on_batch(x, y)
+            row["training_peak_bytes"] = hwm.peak() - baseline
+            row["training_seconds"] = time.perf_counter() - t0
+            row["loss"] = _loss_name(loss)
+            row["loss_source"] = loss_source
+            gpu_phase(f"training b={batch}")
+            del y
+        else:
+            del outputs
+        runs.append(row)
+        del x
+    result["runs"] = runs
+
+    if spec.get("layers"):
+        _phase("layers")
+        batch = spec["batch_sizes"][0]
+        x = _as_model_input(model, make_inputs(model, spec["inputs"], batch, data))
+        result["layers"] = _record_layers(model, x)
+        result["layers_batch_size"] = batch
+    return result
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = argv[1], argv[2]
+    with open(spec_path) as fh:
+        spec = json.load(fh)
+    workdir = tempfile.mkdtemp(prefix="kmemopt-measure-")
+    os.chdir(workdir)
+    try:
+        result = run(spec)
+        status = 0
+    except MemoryError:
+        result, status = {"error": "memory", "message": "MemoryError"}, 3
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as data
+        text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ''}"
+        kind = "memory" if "ResourceExhausted" in type(exc).__name__ or "OOM" in str(exc)[:2000] else "error"
+        result = {"error": kind, "message": text, "traceback": traceback.format_exc()[-4000:]}
+        from kmemopt.errors import KmemoptError
+
+        if isinstance(exc, KmemoptError):
+            result["exit_code"] = int(exc.exit_code)
+        status = 3 if kind == "memory" else 1
+    tmp = result_path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(result, fh)
+    os.replace(tmp, result_path)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

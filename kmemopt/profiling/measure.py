@@ -1,0 +1,485 @@
+"""Real peak memory, measured in a child process and set beside the static estimate.
+
+The parent (this module) never imports the framework: it writes a JSON spec, starts
+`python -m kmemopt.profiling._child` with a temporary working directory and KERAS_HOME, watches the
+child's resident memory and wall time, and reads back one JSON result. A child that passes
+`--max-memory` or `--timeout` is stopped and reported as exceeding, not as a crash.
+
+Every `*_peak_bytes` counts the model's memory above the framework baseline (the child's resident
+memory after the framework has started and warmed up on a tiny model): the same quantity the static
+`totals` estimate. See docs/measure.md for what is and is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from kmemopt.errors import KmemoptError, UsageError
+
+POLL_S = 0.02
+DEFAULT_TIMEOUT_S = 900
+GPU_MISSING = "no NVIDIA GPU is visible"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+    auto = "auto"
+
+
+class Status(str, Enum):
+    ok = "ok"
+    exceeded_memory = "exceeded_memory"
+    timeout = "timeout"
+    failed = "failed"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One batch size, measured in its own child process."""
+
+    batch_size: int
+    inference_peak_bytes: int | None
+    training_peak_bytes: int | None
+    baseline_bytes: int | None = None
+    load_bytes: int | None = None
+    status: Status = Status.ok
+    message: str = ""
+    seconds: float = 0.0
+    gpu: dict[str, Any] | None = None
+    loss: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "batch_size": self.batch_size,
+            "status": self.status.value,
+            "baseline_bytes": self.baseline_bytes,
+            "load_bytes": self.load_bytes,
+            "inference_peak_bytes": self.inference_peak_bytes,
+            "training_peak_bytes": self.training_peak_bytes,
+            "loss": self.loss,
+            "seconds": round(self.seconds, 2),
+        }
+        if self.message:
+            out["message"] = self.message
+        if self.gpu:
+            out["gpu"] = self.gpu
+        return out
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Least-squares line through the measured peaks: bytes = fixed + per_sample * B."""
+
+    fixed_bytes: int
+    per_sample_bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"fixed_bytes": self.fixed_bytes, "per_sample_bytes": self.per_sample_bytes}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    device: str
+    method: str  # "vmhwm" (kernel high-water mark) or "sampling"
+    batch_size: int
+    runs: tuple[Run, ...]
+    layers: dict[str, int] = field(default_factory=dict)
+    layers_batch_size: int | None = None
+    allocator_peak_bytes: int | None = None
+    nvml_used_bytes: int | None = None
+    nvml_process_bytes: int | None = None
+    fit: dict[str, Fit] | None = None
+
+    def run_at(self, batch_size: int) -> Run | None:
+        return next((r for r in self.runs if r.batch_size == batch_size), None)
+
+    @property
+    def main(self) -> Run:
+        return self.run_at(self.batch_size) or self.runs[-1]
+
+    @property
+    def status(self) -> Status:
+        bad = [r.status for r in self.runs if r.status is not Status.ok]
+        return bad[0] if bad else Status.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        main = self.main
+        out: dict[str, Any] = {
+            "device": self.device,
+            "method": self.method,
+            "status": self.status.value,
+            "batch_size": main.batch_size,
+            "baseline_bytes": main.baseline_bytes,
+            "load_bytes": main.load_bytes,
+            "inference_peak_bytes": main.inference_peak_bytes,
+            "training_peak_bytes": main.training_peak_bytes,
+            "layers": dict(self.layers),
+            "layers_batch_size": self.layers_batch_size,
+            "runs": [r.to_dict() for r in self.runs],
+            "fit": {k: v.to_dict() for k, v in self.fit.items()} if self.fit else None,
+        }
+        if self.device == "gpu":
+            out["allocator_peak_bytes"] = self.allocator_peak_bytes
+            out["nvml_used_bytes"] = self.nvml_used_bytes
+            out["nvml_process_bytes"] = self.nvml_process_bytes
+        return out
+
+
+# --------------------------------------------------------------------------------------------- device
+
+
+def visible_gpus() -> int:
+    """How many GPUs NVML sees (0 when NVML or its driver library is missing)."""
+    try:
+        import pynvml
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        return 0
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def resolve_device(device: Device | str, gpu_index: int = 0) -> str:
+    """'cpu' or 'gpu'; asking for a GPU that is not there is a usage error (exit 2)."""
+    device = Device(device)
+    if device is Device.cpu:
+        return "cpu"
+    count = visible_gpus()
+    if device is Device.auto:
+        return "gpu" if count > gpu_index else "cpu"
+    if count == 0:
+        raise UsageError(f"--device gpu was asked but {GPU_MISSING} (NVML finds none); use --device cpu.")
+    if gpu_index >= count:
+        raise UsageError(f"--gpu-index {gpu_index} is out of range: NVML sees {count} GPU(s).")
+    return "gpu"
+
+
+def default_max_memory() -> int:
+    """Three quarters of the memory available now: a runaway child cannot take the machine down."""
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.75)
+
+
+# --------------------------------------------------------------------------------------------- fitting
+
+
+def fit_line(points: Sequence[tuple[int, int]]) -> Fit | None:
+    """Least squares bytes = fixed + per_sample * B over (B, bytes); None with fewer than two batch sizes."""
+    pts = [(b, y) for b, y in points if y is not None]
+    if len({b for b, _ in pts}) < 2:
+        return None
+    n = len(pts)
+    mean_b = sum(b for b, _ in pts) / n
+    mean_y = sum(y for _, y in pts) / n
+    sxx = sum((b - mean_b) ** 2 for b, _ in pts)
+    sxy = sum((b - mean_b) * (y - mean_y) for b, y in pts)
+    slope = sxy / sxx
+    return Fit(int(round(mean_y - slope * mean_b)), int(round(slope)))
+
+
+# --------------------------------------------------------------------------------------------- child
+
+
+def _rss_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except Exception:
+        return 0
+
+
+def run_child(spec: dict[str, Any], *, timeout_s: float, max_memory_bytes: int,
+              on_phase: Callable[[str], None] | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one child; return its JSON result, or {"error": "memory"|"timeout"|..., "message": ...}."""
+    workdir = Path(tempfile.mkdtemp(prefix="kmemopt-measure-"))
+    try:
+        spec = dict(spec, max_memory_bytes=max_memory_bytes, cpu_seconds=int(timeout_s * max(os.cpu_count() or 1, 1)) + 30)
+        spec_path, result_path = workdir / "spec.json", workdir / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        child_env = dict(os.environ)
+        child_env.update(env or {})
+        child_env["KERAS_HOME"] = str(workdir / "keras_home")
+        child_env.setdefault("KERAS_BACKEND", "tensorflow")
+        child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if spec.get("device") == "cpu":
+            child_env["CUDA_VISIBLE_DEVICES"] = ""
+        elif spec.get("device") == "gpu":
+            child_env["CUDA_VISIBLE_DEVICES"] = str(spec.get("gpu_index", 0))
+            spec["gpu_index"] = 0
+            spec_path.write_text(json.dumps(spec))
+        stderr_path = workdir / "stderr.txt"
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kmemopt.profiling._child", str(spec_path), str(result_path)],
+                cwd=workdir, env=child_env, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+            )
+            os.set_blocking(proc.stdout.fileno(), False)
+            started = time.monotonic()
+            peak_rss = 0
+            verdict = None
+            buffer = ""
+            while proc.poll() is None:
+                rss = _rss_of(proc.pid)
+                peak_rss = max(peak_rss, rss)
+                if rss > max_memory_bytes:
+                    verdict = ("memory", f"the child passed --max-memory ({rss:,} > {max_memory_bytes:,} bytes resident)")
+                elif time.monotonic() - started > timeout_s:
+                    verdict = ("timeout", f"the child ran past --timeout ({timeout_s:g} s)")
+                if verdict:
+                    proc.kill()
+                    proc.wait()
+                    break
+                try:
+                    chunk = proc.stdout.read()
+                except (OSError, TypeError):
+                    chunk = None
+                if chunk:
+                    buffer += chunk
+                    *lines, buffer = buffer.split("\n")
+                    for line in lines:
+                        if line.startswith("phase ") and on_phase is not None:
+                            on_phase(line[6:].strip())
+                time.sleep(POLL_S)
+            proc.stdout.close()
+        if verdict:
+            return {"error": verdict[0], "message": verdict[1], "peak_rss_bytes": peak_rss}
+        if result_path.exists():
+            result = json.loads(result_path.read_text())
+            result["child_peak_rss_bytes"] = peak_rss
+            return result
+        tail = stderr_path.read_text(errors="replace")[-2000:]
+        rc = proc.returncode
+        if rc is not None and rc < 0 and -rc in (6, 9, 11):  # abort / kill: bad_alloc under RLIMIT_AS, OOM killer
+            return {"error": "memory", "message": f"the child died with signal {-rc} (out of memory?)", "stderr": tail}
+        if rc is not None and rc < 0 and -rc == 24:  # SIGXCPU from RLIMIT_CPU
+            return {"error": "timeout", "message": "the child used up its CPU-time limit", "stderr": tail}
+        return {"error": "error", "message": f"the child exited with code {rc}", "stderr": tail}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(
+    path: str | os.PathLike,
+    *,
+    inputs: Sequence[dict[str, Any]],
+    batch_size: int = 32,
+    batch_sizes: Sequence[int] | None = None,
+    optimizer: Any = "adam",
+    custom_objects: str | os.PathLike | None = None,
+    loss: Any = None,
+    data: str | os.PathLike | None = None,
+    device: Device | str = Device.cpu,
+    gpu_index: int = 0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_memory_bytes: int | None = None,
+    layers: bool = True,
+    on_phase: Callable[[str], None] | None = None,
+) -> Measurement:
+    """Measure a saved model's real peaks, one child process per batch size.
+
+    `inputs`: [{"name", "shape" (batch first, None), "dtype"}] as the static profile resolved them;
+    `loss`: the file's compiled loss (a name or serialized config), else a default from the output layer.
+    Example: measure("m.keras", inputs=[{"name": "x", "shape": [None, 16], "dtype": "float32"}], batch_size=8)
+    """
+    resolved = resolve_device(device, gpu_index)
+    if data is not None and not Path(data).is_file():
+        raise UsageError(f"--data {data} is not a readable file (.npy, or .npz keyed by input name or 'x').")
+    if data is not None and Path(data).suffix not in (".npy", ".npz"):
+        raise UsageError(f"--data takes a .npy or .npz file. Received: {data}.")
+    sizes = list(dict.fromkeys(batch_sizes or [batch_size]))
+    if any(b < 1 for b in sizes):
+        raise UsageError(f"Batch sizes must be at least 1. Received: {sizes}.")
+    max_memory = int(max_memory_bytes) if max_memory_bytes else default_max_memory()
+    if isinstance(optimizer, str) or optimizer is None or isinstance(optimizer, dict):
+        opt_spec = optimizer or "adam"
+    else:  # an Optimizer instance: its serialized config travels to the child
+        from keras import saving
+
+        opt_spec = saving.serialize_keras_object(optimizer)
+    runs: list[Run] = []
+    layer_bytes: dict[str, int] = {}
+    layers_batch = None
+    method = "vmhwm"
+    gpu_main: dict[str, Any] = {}
+    for i, b in enumerate(sizes):
+        spec = {
+            "path": str(Path(path).resolve()),
+            "custom_objects": str(Path(custom_objects).resolve()) if custom_objects else None,
+            "loss": loss,
+            "optimizer": opt_spec,
+            "inputs": [dict(x) for x in inputs],
+            "batch_sizes": [b],
+            "data": str(Path(data).resolve()) if data else None,
+            "device": resolved,
+            "gpu_index": gpu_index,
+            "layers": layers and b == (batch_size if batch_size in sizes else sizes[-1]),
+        }
+
+        def phase(name: str, _b=b) -> None:
+            if on_phase is not None:
+                on_phase(name)
+
+        started = time.monotonic()
+        result = run_child(spec, timeout_s=timeout_s, max_memory_bytes=max_memory, on_phase=phase)
+        seconds = time.monotonic() - started
+        if "error" in result:
+            if result.get("exit_code") is not None:
+                # The child refused the model (unsafe, malformed): the same error the parent would raise.
+                raise _child_error(result)
+            status = {"memory": Status.exceeded_memory, "timeout": Status.timeout}.get(result["error"], Status.failed)
+            runs.append(Run(b, None, None, status=status, message=result.get("message", ""), seconds=seconds))
+            if status is Status.failed and not runs[:-1]:
+                detail = result.get("stderr") or result.get("traceback") or ""
+                raise KmemoptError(
+                    f"The measuring child failed: {result.get('message', 'no result')}."
+                    + (f" Last output: {detail.strip().splitlines()[-1][:300]}" if detail.strip() else "")
+                )
+            continue
+        method = result.get("method", method)
+        row = (result.get("runs") or [{}])[0]
+        gpu = result.get("gpu")
+        runs.append(Run(
+            batch_size=b,
+            inference_peak_bytes=row.get("inference_peak_bytes"),
+            training_peak_bytes=row.get("training_peak_bytes"),
+            baseline_bytes=result.get("baseline_bytes"),
+            load_bytes=result.get("load_bytes"),
+            seconds=seconds,
+            gpu=gpu,
+            loss=row.get("loss"),
+        ))
+        if result.get("layers"):
+            layer_bytes = result["layers"]
+            layers_batch = result.get("layers_batch_size")
+        if gpu and b == batch_size:
+            gpu_main = gpu
+    fit = None
+    if len(sizes) > 1:
+        fits = {
+            "inference": fit_line([(r.batch_size, r.inference_peak_bytes) for r in runs]),
+            "training": fit_line([(r.batch_size, r.training_peak_bytes) for r in runs]),
+        }
+        fit = {k: v for k, v in fits.items() if v is not None} or None
+    allocator = nvml_used = nvml_proc = None
+    if resolved == "gpu" and gpu_main:
+        phases = [v for k, v in gpu_main.items() if k != "load"]
+        if phases:
+            allocator = max(p["allocator_peak_bytes"] for p in phases)
+            nvml_used = max(p["nvml_used_bytes"] for p in phases)
+            nvml_proc = max(p["nvml_process_bytes"] for p in phases)
+    return Measurement(
+        device=resolved, method=method, batch_size=batch_size if batch_size in sizes else sizes[-1],
+        runs=tuple(runs), layers=layer_bytes, layers_batch_size=layers_batch, allocator_peak_bytes=allocator,
+        nvml_used_bytes=nvml_used, nvml_process_bytes=nvml_proc, fit=fit,
+    )
+
+
+def _child_error(result: dict[str, Any]) -> KmemoptError:
+    from kmemopt.errors import MalformedModelError, UnsafeModelError
+
+    code = result.get("exit_code")
+    message = result.get("message", "").split(": ", 1)[-1]
+    if code == 3:
+        err = UnsafeModelError if "Unsafe" in result.get("message", "") else MalformedModelError
+        try:
+            return err(message)
+        except TypeError:
+            return MalformedModelError(message)
+    return UsageError(message) if code == 2 else KmemoptError(message)
+
+
+def compare(estimated: int | None, measured: int | None) -> float | None:
+    """Error of an estimate in percent of the measurement: +10.0 means 10 % too high."""
+    if not estimated or not measured or measured <= 0:
+        return None
+    return round(100.0 * (estimated - measured) / measured, 1)
+
+
+def measure_profile(result, path: str | os.PathLike, *, batch_sizes: Sequence[int] | None = None,
+                    optimizer: Any = None, custom_objects=None, data=None, device: Device | str = Device.cpu,
+                    gpu_index: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S, max_memory_bytes: int | None = None,
+                    on_phase: Callable[[str], None] | None = None):
+    """Measure the model a static `ProfileResult` describes; return the result with `measured` filled.
+
+    The measured dict gains `estimated` and `error_pct` (per phase, at the measured batch size) and,
+    for each run, the static estimate at that batch size, so each figure sits beside its estimate.
+    """
+    import dataclasses
+
+    ident = optimizer
+    if ident is None:
+        ident = result.optimizer.get("name") or "adam"
+        if result.optimizer.get("source") == "file":
+            ident = {"class_name": result.optimizer["name"], "config": result.optimizer.get("config", {}),
+                     "module": "keras.optimizers"}
+    loss = None
+    if Path(path).exists():
+        from kmemopt.archive import read_model_file
+
+        compile_config = read_model_file(path).compile_config or {}
+        loss = compile_config.get("loss")
+    m = measure(
+        path, inputs=[i.to_dict() for i in result.inputs], batch_size=result.batch_size, batch_sizes=batch_sizes,
+        optimizer=ident, custom_objects=custom_objects, loss=loss, data=data, device=device,
+        gpu_index=gpu_index, timeout_s=timeout_s, max_memory_bytes=max_memory_bytes, on_phase=on_phase,
+    )
+    measured = m.to_dict()
+    for run in measured["runs"]:
+        b = run["batch_size"]
+        run["estimated_inference_bytes"] = result.inference.at(b)
+        run["estimated_training_bytes"] = result.training.at(b)
+        run["inference_error_pct"] = compare(result.inference.at(b), run["inference_peak_bytes"])
+        run["training_error_pct"] = compare(result.training.at(b), run["training_peak_bytes"])
+    b = measured["batch_size"]
+    measured["estimated"] = {"inference_peak_bytes": result.inference.at(b), "training_peak_bytes": result.training.at(b)}
+    measured["error_pct"] = {
+        "inference": compare(result.inference.at(b), measured["inference_peak_bytes"]),
+        "training": compare(result.training.at(b), measured["training_peak_bytes"]),
+    }
+    if measured.get("fit"):
+        measured["static_line"] = {"inference": result.inference.to_dict(), "training": result.training.to_dict()}
+    return dataclasses.replace(result, measured=measured)
+
+
+def parse_batch_sizes(text: str | None) -> list[int] | None:
+    """'1,8,32' -> [1, 8, 32]."""
+    if text is None:
+        return None
+    try:
+        sizes = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise UsageError(f"--batch-sizes takes integers separated by commas, e.g. 1,8,32. Received: {text!r}.") from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise UsageError(f"--batch-sizes must list batch sizes of at least 1. Received: {text!r}.")
+    return sizes

@@ -1,0 +1,203 @@
+"""`kmemopt profile --measure`: the child process, its limits, the fit, the JSON and the CLI.
+
+Each measuring child imports TensorFlow (about 10 s here), so the tests that start one are few and
+use the tiny session models; the helpers the child uses are tested in-process.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kmemopt.errors import UsageError
+from kmemopt.profiling import _child
+from kmemopt.profiling.measure import (
+    Status,
+    compare,
+    fit_line,
+    measure,
+    parse_batch_sizes,
+    resolve_device,
+    visible_gpus,
+)
+
+MiB = 1024**2
+NO_GPU = visible_gpus() == 0
+
+
+# --------------------------------------------------------------------------------------------- pure helpers
+
+
+def test_fit_line_recovers_an_exact_line():
+    fit = fit_line([(1, 1000 + 250), (8, 1000 + 8 * 250), (32, 1000 + 32 * 250)])
+    assert (fit.fixed_bytes, fit.per_sample_bytes) == (1000, 250)
+
+
+def test_fit_line_needs_two_batch_sizes():
+    assert fit_line([(8, 100)]) is None
+    assert fit_line([(8, 100), (8, 120)]) is None
+    assert fit_line([(1, None), (8, 100)]) is None
+
+
+def test_compare_is_percent_of_measured():
+    assert compare(120, 100) == 20.0
+    assert compare(80, 100) == -20.0
+    assert compare(100, None) is None
+
+
+@pytest.mark.parametrize("text", ["1,x", "0,8", "", "-1"])
+def test_bad_batch_sizes_are_usage_errors(text):
+    with pytest.raises(UsageError):
+        parse_batch_sizes(text)
+
+
+def test_batch_sizes_parse():
+    assert parse_batch_sizes("1, 8,32") == [1, 8, 32]
+    assert parse_batch_sizes(None) is None
+
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU is visible")
+def test_gpu_without_a_gpu_is_a_usage_error():
+    with pytest.raises(UsageError) as info:
+        resolve_device("gpu")
+    assert info.value.exit_code == 2
+    assert resolve_device("auto") == "cpu"
+
+
+# --------------------------------------------------------------------------------------------- child helpers, in-process
+
+
+def test_high_water_mark_sees_a_transient_allocation():
+    hwm = _child.HighWaterMark()
+    assert hwm.method == "vmhwm"  # Linux: the kernel's counter, resettable
+    hwm.reset()
+    before = _child.rss_bytes()
+    block = np.ones(64 * MiB // 8)  # 64 MiB, touched
+    del block
+    peak = hwm.peak() - before
+    assert 60 * MiB <= peak < 80 * MiB  # a few pages may come from memory already resident
+
+
+def test_inputs_are_shaped_and_token_ids_stay_in_the_vocabulary(keras):
+    tokens = keras.Input((5,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(7, 3)(tokens)
+    model = keras.Model(tokens, keras.layers.Dense(2)(h))
+    x = _child.make_inputs(model, [{"name": "tokens", "shape": [None, 5], "dtype": "int32"}], 4, None)["tokens"]
+    assert x.shape == (4, 5) and x.dtype == np.int32
+    assert x.min() >= 0 and x.max() < 7
+
+
+def test_data_rows_are_used_and_repeated_to_fill_the_batch(keras, mlp_model):
+    data = {"features": np.arange(3 * 16, dtype="float64").reshape(3, 16)}
+    x = _child.make_inputs(mlp_model, [{"name": "features", "shape": [None, 16], "dtype": "float32"}], 5, data)
+    assert x["features"].shape == (5, 16) and x["features"].dtype == np.float32
+    np.testing.assert_array_equal(x["features"][3], data["features"][0])
+
+
+def test_default_loss_follows_the_output_layer(keras, mlp_model):
+    assert _child.default_loss(mlp_model) == "categorical_crossentropy"
+    inp = keras.Input((3,))
+    assert _child.default_loss(keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(inp))) == "binary_crossentropy"
+    assert _child.default_loss(keras.Model(inp, keras.layers.Dense(2)(inp))) == "mean_squared_error"
+
+
+def test_targets_fit_the_loss():
+    out = np.zeros((4, 3), "float32")
+    sparse = _child.make_targets(None, out, "sparse_categorical_crossentropy")
+    assert sparse.shape == (4,) and sparse.max() < 3
+    onehot = _child.make_targets(None, out, "categorical_crossentropy")
+    assert onehot.shape == (4, 3) and (onehot.sum(axis=1) == 1).all()
+
+
+def test_recorded_layer_bytes_are_the_real_output_sizes(keras, nested_shared_model):
+    x = np.zeros((3, 8), "float32")
+    sizes = _child._record_layers(nested_shared_model, x)
+    # `shared` runs twice: two (3, 8) float32 outputs; the nested model's layers get their paths.
+    assert sizes == {"shared": 2 * 3 * 8 * 4, "sub/a": 3 * 4 * 4, "sub/b": 3 * 3 * 4}
+    assert "call" not in vars(nested_shared_model.get_layer("shared"))  # the hook is removed
+
+
+# --------------------------------------------------------------------------------------------- child processes
+
+
+SAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "sample_models"
+
+
+@pytest.fixture(scope="module")
+def measured_cli(tmp_path_factory):
+    """One CLI run (two children: batch 2 and 8) on the digits MLP, with real rows from --data."""
+    from typer.testing import CliRunner
+
+    from kmemopt.cli import app
+
+    data = tmp_path_factory.mktemp("data") / "pixels.npz"
+    np.savez(data, pixels=np.load(SAMPLES / "digits_test.npz")["pixels"][:20])
+    args = ["profile", str(SAMPLES / "digits_mlp.keras"), "-b", "8", "--measure", "--batch-sizes", "2,8",
+            "--data", str(data), "--format", "json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_measured_json_has_the_documented_fields(measured_cli):
+    m = measured_cli["measured"]
+    for key in ("device", "baseline_bytes", "load_bytes", "inference_peak_bytes", "training_peak_bytes", "layers"):
+        assert key in m
+    assert m["device"] == "cpu" and m["method"] == "vmhwm" and m["status"] == "ok"
+    assert m["batch_size"] == 8 and [r["batch_size"] for r in m["runs"]] == [2, 8]
+    assert m["baseline_bytes"] > 100 * MiB  # the framework itself
+    assert 0 < m["load_bytes"] < m["training_peak_bytes"]
+    assert m["inference_peak_bytes"] < m["training_peak_bytes"]
+    assert set(m["fit"]) == {"inference", "training"}
+    assert m["error_pct"]["training"] == compare(m["estimated"]["training_peak_bytes"], m["training_peak_bytes"])
+    assert m["runs"][0]["loss"]  # the file's compiled loss, or the default
+    assert "allocator_peak_bytes" not in m  # GPU-only fields
+
+
+def test_measured_layer_bytes_equal_the_static_output_bytes(measured_cli):
+    layers = measured_cli["measured"]["layers"]
+    assert measured_cli["measured"]["layers_batch_size"] == 8
+    expected = {r["path"]: r["output_bytes"] for r in measured_cli["layers"] if r["class_name"] != "InputLayer"}
+    assert layers == expected
+
+
+def test_a_child_over_max_memory_is_reported_as_exceeding(mlp_path):
+    m = measure(mlp_path, inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
+                batch_size=2, max_memory_bytes=64 * MiB, layers=False)
+    assert m.status is Status.exceeded_memory
+    assert m.main.inference_peak_bytes is None and "max-memory" in m.main.message
+
+
+def test_a_child_past_the_timeout_is_reported_as_timeout(mlp_path):
+    m = measure(mlp_path, inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
+                batch_size=2, timeout_s=1, layers=False)
+    assert m.status is Status.timeout
+
+
+def test_bad_data_file_is_a_usage_error(mlp_path, tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text("1,2\n")
+    with pytest.raises(UsageError):
+        measure(mlp_path, inputs=[], data=bad)
+    with pytest.raises(UsageError):
+        measure(mlp_path, inputs=[], data=tmp_path / "missing.npy")
+
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU is visible")
+def test_cli_gpu_without_gpu_exits_2_with_one_line(cli, mlp_path):
+    result = cli("profile", mlp_path, "--measure", "--device", "gpu")
+    assert result.exit_code == 2
+    assert "no NVIDIA GPU is visible" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_GPU, reason="no GPU visible to NVML")
+def test_gpu_measurement_reports_allocator_and_nvml(mlp_path):  # pragma: no cover - needs a GPU
+    m = measure(mlp_path, inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
+                batch_size=4, device="gpu", layers=False)
+    d = m.to_dict()
+    assert d["device"] == "gpu"
+    assert d["allocator_peak_bytes"] is not None and d["nvml_used_bytes"] >= d["allocator_peak_bytes"]
