@@ -288,6 +288,10 @@ def evaluate_checks(
                     measured[key] = measure(
                         static[key], path, optimizer=key[1], custom_objects=custom_objects_file
                     ).to_dict()
+        except UsageError as exc:
+            hint = " (in [[tool.kmemopt.budget]]: seq_len = N or input_shapes = {name = [...]})"
+            needs_shape = "--seq-len" in exc.message and any(c.budget.source != c.budget.metric.flag for c in group)
+            raise UsageError(f"{model}: {exc.message}{hint if needs_shape else ''}") from None
         except (UnsafeModelError, MalformedModelError) as exc:
             errors.append(bg.ModelError(model, exc.message, exc.rule, exc.where))
             results += [bg.not_checked(c.budget, model, str(exc)) for c in group]

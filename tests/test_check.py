@@ -347,6 +347,19 @@ def test_config_errors_exit_2(cli, project, body, words):
         assert word in r.stderr
 
 
+def test_unknown_sequence_length_names_the_model_and_the_fix(cli, project, text_path):
+    shutil.copy(text_path, project / "models" / "text.keras")
+    _write_config(project, _budget("models/text.keras", "inference_memory", "1 GiB"))
+    r = cli("check")
+    assert r.exit_code == 2 and "models/text.keras" in r.stderr and "seq_len = N" in r.stderr
+    _write_config(project, _budget("models/text.keras", "inference_memory", "1 GiB", seq_len=7))
+    r = cli("check", "-f", "json")
+    assert r.exit_code == 0
+    value = _json(r)["budgets"][0]["value"]
+    assert value == kmemopt.profile(project / "models/text.keras", seq_len=7).totals.inference_peak_bytes
+    assert cli("check", "models/text.keras", "--max-inference-memory", "1GiB", "--seq-len", "7").exit_code == 0
+
+
 def test_rejected_models_exit_3_after_the_others_are_checked(cli, project, nested_path):
     _unsafe_copy(nested_path, project / "models" / "zz_unsafe.keras")
     (project / "models" / "aa_broken.keras").write_bytes(b"this is not a zip file")
