@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from kmemopt.archive import ModelFile, read_model_file
@@ -23,9 +22,10 @@ def resolve_custom_objects(custom_objects: dict[str, Any] | str | os.PathLike | 
 def open_checked(path: str | os.PathLike, custom_objects=None):
     """Read a model file's metadata, check it against the allowlist, build it unallocated."""
     from kmemopt.build import build_from_file
-    from kmemopt.trust import build_allowlist
+    from kmemopt.trust import build_allowlist, precheck_file
 
     model_file = read_model_file(path)
+    precheck_file(model_file, custom_objects=custom_objects is not None)  # before Keras is imported
     allow = build_allowlist(resolve_custom_objects(custom_objects))
     model = build_from_file(model_file, allow=allow)
     return model_file, model, allow
@@ -54,20 +54,15 @@ def profile(path_or_model, *, batch_size=32, optimizer=None, input_shapes=None, 
 
 def load_model(path, *, custom_objects=None, compile=False):
     """Full load with weights, after the static checks (allowlist, archive rules, stored weights)."""
-    from kmemopt.errors import UnsafeModelError
-
     model_file: ModelFile = read_model_file(path)
-    from kmemopt.build import checked_configs
-    from kmemopt.trust import build_allowlist
+    from kmemopt.build import build_from_file
+    from kmemopt.trust import build_allowlist, check_loadable, precheck_file
 
+    precheck_file(model_file, custom_objects=custom_objects is not None)  # before Keras is imported
     allow = build_allowlist(resolve_custom_objects(custom_objects))
-    checked_configs(model_file, allow)
-    if not model_file.composition.weights_fully_stored:
-        raise UnsafeModelError(
-            f"{Path(path)} declares more weight bytes than it stores; kmemopt will not load it "
-            "(a truncated file or a 'shape bomb').",
-            rule="HDF5-SHAPE-BOMB",
-        )
+    # The allowlist check, then the architecture built unallocated: refuse weights the file does not
+    # store (HDF5 shape bombs, Dense(units=2**40) over small weights) before Keras allocates them.
+    check_loadable(model_file, build_from_file(model_file, allow=allow))
     from kmemopt._keras import import_keras
 
     keras = import_keras()

@@ -25,6 +25,8 @@ RULE_UNKNOWN = "TRUST-UNKNOWN"  # a class outside the allowlist
 RULE_MODULE = "TRUST-MODULE"  # a module outside Keras
 RULE_FUNCTION = "TRUST-FUNCTION"  # a function outside the allowlist
 RULE_MALFORMED = "TRUST-MALFORMED"  # an object entry of the wrong shape
+RULE_FILE = "TRUST-FILE"  # a config value that makes Keras read a file the model names
+RULE_SHAPE_BOMB = "HDF5-SHAPE-BOMB"  # weights declared (by the HDF5 file or the config) but not stored
 
 # Built-in Keras classes that execute code carried in (or referenced by) the file.
 CODE_RUNNING = frozenset({"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer"})
@@ -49,6 +51,13 @@ _PUBLIC_NAMESPACES = (
     "keras.activations",
 )
 _FUNCTION_NAMESPACES = ("keras.activations", "keras.losses", "keras.metrics")
+# Packages whose registered classes may be allowed (by registered name); any other module needs
+# --custom-objects. Checked without importing anything.
+_TRUSTED_PACKAGES = ("keras", "keras_hub", "kmemopt")
+# Config keys whose string value Keras treats as a path to read (lookup vocabularies, tokenizer files).
+_PATH_KEYS = frozenset({"vocabulary", "vocabulary_file", "merges", "proto"})
+# Slack allowed between the bytes the architecture needs and the bytes the file stores.
+_SIZE_SLACK_BYTES = 1024**2
 
 
 @dataclass
@@ -171,6 +180,129 @@ def _describe(name: str, module: str | None) -> str:
     return f"{module}.{name}" if module else name
 
 
+def _in_trusted_package(module: str | None) -> bool:
+    return module is None or module.split(".", 1)[0] in _TRUSTED_PACKAGES
+
+
+def _entries(config: Any, root: str) -> Iterator[tuple[dict, str]]:
+    """Every object entry (a dict with class_name) of a config, with its JSON path. Iterative."""
+    stack: list[tuple[Any, str]] = [(config, root)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(node))))
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend((v, f"{path}.{k}") for k, v in reversed(list(node.items())) if isinstance(v, (dict, list)))
+        if "class_name" in node:
+            yield node, path
+
+
+def _check_entry_shape(node: dict, path: str) -> None:
+    class_name, module, registered = node.get("class_name"), node.get("module"), node.get("registered_name")
+    if not isinstance(class_name, str) or not isinstance(module, (str, type(None))) or not isinstance(
+        registered, (str, type(None))
+    ):
+        raise UnsafeModelError(
+            "The config holds an object entry whose class_name, module or registered_name is not a string.",
+            rule=RULE_MALFORMED,
+            where=path,
+        )
+    if class_name in CODE_MARKERS or class_name in CODE_RUNNING:
+        raise UnsafeModelError(
+            f"The model contains {class_name}, which runs code stored in or named by the file; "
+            "kmemopt never executes code from a model file. Re-save the model without it, or profile "
+            "the model in memory with kmemopt.profile(model).",
+            rule=RULE_CODE,
+            where=path,
+        )
+    inner = node.get("config")
+    if isinstance(inner, dict):
+        for key in _PATH_KEYS & inner.keys():
+            if isinstance(inner[key], str):
+                raise UnsafeModelError(
+                    f"The {class_name} entry gives its {key} as a path, which Keras would read from this "
+                    "machine; kmemopt refuses configs that name files. Re-save the model so the "
+                    f"{key} is stored in the file.",
+                    rule=RULE_FILE,
+                    where=f"{path}.config.{key}",
+                )
+
+
+def precheck_config(config: Any, root: str = "$", *, custom_objects: bool = False) -> int:
+    """The part of the allowlist check that needs no Keras: run before Keras is even imported.
+
+    Refuses code-running classes and markers, file-reading values, malformed entries and (unless the
+    user gave --custom-objects) any module or function outside Keras, keras-hub and kmemopt. It refuses
+    nothing that `check_config` would accept, so a hostile file is turned away in a fraction of a second
+    and nothing (not even keras-hub) is imported on its behalf. Returns the number of entries seen.
+    """
+    seen = 0
+    for node, path in _entries(config, root):
+        seen += 1
+        _check_entry_shape(node, path)
+        if custom_objects or node["class_name"] in DATA_MARKERS:
+            continue
+        module, class_name = node.get("module"), node["class_name"]
+        if class_name == "function":
+            if not _in_trusted_package(module):
+                raise UnsafeModelError(
+                    f"The model names the function {_describe(str(node.get('config')), module)}, which is not a "
+                    "built-in Keras function; pass your own code with --custom-objects if you trust it.",
+                    rule=RULE_FUNCTION,
+                    where=path,
+                )
+            continue
+        registered = node.get("registered_name")
+        if registered and registered != class_name:
+            continue  # looked up by registered name, which needs Keras's registry: check_config decides
+        if not _in_trusted_package(module):
+            raise UnsafeModelError(
+                f"The model names {_describe(class_name, module)}, from outside Keras; kmemopt does not "
+                "import modules named by a file. Pass your own code with --custom-objects if you trust it.",
+                rule=RULE_MODULE,
+                where=path,
+            )
+    return seen
+
+
+def precheck_file(model_file, *, custom_objects: bool = False) -> None:
+    """`precheck_config` over everything in a model file that Keras could deserialize."""
+    precheck_config(model_file.config, "$", custom_objects=custom_objects)
+    if model_file.compile_config is not None:
+        precheck_config(model_file.compile_config, "$.compile_config", custom_objects=custom_objects)
+
+
+def check_loadable(model_file, model) -> None:
+    """Refuse to load weights the file does not really store, before Keras allocates anything.
+
+    `model` is the architecture built unallocated (kmemopt.build): its variables' bytes are what
+    loading would allocate. A file whose HDF5 datasets declare more than they store (a "shape bomb"),
+    or whose config asks for more weight bytes than the file holds (Dense(units=2**40) over a small
+    weights file), is refused with exit 3.
+    """
+    from kmemopt.profiling.dtypes import nbytes
+
+    comp = model_file.composition
+    if not comp.weights_fully_stored:
+        raise UnsafeModelError(
+            f"{model_file.path} declares {comp.weights_declared_bytes:,} bytes of weights but stores only "
+            f"{comp.weights_bytes:,}; kmemopt will not load it (a truncated file or a 'shape bomb'). "
+            "`kmemopt profile` still reports it statically.",
+            rule=RULE_SHAPE_BOMB,
+        )
+    needed = sum(nbytes(v.shape, v.dtype) for v in model.weights)
+    available = comp.weights_declared_bytes
+    if needed > available + max(_SIZE_SLACK_BYTES, available // 100):
+        raise UnsafeModelError(
+            f"The architecture in {model_file.path} needs {needed:,} bytes of weights but the file holds only "
+            f"{available:,}; kmemopt will not load it (loading would allocate the difference). "
+            "`kmemopt profile` still reports it statically.",
+            rule=RULE_SHAPE_BOMB,
+        )
+
+
 def check_config(config: Any, allow: Allowlist, root: str = "$") -> int:
     """Walk a config and raise UnsafeModelError at the first entry outside the allowlist.
 
@@ -180,41 +312,14 @@ def check_config(config: Any, allow: Allowlist, root: str = "$") -> int:
     from keras.src.saving import object_registration
 
     checked = 0
-    stack: list[tuple[Any, str]] = [(config, root)]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, list):
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
-            continue
-        if not isinstance(node, dict):
-            continue
-        for key, value in node.items():
-            if isinstance(value, (dict, list)):
-                stack.append((value, f"{path}.{key}"))
-        if "class_name" not in node:
-            continue
+    for node, path in _entries(config, root):
         checked += 1
-        class_name = node.get("class_name")
+        _check_entry_shape(node, path)
+        class_name = node["class_name"]
         module = node.get("module")
         registered = node.get("registered_name")
-        if not isinstance(class_name, str) or not isinstance(module, (str, type(None))) or not isinstance(
-            registered, (str, type(None))
-        ):
-            raise UnsafeModelError(
-                "The config holds an object entry whose class_name, module or registered_name is not a string.",
-                rule=RULE_MALFORMED,
-                where=path,
-            )
         if class_name in DATA_MARKERS:
             continue
-        if class_name in CODE_MARKERS or class_name in CODE_RUNNING:
-            raise UnsafeModelError(
-                f"The model contains {class_name}, which runs code stored in or named by the file; "
-                "kmemopt never executes code from a model file. Re-save the model without it, or profile "
-                "the model in memory with kmemopt.profile(model).",
-                rule=RULE_CODE,
-                where=path,
-            )
         if class_name == "function":
             fn_name = node.get("config")
             obj = None

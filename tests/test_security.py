@@ -1,0 +1,256 @@
+"""The hostile corpus (tests/hostile.py) against the real CLI, each run in its own subprocess.
+
+For every case and command: the documented exit code (with the rule id for refusals), no canary
+fired, no traceback, no secret in the output, the input unchanged, no output or temp file left by a
+refused `shrink`, and a bounded peak RSS (the child's own high-water mark, measured by a tiny launcher
+so the test process's memory does not count). Commands that do not exist yet are skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hostile import CASE_NAMES, SECRET, Case, Corpus, build_corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+KMEMOPT = ROOT / ".venv" / "bin" / "kmemopt"
+if not KMEMOPT.exists():  # an install outside the repository's .venv
+    KMEMOPT = Path(sys.executable).with_name("kmemopt")
+
+# A hang guard, not a speed assertion: far above what any case needs, far below "forever".
+TIMEOUT_S = 300
+# Peak RSS of one process of the command tree. Keras + TensorFlow alone take about 0.8 GB here; the
+# corpus's bombs would take 4 GiB (zip bomb) to terabytes (2**40 units) if anything were allocated.
+MAX_RSS_BYTES = int(2.5 * 1024**3)
+
+COMMANDS = ("profile", "measure", "shrink")
+# shrink imports Keras before it reads the file (about 10 s a case here), so it runs on one case of
+# each family; profile and profile --measure run on the whole corpus.
+SHRINK_CASES = frozenset({
+    "clean", "lambda_nested", "popen_in_compile_config", "import_on_path", "zip_bomb_weights", "h5_external_link",
+    "shape_bomb", "dense_units_2pow40", "truncated_keras", "savedmodel_folder",
+})
+
+# The launcher runs the CLI and reports wait4()'s peak RSS for it (its own and its reaped children's).
+# Spawning the CLI straight from pytest would count pytest's own pages (the high-water mark survives
+# fork+exec), so the launcher, a small process, does the spawning.
+LAUNCHER = """
+import json, os, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(p.pid, 0)
+with open(sys.argv[1], "w") as fh:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}, fh)
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    rc: int
+    stdout: str
+    stderr: str
+    maxrss_bytes: int
+    elapsed_s: float
+    timed_out: bool
+    out_dir: Path | None
+
+
+def command_line(command: str, case: Case, out_dir: Path) -> list[str]:
+    if command == "profile":
+        return [str(KMEMOPT), "profile", str(case.path)]
+    if command == "measure":
+        return [str(KMEMOPT), "profile", str(case.path), "--measure", "--batch-size", "2", "--timeout", "240"]
+    return [str(KMEMOPT), "shrink", str(case.path), "-o", str(out_dir / "out.keras")]
+
+
+def run_case(corpus: Corpus, command: str, case: Case) -> Run:
+    out_dir = corpus.root / "out" / f"{command}-{case.name}"
+    out_dir.mkdir(parents=True)
+    report = out_dir.parent / f"{command}-{case.name}.rusage.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KMEMOPT_DEBUG")}
+    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", COLUMNS="200", NO_COLOR="1")
+    env["PYTHONPATH"] = str(case.pythonpath) if case.pythonpath else ""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(report), *command_line(command, case, out_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=out_dir,
+        start_new_session=True,
+    )
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    started = time.monotonic()
+    timer = threading.Timer(TIMEOUT_S, kill)
+    timer.start()
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        timer.cancel()
+    usage = json.loads(report.read_text()) if report.exists() else {"rc": proc.returncode, "maxrss_kb": 0}
+    return Run(usage["rc"], stdout.decode(errors="replace"), stderr.decode(errors="replace"),
+               usage["maxrss_kb"] * 1024, time.monotonic() - started, timed_out.is_set(), out_dir)
+
+
+def command_exists(args: list[str], needle: str) -> bool:
+    try:
+        text = subprocess.run([str(KMEMOPT), *args], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "COLUMNS": "200"}).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return needle in text
+
+
+@pytest.fixture(scope="session")
+def available() -> dict[str, str | None]:
+    """Which command variants exist in this checkout: None, or why the variant is skipped."""
+    if not KMEMOPT.exists():
+        return {c: f"{KMEMOPT} is not installed" for c in COMMANDS}
+    return {
+        "profile": None,
+        "measure": None if command_exists(["profile", "--help"], "--measure") else "profile --measure is not built yet",
+        "shrink": None if command_exists(["--help"], "shrink") else "the shrink command is not built yet",
+    }
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, keras) -> Corpus:
+    return build_corpus(tmp_path_factory.mktemp("hostile"), keras)
+
+
+@pytest.fixture(scope="session")
+def digests(corpus) -> dict[str, str]:
+    return {c.name: _digest(c.path) for c in corpus.cases if c.path.is_file() and not c.path.is_fifo()}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _selected_pairs(session) -> list[tuple[str, str]]:
+    pairs = []
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.originalname == "test_hostile_case" and "command" in params:
+            pairs.append((params["command"], params["case_name"]))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def runs(request, corpus, available):
+    """Start every selected (command, case) run at once on a small pool; each test waits for its own.
+
+    The runs are independent processes, so overlapping them cuts the wall time of the module. Under
+    pytest-xdist each worker starts only the runs of its own tests, lazily.
+    """
+    by_name = {c.name: c for c in corpus.cases}
+    pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)))
+    futures: dict[tuple[str, str], Future] = {}
+
+    def submit(command: str, name: str) -> Future:
+        key = (command, name)
+        if key not in futures:
+            futures[key] = pool.submit(run_case, corpus, command, by_name[name])
+        return futures[key]
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        for command, name in _selected_pairs(request.session):
+            if available.get(command) is None and name in by_name and (command != "shrink" or name in SHRINK_CASES):
+                submit(command, name)
+    yield lambda command, name: submit(command, name).result()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def test_case_names_match_corpus(corpus):
+    assert [c.name for c in corpus.cases] == list(CASE_NAMES)
+
+
+@pytest.mark.parametrize("case_name", CASE_NAMES)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_hostile_case(command, case_name, corpus, runs, available, digests):
+    if available[command] is not None:
+        pytest.skip(available[command])
+    if command == "shrink" and case_name not in SHRINK_CASES:
+        pytest.skip("shrink runs one case of each family (it imports Keras before reading the file)")
+    case = next(c for c in corpus.cases if c.name == case_name)
+    run = runs(command, case_name)
+    with open(corpus.root / "runs.jsonl", "a") as log:  # peak RSS and time of every run, for the docs
+        log.write(json.dumps({"command": command, "case": case_name, "rc": run.rc, "maxrss_bytes": run.maxrss_bytes,
+                              "elapsed_s": round(run.elapsed_s, 2)}) + "\n")
+    expected = case.profile if command == "profile" else case.load
+    output = run.stdout + run.stderr
+    context = f"{command} {case.name}: rc={run.rc}\n--- stdout\n{run.stdout[-2000:]}\n--- stderr\n{run.stderr[-3000:]}"
+
+    assert not run.timed_out, context
+    assert corpus.fired() == [], f"code from the file ran: {corpus.fired()}\n{context}"
+    assert run.rc == expected, context
+    assert "Traceback (most recent call last)" not in output, context
+    assert SECRET not in output, context
+    assert run.maxrss_bytes < MAX_RSS_BYTES, f"peak RSS {run.maxrss_bytes:,} B\n{context}"
+    if expected != 0:
+        lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+        assert lines and lines[0].startswith("error: "), context
+        assert case.rule is None or f"[{case.rule}]" in run.stderr, context
+        assert run.stdout.strip() == "", context
+    if case.name in digests:
+        assert _digest(case.path) == digests[case.name], f"the input was modified\n{context}"
+    leftovers = sorted(p.name for p in run.out_dir.iterdir())
+    if command == "shrink" and expected == 0:
+        assert leftovers == ["out.keras"], context
+    else:
+        assert leftovers == [], f"left behind: {leftovers}\n{context}"
+
+
+def test_shape_bomb_profile_says_weights_not_stored(corpus, runs):
+    run = runs("profile", "shape_bomb")
+    assert run.rc == 0, run.stderr
+    assert "not all stored" in " ".join((run.stdout + run.stderr).split())
+
+
+def _load_unsafe(path: Path) -> subprocess.CompletedProcess:
+    code = (
+        "import sys, keras\n"
+        "try:\n    keras.models.load_model(sys.argv[1], safe_mode=False)\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=env)
+
+
+def test_lambda_canaries_are_live(corpus):
+    """Positive control: plain Keras with safe_mode=False runs the planted code, so the corpus is live."""
+    fired = corpus.controls / "canaries"
+    with ThreadPoolExecutor(max_workers=len(corpus.lambda_controls)) as pool:
+        done = dict(zip(corpus.lambda_controls, pool.map(_load_unsafe, corpus.lambda_controls.values()), strict=True))
+    assert sorted(p.name for p in fired.iterdir()) == sorted(corpus.lambda_controls), {
+        k: v.stdout[-500:] + v.stderr[-500:] for k, v in done.items()
+    }
+
+
+def test_zip_bomb_is_cheap_and_real(corpus):
+    """The bomb is a few MB on disk, declares 4 GiB and its stream really inflates (first 64 MiB checked)."""
+    import zipfile
+
+    path = next(c.path for c in corpus.cases if c.name == "zip_bomb_weights")
+    assert path.stat().st_size < 8 * 1024**2
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("model.weights.h5")
+        assert info.file_size == 4 * 1024**3
+        with zf.open(info) as fh:
+            total = 0
+            while total < 64 * 1024**2:
+                chunk = fh.read(1024**2)
+                assert chunk == bytes(len(chunk)) and chunk
+                total += len(chunk)
