@@ -165,8 +165,8 @@ def _read_data(path: Path, specs, samples: int | None) -> Inputs:
     if samples is not None:
         n = min(n, samples)
     fixed = []
-    for arr, (name, shape, dtype) in zip(arrays, specs):
-        if arr.ndim != len(shape) or any(d is not None and int(d) != a for d, a in zip(shape[1:], arr.shape[1:])):
+    for arr, (name, shape, dtype) in zip(arrays, specs, strict=True):
+        if arr.ndim != len(shape) or any(d is not None and int(d) != a for d, a in zip(shape[1:], arr.shape[1:], strict=True)):
             raise UsageError(
                 f"The data for input {name!r} has shape {arr.shape}; the model expects (N, "
                 f"{', '.join('?' if d is None else str(d) for d in shape[1:])})."
@@ -227,7 +227,7 @@ def accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | No
 
 
 def compare(model_output_names: list[str], ref: list[np.ndarray], new: list[np.ndarray], inputs: Inputs) -> Fidelity:
-    outputs = [compare_output(name, r, n) for name, r, n in zip(model_output_names, ref, new)]
+    outputs = [compare_output(name, r, n) for name, r, n in zip(model_output_names, ref, new, strict=True)]
     note = None
     if inputs.source == "synthetic":
         note = (

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kmemopt.errors import ExitCode, GateFailed, KmemoptError, UsageError
+from kmemopt.errors import ExitCode, KmemoptError, UsageError
 from kmemopt.passes import MixedPrecision, PassResult, QuantizeMode, ShrinkOptions, enabled_passes
 
 SCHEMA_VERSION = 1
@@ -232,9 +232,11 @@ def verify_reload(tmp: Path, inputs, expected: list[np.ndarray], *, custom_layer
         with np.load(outputs_path) as data:
             got = [data[f"o{i}"] for i in range(len(data.files))]
         seconds = time.perf_counter() - started
-    diff = max((float(np.max(np.abs(g - e))) if g.size else 0.0) for g, e in zip(got, expected))
+    if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected, strict=False)):
+        raise ReloadFailed("The reloaded model's outputs do not have the shrunk model's shapes; nothing was written.")
+    diff = max((float(np.max(np.abs(g - e))) if g.size else 0.0) for g, e in zip(got, expected, strict=True))
     scale = max((float(np.max(np.abs(e))) if e.size else 0.0) for e in expected) or 1.0
-    reproduced = len(got) == len(expected) and diff <= RELOAD_RTOL * scale
+    reproduced = diff <= RELOAD_RTOL * scale
     if not reproduced:
         raise ReloadFailed(
             f"The reloaded model's outputs differ from the shrunk model's by {diff:.3g}; nothing was written."
@@ -291,11 +293,11 @@ def _run_passes(model, options: ShrinkOptions, keras, file_info: dict, *, rebuil
     ctx.file_info = file_info
     ctx.will_rewrite = any(p.rewrites_weights(options) for p in passes)
     results = [PassResult(p.name) for p in passes]
-    for p, r in zip(passes, results):
+    for p, r in zip(passes, results, strict=True):
         p.prepare(ctx, r)
     if rebuild:
         ctx.rebuild()
-        for p, r in zip(passes, results):
+        for p, r in zip(passes, results, strict=True):
             p.finish(ctx, r)
     return ctx, results
 

@@ -8,9 +8,10 @@ model (`finish`: Keras's own `model.quantize`). `kmemopt.passes.rewrite` does th
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
 
 class Reason(str, Enum):

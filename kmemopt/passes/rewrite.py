@@ -191,7 +191,7 @@ class RewriteContext:
             raise RuntimeError(
                 f"Layer {slot.path} has {len(source)} weights but its rebuilt copy has {len(target.weights)}."
             )
-        for v, t in zip(source, target.weights):
+        for v, t in zip(source, target.weights, strict=True):
             value = np.asarray(v.numpy())
             for transform in plan.transforms:
                 value = transform(v.name, value)

@@ -1,0 +1,326 @@
+"""Shrink: kmemopt's passes against Keras's own int8 quantization and LiteRT export, on real models.
+
+Models: a Dense-heavy MLP and the sample CNN, both trained on scikit-learn's digits (fidelity on the
+held-out digits, with labels); MobileNetV2 and ResNet50 (keras.applications, weights=None: random but
+realistic-sized weights; fidelity on synthetic inputs); a small Transformer classifier (synthetic).
+Every ratio is against the same model re-saved by plain Keras without its optimizer (the fair float32
+reference). `shrink`'s own peak RSS is measured in a child process (kernel high-water mark above the
+process's RSS after importing Keras), for `--quantize int8`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+KEY = "shrink"
+TITLE = "Shrink: file size and fidelity"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+
+METHODS = (
+    ("kmemopt int8 (portable)", dict(quantize="int8")),
+    ("kmemopt int8 + custom layers", dict(quantize="int8", allow_custom_layers=True)),
+    ("kmemopt int4 (portable)", dict(quantize="int4")),
+    ("kmemopt float16", dict(quantize="float16")),
+    ("kmemopt prune 50% + compress", dict(prune=0.5)),
+)
+KERAS_NATIVE = "keras native model.quantize(\"int8\")"
+LITERT = "LiteRT dynamic-range export"
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype("float32")
+    return x[:1347], d.target[:1347], x[1347:], d.target[1347:]
+
+
+def dense_mlp(keras, work: Path):
+    """A Dense-heavy MLP (1.6 M parameters) trained on digits: the case Keras's int8 is made for."""
+    keras.utils.set_random_seed(0)
+    xtr, ytr, xte, yte = _digits()
+    inp = keras.Input((64,), name="pixels")
+    h = keras.layers.Dense(1024, activation="relu", name="dense_1")(inp)
+    h = keras.layers.Dense(1024, activation="relu", name="dense_2")(h)
+    h = keras.layers.Dense(512, activation="relu", name="dense_3")(h)
+    out = keras.layers.Dense(10, activation="softmax", name="classifier")(h)
+    model = keras.Model(inp, out, name="digits_dense_mlp")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(xtr, ytr, epochs=15, batch_size=64, verbose=0)
+    path = work / "dense_mlp.keras"
+    model.save(path)  # with its Adam state, as a training script leaves it
+    data = work / "dense_mlp_test.npz"
+    np.savez(data, pixels=xte, y=yte)
+    return path, data
+
+
+def digits_cnn(keras, work: Path):
+    return SAMPLES / "digits_cnn.keras", SAMPLES / "digits_test.npz"
+
+
+def calibrate_batchnorm(keras, model, shape) -> None:
+    """Set every BatchNormalization's moving statistics from one batch of synthetic inputs.
+
+    With weights=None the moving mean/variance are 0/1 and the random network's activations collapse,
+    so every input gives the same prediction and fidelity means nothing. Batch statistics make the
+    random network input-dependent, as a trained one is.
+    """
+    layers = [x for x in model._flatten_layers() if isinstance(x, keras.layers.BatchNormalization)]
+    saved = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    x = np.random.default_rng(0).standard_normal((16, *shape)).astype("float32")
+    model(x, training=True)
+    for layer, momentum in zip(layers, saved, strict=True):
+        layer.momentum = momentum
+
+
+def application(name):
+    def build(keras, work: Path):
+        keras.utils.set_random_seed(0)
+        model = getattr(keras.applications, name)(weights=None)
+        calibrate_batchnorm(keras, model, (224, 224, 3))
+        path = work / f"{name}.keras"
+        model.save(path)
+        return path, None
+
+    return build
+
+
+def transformer(keras, work: Path):
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((64,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(8000, 128, name="embedding")(tokens)
+    for i in range(2):
+        a = keras.layers.MultiHeadAttention(4, 32, name=f"attention_{i}")(h, h)
+        h = keras.layers.LayerNormalization(name=f"norm_a{i}")(h + a)
+        f = keras.layers.Dense(512, activation="gelu", name=f"ffn_up_{i}")(h)
+        f = keras.layers.Dense(128, name=f"ffn_down_{i}")(f)
+        h = keras.layers.LayerNormalization(name=f"norm_f{i}")(h + f)
+    h = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+    out = keras.layers.Dense(4, activation="softmax", name="classes")(h)
+    path = work / "transformer.keras"
+    keras.Model(tokens, out, name="small_transformer").save(path)
+    return path, None
+
+
+MODELS = (
+    ("Dense MLP (digits)", dense_mlp, 64),
+    ("CNN (digits)", digits_cnn, 64),
+    ("MobileNetV2", application("MobileNetV2"), 8),
+    ("ResNet50", application("ResNet50"), 8),
+    ("Transformer (small)", transformer, 64),
+)
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+_RSS_CHILD = r"""
+import json, os, resource, sys
+import kmemopt
+from kmemopt._keras import import_keras
+import_keras()
+import kmemopt.shrinking, kmemopt.layers, kmemopt.fidelity  # imported before the baseline is taken
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+baseline = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # reset the high-water mark: the peak below is shrink's own
+src, out, data, samples = sys.argv[1], sys.argv[2], sys.argv[3] or None, int(sys.argv[4])
+result = kmemopt.shrink(src, out, quantize="int8", data=data, samples=samples, force=True)
+peak = status("VmHWM:")
+child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print("RESULT" + json.dumps({"baseline": baseline, "peak": peak, "reload_child_peak": child,
+                             "file_bytes": result.after.file_bytes}))
+"""
+
+
+def measure_rss(src: Path, out: Path, data, samples: int) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(src), str(out), str(data or ""), str(samples)],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[6:])
+    raise RuntimeError(f"the RSS child failed: {proc.stderr[-1500:]}")
+
+
+def _weights_bytes(model) -> int:
+    return sum(int(np.prod(v.shape)) * 4 for v in model.weights)
+
+
+def _fidelity_row(fid) -> dict:
+    first = fid.outputs[0]
+    return {
+        "top1_agreement": fid.top1_agreement,
+        "relative_l2_error": first.relative_l2_error,
+        "cosine_similarity": first.cosine_similarity,
+        "accuracy_before": fid.accuracy_before,
+        "accuracy_after": fid.accuracy_after,
+        "fidelity_source": fid.source,
+        "fidelity_samples": fid.samples,
+    }
+
+
+def run(log) -> list[dict]:
+    import kmemopt
+    from kmemopt import fidelity as F
+    from kmemopt._keras import import_keras
+
+    keras = import_keras()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="kmemopt-bench-shrink-") as tmp:
+        work = Path(tmp)
+        for model_name, make, samples in MODELS:
+            log(f"shrink: {model_name}")
+            src, data = make(keras, work)
+            stem = src.stem
+            original = keras.models.load_model(src, compile=False)
+            reference = work / f"{stem}.reference.keras"
+            original.save(reference)  # plain Keras, no optimizer: the fair float32 reference
+            ref_bytes = reference.stat().st_size
+            weight_bytes = _weights_bytes(original)
+            inputs = F.load_inputs(original, data, samples=None if data else samples)
+            ref_out = F.predict(original, inputs)
+            names = [f"output_{i}" for i in range(len(ref_out))]
+            base = {"model": model_name, "params": int(original.count_params()), "reference_bytes": ref_bytes,
+                    "input_bytes": src.stat().st_size, "float32_weight_bytes": weight_bytes}
+            rows.append({**base, "method": "float32 reference (plain Keras, no optimizer)", "file_bytes": ref_bytes,
+                         "ratio": 1.0, "plain_keras": True})
+            for method, options in METHODS:
+                out = work / f"{stem}.{len(rows)}.keras"
+                started = time.perf_counter()
+                try:
+                    r = kmemopt.shrink(src, out, data=data, samples=None if data else samples, force=True, **options)
+                except Exception as exc:  # a row that says why beats a suite that stops
+                    rows.append({**base, "method": method, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                    log(f"  {method}: FAILED {exc}")
+                    continue
+                row = {**base, "method": method, "file_bytes": r.after.file_bytes,
+                       "ratio": r.after.file_bytes / ref_bytes, "plain_keras": not r.custom_layers,
+                       "seconds": round(time.perf_counter() - started, 1), **_fidelity_row(r.fidelity)}
+                rows.append(row)
+                log(f"  {method}: {row['ratio']:.3f}x, agreement {row['top1_agreement']}")
+                out.unlink(missing_ok=True)
+            # Keras's own int8 on the same model
+            started = time.perf_counter()
+            native = keras.models.load_model(src, compile=False)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                native.quantize("int8")
+            native_path = work / f"{stem}.native.keras"
+            native.save(native_path)
+            fid = F.compare(names, ref_out, F.predict(native, inputs), inputs)
+            rows.append({**base, "method": KERAS_NATIVE, "file_bytes": native_path.stat().st_size,
+                         "ratio": native_path.stat().st_size / ref_bytes, "plain_keras": True,
+                         "seconds": round(time.perf_counter() - started, 1), **_fidelity_row(fid)})
+            log(f"  keras native: {rows[-1]['ratio']:.3f}x")
+            del native
+            # LiteRT dynamic-range export (a different format: TFLite flatbuffer, not a Keras model)
+            started = time.perf_counter()
+            lite = work / f"{stem}.tflite"
+            try:
+                import tensorflow as tf
+
+                original.export(str(lite), format="litert", verbose=False, optimizations=[tf.lite.Optimize.DEFAULT])
+                rows.append({**base, "method": LITERT, "file_bytes": lite.stat().st_size,
+                             "ratio": lite.stat().st_size / ref_bytes, "plain_keras": False,
+                             "seconds": round(time.perf_counter() - started, 1),
+                             "note": "TFLite flatbuffer; runs in the LiteRT interpreter, not Keras; fidelity not measured"})
+                log(f"  litert: {rows[-1]['ratio']:.3f}x")
+            except Exception as exc:
+                rows.append({**base, "method": LITERT, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                log(f"  litert: FAILED {exc}")
+            # shrink's own peak RSS, in a child process
+            try:
+                rss = measure_rss(src, work / f"{stem}.rss.keras", data, samples)
+                above = rss["peak"] - rss["baseline"]
+                rows.append({**base, "method": "kmemopt int8 (portable): shrink peak RSS", "peak_rss_above_baseline": above,
+                             "rss_over_weights": above / weight_bytes, "baseline_rss": rss["baseline"],
+                             "reload_child_peak_rss": rss["reload_child_peak"]})
+                log(f"  rss: {above / 2**20:.0f} MiB above baseline = {above / weight_bytes:.2f}x the float32 weights")
+            except Exception as exc:
+                rows.append({**base, "method": "kmemopt int8 (portable): shrink peak RSS", "error": str(exc)[:300]})
+            del original
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _pct(v):
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _mib(v):
+    return "-" if v is None else f"{v / 2**20:,.2f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    out = [
+        "File size against the same model re-saved by plain Keras without its optimizer (the fair float32",
+        "reference), and fidelity against the original: top-1 agreement and relative L2 error of the outputs,",
+        "accuracy before/after on held-out digits where there are labels (synthetic inputs otherwise).",
+        "kmemopt rows are `kmemopt shrink MODEL --quantize int8` (and so on); \"portable\" files load with plain",
+        "`keras.models.load_model`, \"custom layers\" files after `import kmemopt`. Reproduce: `make bench SUITE=shrink`.",
+        "",
+        "| Model | Method | File (MiB) | Ratio | Plain Keras | Top-1 agreement | Rel. L2 | Accuracy before → after |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    rss_rows = []
+    for r in rows:
+        if "peak_rss_above_baseline" in r or r["method"].endswith("peak RSS"):
+            rss_rows.append(r)
+            continue
+        if "error" in r:
+            out.append(f"| {r['model']} | {r['method']} | - | - | - | - | - | failed: {r['error']} |")
+            continue
+        acc = "-"
+        if r.get("accuracy_before") is not None:
+            acc = f"{_pct(r['accuracy_before'])} → {_pct(r['accuracy_after'])}"
+        rel = "-" if r.get("relative_l2_error") is None else f"{r['relative_l2_error']:.4f}"
+        out.append(
+            f"| {r['model']} | {r['method']} | {_mib(r['file_bytes'])} | {r['ratio']:.3f}x | "
+            f"{'yes' if r.get('plain_keras') else 'no'} | {_pct(r.get('top1_agreement'))} | {rel} | {acc} |"
+        )
+    notes = sorted({r["note"] for r in rows if r.get("note")})
+    if notes:
+        out += [""] + [f"- {LITERT}: {n}." for n in notes]
+    if rss_rows:
+        out += [
+            "",
+            "`shrink`'s own peak RSS (`--quantize int8`, fidelity included), above the process's RSS after importing",
+            "Keras, against the model's float32 weight bytes. The fresh-process reload check runs in a child (its",
+            "own peak listed separately).",
+            "",
+            "| Model | float32 weights (MiB) | shrink peak above baseline (MiB) | × weights | reload child peak (MiB) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in rss_rows:
+            if "error" in r:
+                out.append(f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | failed: {r['error']} | - | - |")
+                continue
+            out.append(f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | {_mib(r['peak_rss_above_baseline'])} | "
+                       f"{r['rss_over_weights']:.2f}x | {_mib(r['reload_child_peak_rss'])} |")
+    return "\n".join(out) + "\n"

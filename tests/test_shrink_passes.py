@@ -1,0 +1,61 @@
+"""kmemopt shrink: prune, compress, keep-optimizer, mixed precision and --skip, checked in the written files."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+# The tiny trained CNN and the helpers that read the written files are shared with test_shrink.py.
+from test_shrink import _dtypes_by_layer, _layer_config, _pass, cnn_path, work  # noqa: F401, F811
+
+import kmemopt
+from kmemopt.archive import read_model_file
+from kmemopt.passes import Reason
+
+
+@pytest.fixture(scope="module")
+def compressed_only(cnn_path, work):  # noqa: F811
+    return kmemopt.shrink(cnn_path, work / "deflated.keras", compress=True, keep_optimizer=True, samples=8)
+
+
+def test_compress_and_keep_optimizer_are_lossless(compressed_only, cnn_path):  # noqa: F811
+    r = compressed_only
+    with zipfile.ZipFile(r.output) as zf:
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in zf.infolist())
+    assert read_model_file(r.output).optimizer_weights  # kept
+    assert r.fidelity.outputs[0].max_abs_error == 0.0
+    assert r.after.file_bytes < r.before.file_bytes
+
+
+def test_prune_zeroes_kernels_and_saves_bytes_compressed(cnn_path, work, compressed_only):  # noqa: F811
+    r = kmemopt.shrink(cnn_path, work / "pruned.keras", prune=0.5, samples=8)
+    applied = {a.layer: a for a in _pass(r, "prune").applied}
+    skipped = {s.layer: s.reason for s in _pass(r, "prune").skipped}
+    assert skipped["conv"] is Reason.FIRST_OR_LAST and skipped["classes"] is Reason.FIRST_OR_LAST
+    assert set(applied) == {"depthwise", "conv2", "hidden"}
+    assert all(a.detail["sparsity"] >= 0.5 for a in applied.values())
+    assert [p.name for p in r.passes] == ["strip-optimizer", "prune", "compress"]
+    with zipfile.ZipFile(r.output) as zf:
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in zf.infolist())
+    assert r.after.file_bytes < compressed_only.after.file_bytes
+
+
+def test_mixed_precision_lowers_the_training_peak_not_the_file(cnn_path, work):  # noqa: F811
+    r = kmemopt.shrink(cnn_path, work / "mixed.keras", mixed_precision="float16", samples=8)
+    assert r.after.training_peak_bytes < r.before.training_peak_bytes
+    assert r.after.param_bytes == r.before.param_bytes
+    assert "mixed_float16" in json.dumps(_layer_config(r.output, "conv")["config"]["dtype"])
+    skipped = {s.layer: s.reason for s in _pass(r, "mixed-precision").skipped}
+    assert skipped["classes"] is Reason.FINAL_SOFTMAX
+
+
+def test_skip_regex_leaves_layers_alone(cnn_path, work):  # noqa: F811
+    r = kmemopt.shrink(cnn_path, work / "skip.keras", quantize="int8", skip="^conv", samples=8)
+    dtypes = _dtypes_by_layer(r.output)
+    assert dtypes["conv"] == {"float32"} and dtypes["conv2"] == {"float32"} and dtypes["depthwise"] == {"float16"}
+    skipped = {s.layer: s.reason for s in _pass(r, "quantize").skipped}
+    assert skipped["conv"] is Reason.SKIP_REGEX
+
+
