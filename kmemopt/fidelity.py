@@ -111,7 +111,9 @@ def _vocab_size(model) -> int:
     return max(2, min(sizes)) if sizes else 2
 
 
-def load_inputs(model, data: str | Path | None, *, samples: int | None = None, seed: int = 0) -> Inputs:
+def load_inputs(
+    model, data: str | Path | None, *, samples: int | None = None, seed: int = 0, seq_len: int | None = None
+) -> Inputs:
     """Read `data` for the model's inputs, or make synthetic ones of the right shape and dtype."""
     specs = _model_inputs(model)
     names = tuple(s[0] for s in specs)
@@ -121,7 +123,7 @@ def load_inputs(model, data: str | Path | None, *, samples: int | None = None, s
     rng = np.random.default_rng(seed)
     arrays = []
     for _name, shape, dtype in specs:
-        dims = tuple(DEFAULT_SEQ_LEN if d is None else int(d) for d in shape[1:])
+        dims = tuple((seq_len or DEFAULT_SEQ_LEN) if d is None else int(d) for d in shape[1:])
         if "int" in dtype:
             arrays.append(rng.integers(0, _vocab_size(model), size=(n, *dims)).astype(dtype))
         elif "bool" in dtype:

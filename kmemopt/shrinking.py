@@ -280,6 +280,10 @@ def _layer_rows(before, after) -> list[dict[str, Any]]:
     return rows
 
 
+def _has_unknown_dims(model) -> bool:
+    return any(d is None for t in model.inputs for d in tuple(t.shape)[1:])
+
+
 def _output_names(model) -> list[str]:
     names = getattr(model, "output_names", None)
     return list(names) if names else [f"output_{i}" for i in range(len(model.outputs))]
@@ -352,6 +356,8 @@ def shrink(
     batch_size: int = 32,
     optimizer: Any = None,
     custom_objects: Any = None,
+    seq_len: int | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ShrinkResult:
     """Write a slimmer copy of a model and report what changed and how faithful it stays."""
@@ -385,6 +391,7 @@ def shrink(
     if target is not None and not dry_run:
         check_output(src, target, force)
 
+    warnings: list[str] = []
     say("Loading the model (after the safety checks) ...")
     if src is not None:
         from kmemopt.archive import read_model_file
@@ -398,15 +405,23 @@ def shrink(
             "optimizer_bytes": model_file.composition.optimizer_bytes,
         }
         opt_ident = optimizer if optimizer is not None else _optimizer_identifier(model_file, None)[0]
-        before_profile = profile(src, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects)
         before_bytes = model_file.file_bytes
     else:
         model, model_file = path_or_model, None
         file_info = {"compiled": getattr(model, "optimizer", None) is not None and model.optimizer.built,
                      "optimizer_variables": 0, "optimizer_bytes": 0}
         opt_ident = optimizer if optimizer is not None else "adam"
-        before_profile = profile_model(model, batch_size=batch_size, optimizer=opt_ident)
         before_bytes = None
+    if seq_len is None and not input_shapes and _has_unknown_dims(model):
+        # Peaks need every dimension; shrink's job is the file, so pick one and say so.
+        seq_len = fid.DEFAULT_SEQ_LEN
+        warnings.append(f"The model has inputs of unknown length; peaks and synthetic inputs use length {seq_len} "
+                        "(set --seq-len or --input-shape).")
+    shapes = {"seq_len": seq_len, "input_shapes": input_shapes}
+    if src is not None:
+        before_profile = profile(src, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes)
+    else:
+        before_profile = profile_model(model, batch_size=batch_size, optimizer=opt_ident, **shapes)
     opt_name = opt_ident if isinstance(opt_ident, str) else str(opt_ident.get("class_name", "optimizer")) if isinstance(opt_ident, dict) else type(opt_ident).__name__
     before = _side(before_profile, before_bytes)
 
@@ -418,10 +433,10 @@ def shrink(
             options=options, batch_size=batch_size, optimizer=opt_name, before=before, after=None,
             layers=_layer_rows(before_profile, None), passes=results,
             custom_layers=any(p.int8_class is not None for p in ctx.plan.values()),
-            elapsed_s=time.perf_counter() - started,
+            elapsed_s=time.perf_counter() - started, warnings=warnings,
         )
 
-    inputs = fid.load_inputs(model, data, samples=samples)
+    inputs = fid.load_inputs(model, data, samples=samples, seq_len=seq_len)
     names = _output_names(model)
     say(f"Running the original model on {inputs.samples} {inputs.source} inputs ...")
     ref = fid.predict(model, inputs)
@@ -444,7 +459,7 @@ def shrink(
             input=str(src) if src else None, output=output, written=written, dry_run=False, options=options,
             batch_size=batch_size, optimizer=opt_name, before=before, after=after,
             layers=_layer_rows(before_profile, after_profile), passes=results, fidelity=fidelity, reload=reload,
-            custom_layers=custom, elapsed_s=time.perf_counter() - started,
+            custom_layers=custom, elapsed_s=time.perf_counter() - started, warnings=warnings,
         )
 
     after_profile = None
@@ -466,8 +481,8 @@ def shrink(
         fidelity_reloaded.explain = fidelity.explain
         fidelity = fidelity_reloaded
         say("Profiling the result ...")
-        after_profile = profile(tmp, batch_size=batch_size, optimizer=opt_ident,
-                                custom_objects=custom_objects)
+        after_profile = profile(tmp, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects,
+                                **shapes)
         after = _side(after_profile, tmp.stat().st_size)
     return partial(after=after, output=str(target), written=True, reload=reload_info)
 

@@ -80,6 +80,12 @@ def shrink(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what the passes would do; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file (never the input).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size for the peaks in the report.")] = 32,
+    seq_len: Annotated[
+        Optional[int], typer.Option("--seq-len", min=1, help="Fill unknown input dimensions (peaks and synthetic inputs).")
+    ] = None,
+    input_shape: Annotated[
+        Optional[list[str]], typer.Option("--input-shape", help="NAME=D1,D2: an input's dimensions after the batch. Repeatable.")
+    ] = None,
     custom_objects: Annotated[
         Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
     ] = None,
@@ -91,7 +97,7 @@ def shrink(
 
     Example: kmemopt shrink model.keras --quantize int8 --data test.npz --min-agreement 99%
     """
-    from kmemopt.cli import _stderr_console, _stdout_console, guarded, write_output
+    from kmemopt.cli import _stderr_console, _stdout_console, guarded, parse_input_shapes, write_output
 
     with guarded():
         from kmemopt.errors import GateFailed
@@ -119,7 +125,8 @@ def shrink(
                     min_agreement=parse_percent(min_agreement) if min_agreement is not None else None,
                     max_accuracy_drop=parse_percent(max_accuracy_drop) if max_accuracy_drop is not None else None,
                     explain=explain, dry_run=dry_run, force=force, batch_size=batch_size,
-                    custom_objects=custom_objects, progress=update,
+                    custom_objects=custom_objects, seq_len=seq_len, input_shapes=parse_input_shapes(input_shape) or None,
+                    progress=update,
                 )
             except GateFailed as exc:
                 if getattr(exc, "result", None) is not None:

@@ -120,6 +120,8 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
             console.print(et)
         if fid.get("note"):
             console.print(f"[dim]{fid['note']}[/dim]", highlight=False)
+    for warning in data.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if data.get("reload"):
         console.print(f"Verified: reloaded with {data['reload']['loaded_with']}, outputs reproduced.", highlight=False)
     console.print(_headline(data) + f"  ({data['elapsed_s']:.1f} s)", highlight=False)
