@@ -16,11 +16,12 @@ import re
 import stat
 import struct
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from kmemopt.errors import MalformedModelError, UnsafeModelError, UsageError
+from kmemopt.errors import KmemoptError, MalformedModelError, UnsafeModelError, UsageError
 
 ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -32,6 +33,7 @@ RULE_ZIP_DUPLICATE = "ARCHIVE-DUPLICATE"
 RULE_ZIP_ENCRYPTED = "ARCHIVE-ENCRYPTED"
 RULE_ZIP_RATIO = "ARCHIVE-RATIO"
 RULE_ZIP_SIZE = "ARCHIVE-SIZE"
+RULE_ZIP_METHOD = "ARCHIVE-METHOD"
 RULE_JSON = "CONFIG-JSON"
 RULE_HDF5_LINK = "HDF5-LINK"
 RULE_HDF5_EXTERNAL = "HDF5-EXTERNAL"
@@ -262,8 +264,24 @@ def _open_h5(fileobj):
 
     try:
         return h5py.File(fileobj, "r")
-    except OSError as exc:
-        raise MalformedModelError(f"The weights are not a readable HDF5 file ({exc}).") from None
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise MalformedModelError(f"The weights are not a readable HDF5 file ({_first_line(exc)}).") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _damaged_hdf5(path: Path) -> Iterator[None]:
+    """h5py reports a corrupt file with whatever exception its C layer maps to: turn them into exit 3."""
+    try:
+        yield
+    except KmemoptError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError) as exc:
+        raise MalformedModelError(f"{path}: the HDF5 data is damaged ({_first_line(exc)}).") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,6 +355,13 @@ def _check_members(zf: zipfile.ZipFile, path: Path, limits: Limits) -> list[zipf
         seen.add(name)
         if info.flag_bits & 0x1:
             raise UnsafeModelError(f"{path} holds an encrypted zip member {name!r}.", rule=RULE_ZIP_ENCRYPTED, where=name)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise UnsafeModelError(
+                f"{path}: member {name!r} uses zip compression method {info.compress_type}; a .keras file is "
+                "stored or deflated.",
+                rule=RULE_ZIP_METHOD,
+                where=name,
+            )
         if name not in _ALLOWED_TOP and not name.startswith("assets/"):
             raise UnsafeModelError(
                 f"{path} holds an unexpected zip member {name!r}; a .keras file holds only "
@@ -380,8 +405,10 @@ def _read_member(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
 def _read_keras_zip(path: Path, size: int, limits: Limits) -> ModelFile:
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise MalformedModelError(f"{path} is not a readable zip archive ({exc}); it may be truncated.") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, OverflowError, struct.error) as exc:
+        raise MalformedModelError(
+            f"{path} is not a readable zip archive ({_first_line(exc)}); it may be truncated."
+        ) from None
     with zf:
         try:
             infos = _check_members(zf, path, limits)
@@ -406,7 +433,7 @@ def _read_keras_zip(path: Path, size: int, limits: Limits) -> ModelFile:
             if "model.weights.h5" in names:
                 info = zf.getinfo("model.weights.h5")
                 h5_member = info.compress_size
-                with _open_member(zf, info, path) as fh, _open_h5(fh) as h5:
+                with _damaged_hdf5(path), _open_member(zf, info, path) as fh, _open_h5(fh) as h5:
                     arrays = read_hdf5_arrays(h5, limits)
                 for a in arrays:
                     (optimizer if a.path.startswith("optimizer/") else weights).append(a)
@@ -417,6 +444,9 @@ def _read_keras_zip(path: Path, size: int, limits: Limits) -> ModelFile:
             raise MalformedModelError(f"{path} is a damaged zip archive ({exc}).") from None
         except (EOFError, zlib_error()) as exc:
             raise MalformedModelError(f"{path} is truncated or damaged ({exc}).") from None
+        except (NotImplementedError, ValueError, OSError, OverflowError, struct.error) as exc:
+            # zipfile's other ways of saying "damaged" (found by fuzzing: a mutated method field, ...)
+            raise MalformedModelError(f"{path} is a damaged zip archive ({_first_line(exc)}).") from None
     compile_config = config.get("compile_config")
     return _finish(
         path, "keras", size, config, compile_config if isinstance(compile_config, dict) else None,
@@ -491,7 +521,7 @@ def zlib_error():
 
 
 def _read_legacy_h5(path: Path, size: int, limits: Limits) -> ModelFile:
-    with open(path, "rb") as fh, _open_h5(fh) as h5:
+    with _damaged_hdf5(path), open(path, "rb") as fh, _open_h5(fh) as h5:
         raw = h5.attrs.get("model_config")
         if raw is None:
             if "layers" in h5 or "vars" in h5 or "layer_names" in h5.attrs:

@@ -72,6 +72,10 @@ class Allowlist:
     def allows(self, obj: Any) -> bool:
         return obj in self.classes or obj in self.functions
 
+    def __repr__(self) -> str:  # short: it shows up in test reports
+        return (f"Allowlist({len(self.classes)} classes, {len(self.functions)} functions, "
+                f"custom={sorted(self.custom_objects)})")
+
 
 def build_allowlist(custom_objects: dict[str, Any] | None = None) -> Allowlist:
     """Collect the allowed objects from Keras's public API (and keras-hub, kmemopt's own layers)."""

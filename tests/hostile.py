@@ -29,15 +29,15 @@ CASE_NAMES = (
     "clean", "lambda_top", "lambda_nested", "lambda_in_wrapper", "lambda_legacy_h5", "lambda_keras2_h5",
     "os_system_activation", "builtins_eval_activation", "keras_get_file_activation", "keras_unsafe_toggle",
     "subprocess_popen_layer", "os_system_class", "popen_initializer", "eval_regularizer", "popen_constraint",
-    "popen_dtype_policy", "tfsm_layer", "keras_private_module_class", "typespec_marker", "popen_in_compile_config",
-    "import_on_path", "import_keras_cv_on_path", "lookup_vocabulary_file", "zip_traversal", "zip_absolute",
-    "zip_assets_traversal", "zip_duplicate", "zip_unexpected_member", "zip_encrypted", "zip_bomb_weights",
-    "zip_bomb_lying_size", "zip_bomb_config", "deep_json", "deep_json_objects", "deep_hidden_object",
-    "deep_json_legacy_h5", "config_not_object", "config_not_json", "h5_external_link", "h5_soft_link",
-    "h5_external_storage", "h5_virtual_dataset", "h5_string_dataset", "h5_external_link_legacy", "shape_bomb",
-    "dense_units_2pow40", "input_shape_2pow40", "truncated_keras", "truncated_head_keras", "truncated_h5",
-    "empty_file", "text_named_keras", "random_bytes_h5", "zip_not_a_model", "hdf5_not_a_model", "weights_only",
-    "folder", "savedmodel_folder", "missing_path", "fifo",
+    "popen_dtype_policy", "popen_in_bidirectional", "tfsm_layer", "keras_private_module_class", "typespec_marker",
+    "popen_in_compile_config", "import_on_path", "import_keras_cv_on_path", "lookup_vocabulary_file",
+    "zip_traversal", "zip_absolute", "zip_assets_traversal", "zip_duplicate", "zip_unexpected_member",
+    "zip_encrypted", "zip_bzip2_member", "zip_bomb_weights", "zip_bomb_lying_size", "zip_bomb_config", "deep_json",
+    "deep_json_objects", "deep_hidden_object", "deep_json_legacy_h5", "config_not_object", "config_not_json",
+    "h5_external_link", "h5_soft_link", "h5_external_storage", "h5_virtual_dataset", "h5_string_dataset",
+    "h5_external_link_legacy", "shape_bomb", "dense_units_2pow40", "input_shape_2pow40", "truncated_keras",
+    "truncated_head_keras", "truncated_h5", "empty_file", "text_named_keras", "random_bytes_h5", "zip_not_a_model",
+    "hdf5_not_a_model", "weights_only", "folder", "savedmodel_folder", "missing_path", "fifo",
 )
 
 
@@ -297,6 +297,12 @@ def build_corpus(root: Path, keras) -> Corpus:  # noqa: C901 - one flat list of 
     patched("popen_dtype_policy", lambda d: d["config"].update(
         dtype={"module": "subprocess", "class_name": "Popen", "config": {"args": touch}, "registered_name": None}),
         "TRUST-MODULE")
+    patched("popen_in_bidirectional", lambda d: d.update(
+        module="keras.layers", class_name="Bidirectional",
+        config={"name": "hidden", "layer": {"module": "keras.layers", "class_name": "LSTM", "registered_name": None,
+                                            "config": {"name": "fwd", "units": 2}},
+                "backward_layer": {"module": "subprocess", "class_name": "Popen", "config": {"args": touch},
+                                   "registered_name": None}}), "TRUST-MODULE", note="hostile backward layer of a wrapper")
     patched("tfsm_layer", lambda d: d.update(
         module="keras.layers", class_name="TFSMLayer", config={"filepath": str(root), "name": "hidden"}), "TRUST-CODE")
     patched("keras_private_module_class", lambda d: d.update(
@@ -373,6 +379,8 @@ def build_corpus(root: Path, keras) -> Corpus:  # noqa: C901 - one flat list of 
         cd = pos + 4
     enc.write_bytes(bytes(raw))
     add(Case("zip_encrypted", enc, 3, 3, "ARCHIVE-ENCRYPTED"))
+    add(Case("zip_bzip2_member", write_zip(root / "zip_bzip2_member.keras", ordered, compression=zipfile.ZIP_BZIP2),
+             3, 3, "ARCHIVE-METHOD", note="a compression method Keras never writes"))
     add(Case("zip_bomb_weights", zip_bomb(clean_path, root / "zip_bomb_weights.keras",
                                           member="model.weights.h5", n_mib=4096), 3, 3, "ARCHIVE-RATIO",
              note="weights member inflating to 4 GiB (about 4 MB on disk)"))

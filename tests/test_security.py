@@ -200,7 +200,7 @@ def test_hostile_case(command, case_name, corpus, runs, available, digests):
     assert run.maxrss_bytes < MAX_RSS_BYTES, f"peak RSS {run.maxrss_bytes:,} B\n{context}"
     if expected != 0:
         lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
-        assert lines and lines[0].startswith("error: "), context
+        assert len(lines) == 1 and lines[0].startswith("error: "), f"not one sentence\n{context}"
         assert case.rule is None or f"[{case.rule}]" in run.stderr, context
         assert run.stdout.strip() == "", context
     if case.name in digests:
