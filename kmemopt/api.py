@@ -22,11 +22,11 @@ def resolve_custom_objects(custom_objects: dict[str, Any] | str | os.PathLike | 
 def open_checked(path: str | os.PathLike, custom_objects=None):
     """Read a model file's metadata, check it against the allowlist, build it unallocated."""
     from kmemopt.build import build_from_file
-    from kmemopt.trust import build_allowlist, precheck_file
+    from kmemopt.trust import build_allowlist, mentions_keras_hub, precheck_file
 
     model_file = read_model_file(path)
     precheck_file(model_file, custom_objects=custom_objects is not None)  # before Keras is imported
-    allow = build_allowlist(resolve_custom_objects(custom_objects))
+    allow = build_allowlist(resolve_custom_objects(custom_objects), keras_hub=mentions_keras_hub(model_file.config))
     model = build_from_file(model_file, allow=allow)
     return model_file, model, allow
 
@@ -56,10 +56,10 @@ def load_model(path, *, custom_objects=None, compile=False):
     """Full load with weights, after the static checks (allowlist, archive rules, stored weights)."""
     model_file: ModelFile = read_model_file(path)
     from kmemopt.build import build_from_file
-    from kmemopt.trust import build_allowlist, check_loadable, precheck_file
+    from kmemopt.trust import build_allowlist, check_loadable, mentions_keras_hub, precheck_file
 
     precheck_file(model_file, custom_objects=custom_objects is not None)  # before Keras is imported
-    allow = build_allowlist(resolve_custom_objects(custom_objects))
+    allow = build_allowlist(resolve_custom_objects(custom_objects), keras_hub=mentions_keras_hub(model_file.config))
     # The allowlist check, then the architecture built unallocated: refuse weights the file does not
     # store (HDF5 shape bombs, Dense(units=2**40) over small weights) before Keras allocates them.
     check_loadable(model_file, build_from_file(model_file, allow=allow))

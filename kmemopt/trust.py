@@ -77,8 +77,29 @@ class Allowlist:
                 f"custom={sorted(self.custom_objects)})")
 
 
-def build_allowlist(custom_objects: dict[str, Any] | None = None) -> Allowlist:
-    """Collect the allowed objects from Keras's public API (and keras-hub, kmemopt's own layers)."""
+def mentions_keras_hub(config: Any) -> bool:
+    """Whether a config names a keras-hub object (then, and only then, keras-hub is worth importing)."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            module, registered = node.get("module"), node.get("registered_name")
+            if (isinstance(module, str) and module.startswith("keras_hub")) or (
+                isinstance(registered, str) and registered.startswith("keras_hub>")
+            ):
+                return True
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return False
+
+
+def build_allowlist(custom_objects: dict[str, Any] | None = None, *, keras_hub: bool = True) -> Allowlist:
+    """Collect the allowed objects from Keras's public API (and keras-hub, kmemopt's own layers).
+
+    `keras_hub=False` skips importing keras-hub (most of a second) when the model names none of its
+    classes; its classes stay allowed if it was imported already.
+    """
     from kmemopt._keras import import_keras
 
     keras = import_keras()
@@ -106,7 +127,7 @@ def build_allowlist(custom_objects: dict[str, Any] | None = None) -> Allowlist:
     allow.by_name.setdefault("Functional", Functional)
     allow.by_name.setdefault("Model", keras.Model)
 
-    for obj in _extension_objects():
+    for obj in _extension_objects(keras_hub):
         (allow.classes if inspect.isclass(obj) else allow.functions).add(obj)
     for name, obj in (custom_objects or {}).items():
         (allow.classes if inspect.isclass(obj) else allow.functions).add(obj)
@@ -115,14 +136,15 @@ def build_allowlist(custom_objects: dict[str, Any] | None = None) -> Allowlist:
     return allow
 
 
-def _extension_objects() -> Iterator[Any]:
+def _extension_objects(import_keras_hub: bool = True) -> Iterator[Any]:
     """Registered objects of trusted packages: keras-hub when installed, and kmemopt's own layers."""
     from keras.src.saving import object_registration
 
-    try:
-        import keras_hub  # noqa: F401  (registers its classes with Keras on import)
-    except Exception:  # not installed, or broken: its classes simply are not allowed
-        pass
+    if import_keras_hub:
+        try:
+            import keras_hub  # noqa: F401  (registers its classes with Keras on import)
+        except Exception:  # not installed, or broken: its classes simply are not allowed
+            pass
     try:
         import kmemopt.layers  # noqa: F401
     except ImportError:
