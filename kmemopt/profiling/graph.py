@@ -228,8 +228,31 @@ def inference_peak(graph: Graph, batch_size: int) -> tuple[Line, int]:
 
 
 def saved_for_backward(graph: Graph) -> Line:
-    """What a training step keeps from the forward pass: every tensor plus layers' internal saves."""
-    total = _sum(graph.tensors[t].size for t in graph.tensors)
+    """What a training step keeps from the forward pass for the backward pass.
+
+    A tensor is kept when a gradient reads it (see internals: the gradient of the layer that made it,
+    or of a layer that consumes it), plus the model's inputs and outputs (the loss reads the
+    predictions) and every layer's internal saves. A reshape's output is its input's buffer.
+    """
+    from kmemopt.profiling.internals import ALIASING, grad_needs_input, grad_needs_output
+
+    alias: dict[int, int] = {}
+    for call in graph.calls:
+        if type(call.layer).__name__ in ALIASING and len(call.inputs) == 1 and len(call.outputs) == 1:
+            alias[call.outputs[0]] = call.inputs[0]
+
+    def root(t: int) -> int:
+        while t in alias:
+            t = alias[t]
+        return t
+
+    needed = {root(t) for t in list(graph.inputs) + list(graph.outputs)}
+    for call in graph.calls:
+        if grad_needs_input(call.layer):
+            needed.update(root(t) for t in call.inputs)
+        if grad_needs_output(call.layer):
+            needed.update(root(t) for t in call.outputs)
+    total = _sum(graph.tensors[t].size for t in needed)
     return total + _sum(c.saved_extra for c in graph.calls)
 
 

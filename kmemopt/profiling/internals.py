@@ -34,8 +34,10 @@ def _rnn(layer, in_specs, out_specs):
     gates = {"LSTMCell": 4, "GRUCell": 3, "SimpleRNNCell": 1}.get(type(cell).__name__, 1)
     # Per step: the input projection and recurrent projection of every gate, the activated gates,
     # and the cell/hidden states (LSTM: c, tanh(c), h).
+    # TensorFlow's CPU loop keeps, per step, the activated gates and the states (LSTM: c, tanh(c), h);
+    # the gates' pre-activations are not kept (sigmoid and tanh are differentiated from their outputs).
     states = 3 if gates == 4 else 1
-    per_step = (2 * gates + gates + states) * int(units) * itemsize(dtype)
+    per_step = (gates + states) * int(units) * itemsize(dtype)
     saved = Line(0, steps * per_step)
     transient = Line(0, (2 * gates + states) * int(units) * itemsize(dtype))
     return saved, transient
@@ -73,6 +75,18 @@ _RULES = {
 
 
 def layer_internals(layer, in_specs, out_specs) -> tuple[Line, Line]:
+    saved, transient = _layer_rule(layer, in_specs, out_specs)
+    out = Line(0, sum(_per_sample(s.shape, s.dtype) for s in out_specs))
+    extra = activation_extra(layer)
+    if extra:
+        saved = saved + Line(0, extra * out.per_sample)
+    if type(layer).__name__ in ONEDNN_REORDERING:
+        inp = Line(0, sum(_per_sample(s.shape, s.dtype) for s in in_specs))
+        transient = transient + inp + out
+    return saved, transient
+
+
+def _layer_rule(layer, in_specs, out_specs) -> tuple[Line, Line]:
     rule = _RULES.get(type(layer).__name__)
     if rule is None and type(layer).__name__ == "Bidirectional":
         f_saved, f_tr = _rnn(layer.forward_layer, in_specs, out_specs)
@@ -81,3 +95,142 @@ def layer_internals(layer, in_specs, out_specs) -> tuple[Line, Line]:
     if rule is None:
         return ZERO, ZERO
     return rule(layer, in_specs, out_specs)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a training step keeps for the backward pass (TensorFlow's gradient functions, graph mode).
+#
+# A tensor stays alive after the forward pass only if some gradient needs it: the gradient of the
+# layer that made it (ReLU, sigmoid, tanh, softmax and ELU are differentiated from their *output*),
+# or the gradient of a layer that consumes it (a convolution or matmul needs its input to form the
+# weight gradient; batch/layer normalization and max pooling need their input). Additions,
+# concatenations, padding, average pooling and reshapes need neither, so their outputs are freed as
+# soon as the forward pass has used them. Unknown layers keep both (the conservative choice).
+
+OUTPUT_GRAD_ACTIVATIONS = {"relu", "relu6", "sigmoid", "tanh", "softmax", "elu", "exponential", "linear", None}
+INPUT_FREE = {
+    "Add", "Subtract", "Average", "Concatenate", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "Reshape", "Flatten", "Permute", "RepeatVector",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "AveragePooling1D",
+    "AveragePooling2D", "AveragePooling3D", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "Rescaling", "Normalization", "Identity",
+    "InputLayer", "UpSampling1D", "UpSampling2D", "UpSampling3D", "ReLU", "Softmax", "ELU",
+}
+OUTPUT_FREE = {
+    "Add", "Subtract", "Average", "Concatenate", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "Reshape", "Flatten", "Permute", "RepeatVector",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "AveragePooling1D",
+    "AveragePooling2D", "AveragePooling3D", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "Rescaling", "Normalization", "Identity", "InputLayer",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D", "BatchNormalization", "LayerNormalization",
+    "GroupNormalization", "Embedding", "MultiHeadAttention", "GroupedQueryAttention", "Multiply",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "LSTM", "GRU", "SimpleRNN",
+}
+# Layers whose output shares its input's buffer (no new memory in TensorFlow's graph).
+ALIASING = {"Reshape", "Flatten"}
+# Convolutions run through oneDNN on TensorFlow's CPU build: each call reorders its input into a
+# blocked layout and computes its output there before reordering it back, so while it runs it holds
+# a second copy of both.
+ONEDNN_REORDERING = {
+    "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
+    "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+}
+
+
+def _activation_name(layer) -> str | None:
+    act = getattr(layer, "activation", None)
+    if act is None:
+        return None
+    return getattr(act, "__name__", None) or str(act)
+
+
+def grad_needs_output(layer) -> bool:
+    """True when the layer's own gradient is computed from its output."""
+    name = type(layer).__name__
+    if name in ("ReLU", "Softmax", "ELU"):
+        return True
+    if name in OUTPUT_FREE:
+        return False
+    act = _activation_name(layer)
+    if name == "Activation":
+        return act in OUTPUT_GRAD_ACTIVATIONS and act != "linear"
+    if hasattr(layer, "activation") and act in OUTPUT_GRAD_ACTIVATIONS:
+        return act not in ("linear", None)
+    return name not in _KNOWN_INPUT_ONLY
+
+
+def grad_needs_input(layer) -> bool:
+    """True when the layer's gradient reads its input(s)."""
+    name = type(layer).__name__
+    if name in INPUT_FREE:
+        return False
+    if name == "Activation":
+        return _activation_name(layer) not in OUTPUT_GRAD_ACTIVATIONS
+    return True
+
+
+def activation_extra(layer) -> int:
+    """Output-sized tensors an activation inside the layer keeps (its pre-activation, for input-based grads)."""
+    name = type(layer).__name__
+    if name == "Activation" or not hasattr(layer, "activation"):
+        return 0
+    act = _activation_name(layer)
+    if act in OUTPUT_GRAD_ACTIVATIONS:
+        return 0
+    return 2 if act == "gelu" else 1  # gelu keeps its input and erf(x / sqrt 2)
+
+
+# Layers known to need only their input (so their output is free unless a consumer needs it).
+_KNOWN_INPUT_ONLY = {
+    "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+    "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "Dense", "EinsumDense", "LeakyReLU", "PReLU",
+    "Dot", "Maximum", "Minimum",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The runtime's own costs for a model, beyond its tensors (TensorFlow's CPU runtime, Keras 3.15).
+#
+# Calibrated against measurements (docs/measure.md; benchmarks/suite_estimate.py): the constants
+# below are fitted once, by least squares on the relative error, over six architectures at batch
+# 1, 8 and 32, and are the same for every model. What each term stands for:
+#   loader residue   after `load_model`, resident memory exceeds the weights: Keras objects for
+#                    every layer, and buffers the loader freed but the allocator keeps resident
+#                    (a share of the weights, read from the file and copied into the variables);
+#   traced graph     the first predict or train step traces a tf.function and optimises its graph;
+#                    the graph, its kernels and oneDNN primitives stay alive. Its size follows the
+#                    number of operations: one unit a plain layer, more for layers made of many
+#                    operations (attention, recurrent loops unrolled into while-loop bodies);
+#   input copy       each input array is copied into a framework tensor (one more copy of the batch).
+
+MiB = 1024**2
+LOADER_WEIGHT_FRACTION = 0.77  # fitted on the load phase alone
+LOADER_BYTES_PER_LAYER = int(0.13 * MiB)
+GRAPH_BYTES_PER_UNIT_INFERENCE = int(0.15 * MiB)  # fitted on the peaks, the loader terms held fixed
+GRAPH_BYTES_PER_UNIT_TRAINING = int(1.9 * MiB)
+OP_UNITS = {
+    "MultiHeadAttention": 8, "GroupedQueryAttention": 8, "LSTM": 14, "GRU": 12, "SimpleRNN": 6,
+    "InputLayer": 0, "Reshape": 0, "Flatten": 0, "Identity": 0,
+}
+
+
+def op_units(layer) -> int:
+    name = type(layer).__name__
+    if name == "Bidirectional":
+        return op_units(layer.forward_layer) + op_units(layer.backward_layer)
+    return OP_UNITS.get(name, 1)
+
+
+def runtime_costs(graph, param_bytes: int) -> dict[str, Line]:
+    """The runtime terms of the memory model, each a line in the batch size (see the table above)."""
+    calls = len(graph.calls)
+    units = sum(op_units(call.layer) for call in graph.calls)
+    inputs = Line(0, 0)
+    for t in graph.inputs:
+        inputs = inputs + graph.tensors[t].size
+    return {
+        "loader_residue": Line(int(LOADER_WEIGHT_FRACTION * param_bytes) + LOADER_BYTES_PER_LAYER * calls, 0),
+        "inference_graph": Line(GRAPH_BYTES_PER_UNIT_INFERENCE * units, 0),
+        "training_graph": Line(GRAPH_BYTES_PER_UNIT_TRAINING * units, 0),
+        "input_copy": inputs,
+    }

@@ -15,7 +15,7 @@ from kmemopt.archive import FileComposition, ModelFile
 from kmemopt.errors import UsageError
 from kmemopt.profiling import graph as g
 from kmemopt.profiling.dtypes import nbytes
-from kmemopt.profiling.internals import layer_internals
+from kmemopt.profiling.internals import layer_internals, runtime_costs
 from kmemopt.profiling.optimizer import OptimizerState, optimizer_state
 
 SCHEMA_VERSION = 1
@@ -79,6 +79,8 @@ class Totals:
     training_peak_bytes: int
     inference_activation_peak_bytes: int
     backward_transient_bytes: int
+    runtime_inference_bytes: int = 0  # TensorFlow's own costs for this model (see internals.runtime_costs)
+    runtime_training_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -383,9 +385,16 @@ def profile_model(
     saved = g.saved_for_backward(graph)
     act_peak, _ = g.inference_peak(graph, batch_size)
     back = g.backward_transient(graph, batch_size)
-    inference = BatchLine(param_bytes + act_peak.fixed, act_peak.per_sample)
+    # The runtime's own costs (loader residue, traced graph, input copy): see internals.runtime_costs.
+    costs = runtime_costs(graph, param_bytes)
+    run_inf = costs["loader_residue"] + costs["inference_graph"] + costs["input_copy"]
+    run_train = costs["loader_residue"] + costs["training_graph"] + costs["input_copy"]
+    inference = BatchLine(param_bytes + act_peak.fixed + run_inf.fixed, act_peak.per_sample + run_inf.per_sample)
     fixed_train = param_bytes + gradient_bytes + opt.total_bytes
-    training = BatchLine(fixed_train + saved.fixed + back.fixed, saved.per_sample + back.per_sample)
+    training = BatchLine(
+        fixed_train + saved.fixed + back.fixed + run_train.fixed,
+        saved.per_sample + back.per_sample + run_train.per_sample,
+    )
 
     totals = Totals(
         params=params,
@@ -400,15 +409,19 @@ def profile_model(
         training_peak_bytes=training.at(batch_size),
         inference_activation_peak_bytes=act_peak.at(batch_size),
         backward_transient_bytes=back.at(batch_size),
+        runtime_inference_bytes=run_inf.at(batch_size),
+        runtime_training_bytes=run_train.at(batch_size),
     )
 
     fit = None
     if budget_bytes is not None:
         fit = BudgetFit(
             budget_bytes=budget_bytes,
-            max_inference_batch=_max_batch(lambda b: param_bytes + g.inference_peak(graph, b)[0].at(b), budget_bytes),
+            max_inference_batch=_max_batch(
+                lambda b: param_bytes + g.inference_peak(graph, b)[0].at(b) + run_inf.at(b), budget_bytes
+            ),
             max_training_batch=_max_batch(
-                lambda b: fixed_train + saved.at(b) + g.backward_transient(graph, b).at(b), budget_bytes
+                lambda b: fixed_train + saved.at(b) + g.backward_transient(graph, b).at(b) + run_train.at(b), budget_bytes
             ),
         )
 
