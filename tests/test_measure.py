@@ -201,3 +201,29 @@ def test_gpu_measurement_reports_allocator_and_nvml(mlp_path):  # pragma: no cov
     d = m.to_dict()
     assert d["device"] == "gpu"
     assert d["allocator_peak_bytes"] is not None and d["nvml_used_bytes"] >= d["allocator_peak_bytes"]
+
+
+def test_table_and_markdown_show_measured_and_error_columns(mlp_model):
+    import dataclasses
+
+    from kmemopt.api import profile
+    from kmemopt.report import render_to_text
+    from kmemopt.report.profile import profile_markdown, render_profile
+
+    static = profile(mlp_model, batch_size=4)
+    hidden = next(r for r in static.layers if r.name == "hidden")
+    est_inf, est_train = static.inference.at(4), static.training.at(4)
+    measured = {
+        "device": "cpu", "method": "vmhwm", "status": "ok", "batch_size": 4, "baseline_bytes": 800 * MiB,
+        "load_bytes": 1000, "inference_peak_bytes": est_inf // 2, "training_peak_bytes": est_train,
+        "layers": {"hidden": hidden.output_bytes * 2}, "layers_batch_size": 4,
+        "runs": [{"batch_size": 4, "status": "ok", "inference_peak_bytes": est_inf // 2, "training_peak_bytes": est_train,
+                  "load_bytes": 1000, "estimated_inference_bytes": est_inf, "estimated_training_bytes": est_train}],
+    }
+    data = dataclasses.replace(static, measured=measured).to_dict()
+    text = render_to_text(lambda c: render_profile(data, c), width=240)
+    assert "Measured out" in text and "Out error" in text
+    assert "-50%" in text  # the hidden layer's estimate is half of what was "measured"
+    assert "error +100%" in text and "error +0%" in text  # inference estimate twice the measurement; training exact
+    md = profile_markdown(data)
+    assert "Measured on cpu" in md and "error +100%" in md

@@ -62,6 +62,18 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
     table.add_column(f"Grads ({unit})", justify="right")
     table.add_column(f"Optimizer ({unit})", justify="right")
     table.add_column("Share", justify="left", no_wrap=True)
+    measured_layers = (data.get("measured") or {}).get("layers") or {}
+    if measured_layers:  # --measure: the real outputs of one forward pass beside the estimate
+        table.add_column(f"Measured out ({unit})", justify="right")
+        table.add_column("Out error", justify="right")
+
+    def measured_cells(row) -> list[str]:
+        if not measured_layers:
+            return []
+        got = measured_layers.get(row["path"])
+        if got is None:
+            return ["-", "-"]
+        return [u(got), _error(row["output_bytes"], got)]
 
     layers, hidden = _top_layers(data["layers"], top)
     denominator = max(totals["param_bytes"] + totals["activation_bytes"] + totals["gradient_bytes"] + totals["optimizer_bytes"], 1)
@@ -81,14 +93,19 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
             u(row["gradient_bytes"]),
             u(row["optimizer_bytes"]),
             Text(f"{_bar(share)} {share:5.1%}"),
+            *measured_cells(row),
             style=style,
         )
     if totals["optimizer_global_bytes"]:
-        table.add_row("(optimizer globals)", "", "", "", "", "", "", "", u(totals["optimizer_global_bytes"]), "")
+        table.add_row(
+            "(optimizer globals)", "", "", "", "", "", "", "", u(totals["optimizer_global_bytes"]), "",
+            *(["", ""] if measured_layers else []),
+        )
     table.add_section()
     table.add_row(
         "Total", "", "", f"{totals['params']:,}", "", u(totals["param_bytes"]), u(totals["activation_bytes"]),
-        u(totals["gradient_bytes"]), u(totals["optimizer_bytes"]), "", style="bold",
+        u(totals["gradient_bytes"]), u(totals["optimizer_bytes"]), "", *(["", ""] if measured_layers else []),
+        style="bold",
     )
     console.print(table)
     if hidden:
@@ -135,8 +152,58 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         "[dim]Weights, gradients and optimizer state are exact; activations and peaks are static estimates "
         "(see README, 'Memory model'). Units: KiB/MiB/GiB = 1024-based.[/dim]"
     )
+    for line in measured_lines(data):
+        console.print(line, highlight=False)
     for warning in data.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _error(estimated: int | None, measured: int | None) -> str:
+    if not estimated or not measured:
+        return "-"
+    return f"{100.0 * (estimated - measured) / measured:+.0f}%"
+
+
+def measured_lines(data: dict[str, Any]) -> list[str]:
+    """The measured peaks beside the estimates, as plain sentences (terminal and Markdown)."""
+    m = data.get("measured")
+    if not m:
+        return []
+    lines = [
+        f"Measured on {m['device']} ({'kernel high-water mark' if m.get('method') == 'vmhwm' else 'RSS sampling'}; "
+        f"model memory above a framework baseline of {format_bytes(m.get('baseline_bytes'))}), status {m['status']}:"
+    ]
+    for run in m.get("runs", []):
+        b = run["batch_size"]
+        if run["status"] != "ok":
+            lines.append(f"  batch {b}: not measured ({run['status']}): {run.get('message', '')}")
+            continue
+        lines.append(
+            f"  batch {b}: inference peak {format_bytes(run['inference_peak_bytes'])} "
+            f"(estimate {format_bytes(run.get('estimated_inference_bytes'))}, "
+            f"error {_error(run.get('estimated_inference_bytes'), run['inference_peak_bytes'])}); "
+            f"training peak {format_bytes(run['training_peak_bytes'])} "
+            f"(estimate {format_bytes(run.get('estimated_training_bytes'))}, "
+            f"error {_error(run.get('estimated_training_bytes'), run['training_peak_bytes'])}); "
+            f"after load {format_bytes(run.get('load_bytes'))}"
+        )
+        if run.get("gpu"):
+            for phase, g in run["gpu"].items():
+                lines.append(
+                    f"    GPU {phase}: allocator peak {format_bytes(g['allocator_peak_bytes'])}, NVML used "
+                    f"{format_bytes(g['nvml_used_bytes'])} (NVML also counts the CUDA context and memory the "
+                    "allocator reserved but did not use)"
+                )
+    fit, static = m.get("fit"), m.get("static_line")
+    if fit and static:
+        for phase in ("inference", "training"):
+            if phase in fit:
+                lines.append(
+                    f"  {phase} line: measured {format_bytes(fit[phase]['fixed_bytes'])} + B × "
+                    f"{format_bytes(fit[phase]['per_sample_bytes'])}; estimated "
+                    f"{format_bytes(static[phase]['fixed_bytes'])} + B × {format_bytes(static[phase]['per_sample_bytes'])}"
+                )
+    return lines
 
 
 def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
@@ -169,6 +236,9 @@ def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
         f"**{format_bytes(totals['activation_bytes'])}** | **{format_bytes(totals['gradient_bytes'])}** | "
         f"**{format_bytes(totals['optimizer_bytes'])}** |"
     )
+    measured = measured_lines(data)
+    if measured:
+        out += ["", measured[0], ""] + [f"- {line.strip()}" for line in measured[1:]]
     for warning in data.get("warnings", []):
         out.append(f"\n> warning: {warning}")
     return "\n".join(out) + "\n"
