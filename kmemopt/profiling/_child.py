@@ -141,6 +141,13 @@ class GpuMeter:
             import tensorflow as tf
 
             gpus = tf.config.list_physical_devices("GPU")
+            if not gpus:
+                from kmemopt.errors import UsageError
+
+                raise UsageError(
+                    "NVML sees a GPU but TensorFlow does not (a CPU-only TensorFlow build?); measure with "
+                    "--device cpu, or set KERAS_BACKEND to a backend with GPU support (jax, torch)."
+                )
             for gpu in gpus:
                 tf.config.experimental.set_memory_growth(gpu, True)
 

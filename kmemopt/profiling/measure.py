@@ -235,9 +235,9 @@ def run_child(spec: dict[str, Any], *, timeout_s: float, max_memory_bytes: int,
         if spec.get("device") == "cpu":
             child_env["CUDA_VISIBLE_DEVICES"] = ""
         elif spec.get("device") == "gpu":
+            # The framework then sees the chosen card as GPU:0; NVML ignores this variable and keeps
+            # the machine's numbering, so the child's NVML queries use gpu_index unchanged.
             child_env["CUDA_VISIBLE_DEVICES"] = str(spec.get("gpu_index", 0))
-            spec["gpu_index"] = 0
-            spec_path.write_text(json.dumps(spec))
         stderr_path = workdir / "stderr.txt"
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(
