@@ -225,7 +225,7 @@ def make_inputs(model, specs: list[dict], batch: int, data, seed: int = 0) -> di
     rng = np.random.default_rng(seed)
     out = {}
     vocab = _embedding_vocab(model)
-    for i, spec in enumerate(specs):
+    for spec in specs:
         name, dims, dtype = spec["name"], [int(d) for d in spec["shape"][1:]], spec["dtype"]
         source = None
         if data is not None:
@@ -287,7 +287,6 @@ def default_loss(model) -> str:
 def make_targets(model, outputs, loss, seed: int = 1):
     """Random targets shaped for `loss` from the model's real outputs."""
     import numpy as np
-
     from keras import tree
 
     rng = np.random.default_rng(seed)

@@ -332,7 +332,7 @@ def measure(
     layers_batch = None
     method = "vmhwm"
     gpu_main: dict[str, Any] = {}
-    for i, b in enumerate(sizes):
+    for b in sizes:
         spec = {
             "path": str(Path(path).resolve()),
             "custom_objects": str(Path(custom_objects).resolve()) if custom_objects else None,
@@ -346,12 +346,8 @@ def measure(
             "layers": layers and b == (batch_size if batch_size in sizes else sizes[-1]),
         }
 
-        def phase(name: str, _b=b) -> None:
-            if on_phase is not None:
-                on_phase(name)
-
         started = time.monotonic()
-        result = run_child(spec, timeout_s=timeout_s, max_memory_bytes=max_memory, on_phase=phase)
+        result = run_child(spec, timeout_s=timeout_s, max_memory_bytes=max_memory, on_phase=on_phase)
         seconds = time.monotonic() - started
         if "error" in result:
             if result.get("exit_code") is not None:
