@@ -18,6 +18,9 @@ from kmemopt.errors import GateFailed, UsageError
 DEFAULT_SYNTHETIC_SAMPLES = 64
 DEFAULT_SEQ_LEN = 16
 PREDICT_BATCH = 32
+# Inputs per predict batch are capped at this many elements: a large image model then runs one sample
+# at a time, which keeps its activations (and shrink's peak memory) small; small models still batch.
+PREDICT_BATCH_ELEMENTS = 2**18
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,13 @@ def _read_data(path: Path, specs, samples: int | None) -> Inputs:
 # comparison
 
 
+def predict_batch_size(inputs: Inputs) -> int:
+    per_sample = sum(int(np.prod(a.shape[1:])) for a in inputs.arrays) or 1
+    return max(1, min(PREDICT_BATCH, PREDICT_BATCH_ELEMENTS // per_sample))
+
+
 def predict(model, inputs: Inputs) -> list[np.ndarray]:
-    out = model.predict(inputs.feed(), batch_size=PREDICT_BATCH, verbose=0)
+    out = model.predict(inputs.feed(), batch_size=predict_batch_size(inputs), verbose=0)
     if isinstance(out, dict):
         out = list(out.values())
     if not isinstance(out, (list, tuple)):

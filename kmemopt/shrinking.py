@@ -8,10 +8,11 @@ temp file beside the target until the fresh-process reload has verified it, then
 
 from __future__ import annotations
 
-import io
+import gc
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,19 +164,30 @@ def check_output(src: Path | None, out: Path, force: bool) -> Path:
 
 
 def save_container(model, target: Path, *, compress: bool) -> None:
-    """Save with Keras into memory, then write the zip to `target`, deflated on request."""
+    """Save with Keras straight into `target` (a temp file); on request, rewrite it deflated.
+
+    Keras writes `.keras` zips uncompressed; the deflated copy is streamed member by member into a
+    second temp file beside it, which then replaces the first (removed on any failure).
+    """
     from keras.src.saving import saving_lib
 
-    buffer = io.BytesIO()
-    saving_lib.save_model(model, buffer)
-    buffer.seek(0)
-    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(buffer) as src, zipfile.ZipFile(target, "w", compression=method) as dst:
-        for info in src.infolist():
-            item = zipfile.ZipInfo(info.filename, date_time=info.date_time)
-            item.compress_type = method
-            item.external_attr = info.external_attr
-            dst.writestr(item, src.read(info))
+    with open(target, "wb") as fh:
+        saving_lib.save_model(model, fh)
+    if compress:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".deflate.tmp", dir=target.parent)
+        os.close(fd)
+        deflated = Path(name)
+        try:
+            with zipfile.ZipFile(target) as src, zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+                for info in src.infolist():
+                    item = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                    item.compress_type = zipfile.ZIP_DEFLATED
+                    item.external_attr = info.external_attr
+                    with src.open(info) as reader, dst.open(item, "w", force_zip64=info.file_size > 2**31) as writer:
+                        shutil.copyfileobj(reader, writer, 1 << 20)
+            os.replace(deflated, target)
+        finally:
+            deflated.unlink(missing_ok=True)
     # mkstemp made the temp file 0600; give the output the permissions a normal save would have.
     umask = os.umask(0)
     os.umask(umask)
@@ -278,6 +290,17 @@ def _layer_rows(before, after) -> list[dict[str, Any]]:
             "param_bytes_after": other.param_bytes if other else None,
         })
     return rows
+
+
+def _release_memory() -> None:
+    """Collect freed models and hand glibc's free heap back to the OS, so later stages reuse it."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _has_unknown_dims(model) -> bool:
@@ -446,6 +469,11 @@ def shrink(
     new_model = ctx.new_model
     custom = any(p.int8_class is not None for p in ctx.plan.values())
 
+    if new_model is not model and not explain:
+        ctx.model = None  # the original's weights are no longer needed: free them before running the new one
+        del model
+        _release_memory()
+
     say("Measuring fidelity ...")
     new_out = fid.predict(new_model, inputs)
     fidelity = fid.compare(names, ref, new_out, inputs)
@@ -467,9 +495,9 @@ def shrink(
         exc = fid.gate_failure(fidelity)
         exc.result = partial()
         raise exc
-    if ctx.new_model is not model:
-        ctx.model = None  # the original's weights are no longer needed: free them before writing
-        del model
+    ctx.model = None
+    model = None  # noqa: F841  (free the original, if --explain still held it, before writing)
+    _release_memory()
 
     say(f"Writing {target} ...")
     with atomic_path(target) as tmp:
