@@ -150,6 +150,13 @@ def test_in_memory_model(keras, work, mlp_model):
 
 def test_in_memory_model_is_not_modified(keras, mlp_model, work):
     before = [w.copy() for w in mlp_model.get_weights()]
-    kmemopt.shrink(mlp_model, work / "memory2.keras", quantize="int8", samples=8, explain=True)
+    r = kmemopt.shrink(mlp_model, work / "memory2.keras", quantize="int8", samples=8, explain=True)
+    assert {row["layer"] for row in r.fidelity.explain} == {"hidden", "out"}  # one layer at a time
     assert all(np.array_equal(a, b) for a, b in zip(before, mlp_model.get_weights(), strict=True))
     assert getattr(mlp_model.get_layer("hidden"), "quantization_mode", None) is None
+
+
+def test_unknown_input_length_is_filled_and_said(text_path, work):
+    r = kmemopt.shrink(text_path, work / "text.keras", quantize="int8", dry_run=True)
+    assert any("unknown length" in w for w in r.warnings)
+    assert {a.layer for a in _pass(r, "quantize").applied} == {"embedding", "lstm", "out"}
