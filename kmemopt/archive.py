@@ -34,6 +34,7 @@ RULE_ZIP_ENCRYPTED = "ARCHIVE-ENCRYPTED"
 RULE_ZIP_RATIO = "ARCHIVE-RATIO"
 RULE_ZIP_SIZE = "ARCHIVE-SIZE"
 RULE_ZIP_METHOD = "ARCHIVE-METHOD"
+RULE_READ_LIMITS = "ARCHIVE-TIME"  # reading the metadata took too long, ran out of memory or crashed the reader
 RULE_JSON = "CONFIG-JSON"
 RULE_HDF5_LINK = "HDF5-LINK"
 RULE_HDF5_EXTERNAL = "HDF5-EXTERNAL"
@@ -54,6 +55,11 @@ class Limits:
     max_hdf5_objects: int = 1_000_000
     max_hdf5_depth: int = 64
     max_hdf5_rank: int = 32
+    # Wall-clock seconds for reading one file's metadata. The reading runs in a forked child, so a
+    # file whose HDF5 structures send the HDF5 library into a loop (found by fuzzing) or crash it is
+    # refused instead of hanging kmemopt. KMEMOPT_MAX_READ_SECONDS overrides it; 0 reads in-process.
+    max_read_seconds: float = 120.0
+    max_read_memory_bytes: int = 4 * 1024**3  # address space the reading child may add
 
 
 DEFAULT_LIMITS = Limits()
@@ -318,14 +324,145 @@ def read_model_file(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) ->
     with open(path, "rb") as fh:
         head = fh.read(8)
     if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
-        return _read_keras_zip(path, size, limits)
+        return _bounded(path, limits, lambda: _read_keras_zip(path, size, limits))
     if head == HDF5_MAGIC:
-        return _read_legacy_h5(path, size, limits)
+        return _bounded(path, limits, lambda: _read_legacy_h5(path, size, limits))
     if path.name.endswith(".weights.h5"):
         raise MalformedModelError(f"{path} is not an HDF5 file.")
     raise MalformedModelError(
         f"{path} is neither a Keras 3 .keras archive nor an HDF5 .h5 model; kmemopt cannot read it."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading in a bounded child
+
+
+def _model_file_to_json(mf: ModelFile) -> dict[str, Any]:
+    return {
+        "path": str(mf.path), "format": mf.format, "file_bytes": mf.file_bytes, "config": mf.config,
+        "compile_config": mf.compile_config, "keras_version": mf.keras_version,
+        "weights": [a.__dict__ for a in mf.weights], "optimizer_weights": [a.__dict__ for a in mf.optimizer_weights],
+        "composition": mf.composition.to_dict(), "members": list(mf.members),
+    }
+
+
+def _model_file_from_json(d: dict[str, Any]) -> ModelFile:
+    def arrays(items):
+        return tuple(StoredArray(**{**a, "shape": tuple(a["shape"])}) for a in items)
+
+    return ModelFile(
+        path=Path(d["path"]), format=d["format"], file_bytes=d["file_bytes"], config=d["config"],
+        compile_config=d["compile_config"], keras_version=d["keras_version"], weights=arrays(d["weights"]),
+        optimizer_weights=arrays(d["optimizer_weights"]), composition=FileComposition(**d["composition"]),
+        members=tuple(d["members"]),
+    )
+
+
+_ERRORS = {"UnsafeModelError": UnsafeModelError, "MalformedModelError": MalformedModelError, "UsageError": UsageError}
+
+
+def _bounded(path: Path, limits: Limits, read) -> ModelFile:
+    """Run `read()` in a forked child with a wall-clock and memory limit; the parent gets plain data back.
+
+    The HDF5 library parses hostile bytes in C: a crafted file can loop forever or crash it, and a
+    loop holds the GIL, so no in-process timeout could stop it. A forked child (cheap: it shares the
+    parent's pages) can be killed. Without fork (not POSIX), or with the limit set to 0, it reads in-process.
+    """
+    seconds = limits.max_read_seconds
+    if limits is DEFAULT_LIMITS:  # the environment overrides the default, not a caller's explicit limits
+        seconds = float(os.environ.get("KMEMOPT_MAX_READ_SECONDS", seconds))
+    if seconds <= 0 or not hasattr(os, "fork"):
+        return read()
+    import select
+    import signal
+    import time
+
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: read, send JSON, leave without running any cleanup of the parent's
+        os.close(rfd)
+        code = 0
+        try:
+            _limit_memory(limits.max_read_memory_bytes)
+            try:
+                result: list[Any] = ["ok", _model_file_to_json(read())]
+            except KmemoptError as exc:
+                result = ["error", type(exc).__name__, exc.message, exc.rule, exc.where]
+            except MemoryError:
+                result = ["error", "UnsafeModelError", f"Reading {path}'s metadata needs more than "
+                          f"{limits.max_read_memory_bytes:,} bytes of memory; kmemopt refuses it.", RULE_READ_LIMITS, None]
+            except BaseException as exc:  # noqa: BLE001 - a bug in kmemopt: the parent reports it as such
+                result = ["crash", f"{type(exc).__name__}: {exc}"]
+            data = json.dumps(result).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(wfd, view):]
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([rfd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(rfd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        if timed_out:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    if timed_out:
+        raise UnsafeModelError(
+            f"Reading {path}'s metadata did not finish within {seconds:g} s; its HDF5 structures may loop. "
+            "kmemopt refuses it.",
+            rule=RULE_READ_LIMITS,
+        )
+    try:
+        result = json.loads(b"".join(chunks))
+    except ValueError:
+        sig = -os.waitstatus_to_exitcode(status)
+        raise UnsafeModelError(
+            f"Reading {path}'s metadata crashed the HDF5 reader"
+            + (f" (signal {sig})" if sig > 0 else "")
+            + "; the file is damaged or hostile. kmemopt refuses it.",
+            rule=RULE_READ_LIMITS,
+        ) from None
+    if result[0] == "ok":
+        return _model_file_from_json(result[1])
+    if result[0] == "error":
+        raise _ERRORS[result[1]](result[2], rule=result[3], where=result[4])
+    raise RuntimeError(f"reading {path} failed: {result[1]}")
+
+
+def _limit_memory(extra_bytes: int) -> None:
+    """Cap the child's address space at what it has now plus `extra_bytes` (Linux; best effort)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        limit = current + extra_bytes
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        if soft == resource.RLIM_INFINITY or soft > limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (OSError, ValueError, ImportError):
+        pass
 
 
 _ALLOWED_TOP = {"metadata.json", "config.json", "model.weights.h5", "model.weights.npz"}

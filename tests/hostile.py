@@ -35,9 +35,9 @@ CASE_NAMES = (
     "zip_encrypted", "zip_bzip2_member", "zip_bomb_weights", "zip_bomb_lying_size", "zip_bomb_config", "deep_json",
     "deep_json_objects", "deep_hidden_object", "deep_json_legacy_h5", "config_not_object", "config_not_json",
     "h5_external_link", "h5_soft_link", "h5_external_storage", "h5_virtual_dataset", "h5_string_dataset",
-    "h5_external_link_legacy", "shape_bomb", "dense_units_2pow40", "input_shape_2pow40", "truncated_keras",
-    "truncated_head_keras", "truncated_h5", "empty_file", "text_named_keras", "random_bytes_h5", "zip_not_a_model",
-    "hdf5_not_a_model", "weights_only", "folder", "savedmodel_folder", "missing_path", "fifo",
+    "h5_external_link_legacy", "h5_loop", "shape_bomb", "dense_units_2pow40", "input_shape_2pow40",
+    "truncated_keras", "truncated_head_keras", "truncated_h5", "empty_file", "text_named_keras", "random_bytes_h5",
+    "zip_not_a_model", "hdf5_not_a_model", "weights_only", "folder", "savedmodel_folder", "missing_path", "fifo",
 )
 
 
@@ -177,6 +177,23 @@ def h5_bytes(build: Callable[[Any], None], tmp: Path) -> bytes:
     data = tmp.read_bytes()
     tmp.unlink()
     return data
+
+
+def fuzz_model(keras):
+    """The small compiled model the fuzz tests mutate (and whose legacy .h5 the fuzzer made loop)."""
+    inp = keras.Input((6,), name="x")
+    h = keras.layers.Dense(5, activation="relu", kernel_regularizer="l2", name="hidden")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    sub = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, name="inner")], name="sub")
+    model = keras.Model(inp, sub(h), name="fuzzed")
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+# The edit Hypothesis found (tests/test_fuzz_readers.py): 6 bytes of a name in the HDF5 heap replaced
+# by 7, which shifts every later address by one; h5py then loops in C, holding the GIL, while reading
+# the root group's attributes.
+HDF5_LOOP_EDIT = (b"den/bi", b"\x00q_.l\xa04")
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,6 +483,13 @@ def build_corpus(root: Path, keras) -> Corpus:  # noqa: C901 - one flat list of 
     with h5py.File(legacy_link, "r+") as h5:
         h5["model_weights/secret"] = h5py.ExternalLink(str(secret_h5), "/layers/dense/vars/0")
     add(Case("h5_external_link_legacy", legacy_link, 3, 3, "HDF5-LINK"))
+    looping = root / "h5_loop.h5"
+    fuzz_model(keras).save(looping)
+    data = looping.read_bytes()
+    at = data.find(HDF5_LOOP_EDIT[0])
+    assert at > 0, "the fuzz model's legacy .h5 layout changed: re-find the looping edit"
+    looping.write_bytes(data[:at] + HDF5_LOOP_EDIT[1] + data[at + len(HDF5_LOOP_EDIT[0]):])
+    add(Case("h5_loop", looping, 3, 3, None, note="HDF5 structures that send the HDF5 library into a loop"))
 
     # A shape bomb: a 4 GB Dense stack whose weights are declared but never stored.
     from factories import dense_stack, write_declared_model

@@ -104,13 +104,10 @@ def allow(keras):
 @pytest.fixture(scope="module")
 def valid(keras, tmp_path_factory) -> dict[str, Path]:
     """A small valid model in both formats, compiled so the compile config is fuzzed too."""
+    from hostile import fuzz_model
+
     folder = tmp_path_factory.mktemp("fuzz")
-    inp = keras.Input((6,), name="x")
-    h = keras.layers.Dense(5, activation="relu", kernel_regularizer="l2", name="hidden")(inp)
-    h = keras.layers.BatchNormalization(name="bn")(h)
-    sub = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, name="inner")], name="sub")
-    model = keras.Model(inp, sub(h), name="fuzzed")
-    model.compile(optimizer="adam", loss="mse")
+    model = fuzz_model(keras)
     paths = {"keras": folder / "valid.keras", "h5": folder / "valid.h5"}
     model.save(paths["keras"])
     model.save(paths["h5"])

@@ -79,6 +79,7 @@ def run_case(corpus: Corpus, command: str, case: Case) -> Run:
     report = out_dir.parent / f"{command}-{case.name}.rusage.json"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KMEMOPT_DEBUG")}
     env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", COLUMNS="200", NO_COLOR="1")
+    env["KMEMOPT_MAX_READ_SECONDS"] = "20"  # the looping HDF5 case waits this long (the default is 120 s)
     env["PYTHONPATH"] = str(case.pythonpath) if case.pythonpath else ""
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, str(report), *command_line(command, case, out_dir)],

@@ -199,3 +199,32 @@ def test_damaged_hdf5_is_malformed_not_a_crash(nested_path, tmp_path):
             zf.writestr(name, bytes(h5) if name == "model.weights.h5" else data)
     with pytest.raises(MalformedModelError):
         read_model_file(path)
+
+
+def test_every_rule_id_is_documented():
+    from kmemopt import archive, trust
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+    rules = {v for m in (archive, trust) for k, v in vars(m).items() if k.startswith("RULE_")}
+    assert len(rules) >= 18
+    assert sorted(r for r in rules if f"`{r}`" not in doc) == []
+
+
+def test_looping_hdf5_is_refused_in_bounded_time(keras, tmp_path):
+    """The HDF5 loop the fuzzer found: the metadata is read in a forked child that is killed on time."""
+    from hostile import HDF5_LOOP_EDIT, fuzz_model
+
+    path = tmp_path / "loop.h5"
+    fuzz_model(keras).save(path)
+    data = path.read_bytes()
+    at = data.find(HDF5_LOOP_EDIT[0])
+    path.write_bytes(data[:at] + HDF5_LOOP_EDIT[1] + data[at + len(HDF5_LOOP_EDIT[0]) :])
+    with pytest.raises(UnsafeModelError) as info:
+        read_model_file(path, Limits(max_read_seconds=3))
+    assert info.value.rule == "ARCHIVE-TIME"
+
+
+def test_reading_in_a_child_returns_the_same_model_file(nested_path, monkeypatch):
+    bounded = read_model_file(nested_path)
+    monkeypatch.setenv("KMEMOPT_MAX_READ_SECONDS", "0")  # in-process
+    assert read_model_file(nested_path) == bounded
