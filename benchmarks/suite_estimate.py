@@ -179,6 +179,7 @@ def rows_for(name: str, profile, model, measured: dict) -> list[dict]:
                     "ratio": round(est / truth, 3) if truth else None,
                     "error_pct": round(100 * (est - truth) / truth, 1) if truth else None,
                     "method": got.get("method"), "status": got.get("status"),
+                    "measure_seconds": got.get("seconds"),
                 })
     return rows
 
@@ -251,6 +252,10 @@ def markdown(rows: list[dict]) -> str:
         for r in rows if r["estimator"] == "kmemopt" and r.get("ratio") and not BAND[0] <= r["ratio"] <= BAND[1]
     ]
     out += ["", "kmemopt rows outside estimate/measured 0.8-1.25: " + (", ".join(outside) if outside else "none") + "."]
+    secs = {(r["model"], r["batch_size"]): r.get("measure_seconds") or 0 for r in rows}
+    out += ["", f"Measuring took {sum(secs.values()) / 60:.0f} min of child processes in all (one a model and batch size,",
+            "inference and training in the same child); the runner's time above is computing the rows when the",
+            "measurements come from KMEMOPT_MEASURE_CACHE."]
     out += ["", "StackOverflow's and torchinfo's rules give one number for both phases; accelerate's is the",
             "weights (inference) and 4x the weights (training with Adam). See docs/measure.md for the memory model."]
     out += ["", "Summary (all rows with a measurement):", "",

@@ -204,10 +204,10 @@ _KNOWN_INPUT_ONLY = {
 #   input copy       each input array is copied into a framework tensor (one more copy of the batch).
 
 MiB = 1024**2
-LOADER_WEIGHT_FRACTION = 0.77  # fitted on the load phase alone
-LOADER_BYTES_PER_LAYER = int(0.13 * MiB)
-GRAPH_BYTES_PER_UNIT_INFERENCE = int(0.15 * MiB)  # fitted on the peaks, the loader terms held fixed
-GRAPH_BYTES_PER_UNIT_TRAINING = int(1.9 * MiB)
+LOADER_WEIGHT_FRACTION = 0.748  # fitted on the load phase alone
+LOADER_BYTES_PER_LAYER = int(0.0669 * MiB)
+GRAPH_BYTES_PER_UNIT_INFERENCE = int(0.144 * MiB)  # fitted on the peaks, the loader terms held fixed
+GRAPH_BYTES_PER_UNIT_TRAINING = int(1.93 * MiB)
 OP_UNITS = {
     "MultiHeadAttention": 8, "GroupedQueryAttention": 8, "LSTM": 14, "GRU": 12, "SimpleRNN": 6,
     "InputLayer": 0, "Reshape": 0, "Flatten": 0, "Identity": 0,
