@@ -120,13 +120,16 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
     console.print(
         f"[bold]Inference peak[/bold] at batch {b}: [bold]{format_bytes(totals['inference_peak_bytes'])}[/bold]"
         f"  = {format_bytes(lines['inference']['fixed_bytes'])} + B × {format_bytes(lines['inference']['per_sample_bytes'])}"
+        f"  (runtime {format_bytes(totals.get('runtime_inference_bytes'))}: TensorFlow's own costs for this model, "
+        "docs/measure.md)"
     )
     console.print(
         f"[bold]Training peak[/bold]  at batch {b}: [bold]{format_bytes(totals['training_peak_bytes'])}[/bold]"
         f"  = {format_bytes(lines['training']['fixed_bytes'])} + B × {format_bytes(lines['training']['per_sample_bytes'])}"
         f"  (weights {format_bytes(totals['param_bytes'])}, gradients {format_bytes(totals['gradient_bytes'])}, "
         f"optimizer {format_bytes(totals['optimizer_bytes'])}, activations kept {format_bytes(totals['activation_bytes'])}, "
-        f"backward transient {format_bytes(totals['backward_transient_bytes'])})"
+        f"backward transient {format_bytes(totals['backward_transient_bytes'])}, "
+        f"runtime {format_bytes(totals.get('runtime_training_bytes'))})"
     )
     if data.get("budget"):
         fit = data["budget"]
