@@ -194,9 +194,11 @@ _KNOWN_INPUT_ONLY = {
 # Calibrated against measurements (docs/measure.md; benchmarks/suite_estimate.py): the constants
 # below are fitted once, by least squares on the relative error, over six architectures at batch
 # 1, 8 and 32, and are the same for every model. What each term stands for:
-#   loader residue   after `load_model`, resident memory exceeds the weights: Keras objects for
-#                    every layer, and buffers the loader freed but the allocator keeps resident
-#                    (a share of the weights, read from the file and copied into the variables);
+#   loader residue   after `load_model`, resident memory exceeds the weights: Keras creates every
+#                    variable with its initializer before the file's values overwrite it, and the
+#                    initializer's temporaries (random bits, then floats) for the largest weight stay
+#                    resident in the allocator (about 1.7x that weight); plus a share of all weights
+#                    (buffers read from the file) and Keras's objects for every layer;
 #   traced graph     the first predict or train step traces a tf.function and optimises its graph;
 #                    the graph, its kernels and oneDNN primitives stay alive. Its size follows the
 #                    number of operations: one unit a plain layer, more for layers made of many
@@ -204,10 +206,11 @@ _KNOWN_INPUT_ONLY = {
 #   input copy       each input array is copied into a framework tensor (one more copy of the batch).
 
 MiB = 1024**2
-LOADER_WEIGHT_FRACTION = 0.748  # fitted on the load phase alone
-LOADER_BYTES_PER_LAYER = int(0.0669 * MiB)
-GRAPH_BYTES_PER_UNIT_INFERENCE = int(0.144 * MiB)  # fitted on the peaks, the loader terms held fixed
-GRAPH_BYTES_PER_UNIT_TRAINING = int(1.93 * MiB)
+LOADER_WEIGHT_FRACTION = 0.148  # fitted on the load phase alone
+LOADER_LARGEST_WEIGHT_FACTOR = 1.71
+LOADER_BYTES_PER_LAYER = int(0.086 * MiB)
+GRAPH_BYTES_PER_UNIT_INFERENCE = int(0.1286 * MiB)  # fitted on the peaks, the loader terms held fixed
+GRAPH_BYTES_PER_UNIT_TRAINING = int(1.862 * MiB)
 OP_UNITS = {
     "MultiHeadAttention": 8, "GroupedQueryAttention": 8, "LSTM": 14, "GRU": 12, "SimpleRNN": 6,
     "InputLayer": 0, "Reshape": 0, "Flatten": 0, "Identity": 0,
@@ -228,8 +231,16 @@ def runtime_costs(graph, param_bytes: int) -> dict[str, Line]:
     inputs = Line(0, 0)
     for t in graph.inputs:
         inputs = inputs + graph.tensors[t].size
+    largest = 0
+    for call in graph.calls:
+        for v in getattr(call.layer, "weights", ()):
+            n = 1
+            for d in v.shape:
+                n *= int(d)
+            largest = max(largest, n * itemsize(v.dtype))
+    loader = int(LOADER_WEIGHT_FRACTION * param_bytes + LOADER_LARGEST_WEIGHT_FACTOR * largest) + LOADER_BYTES_PER_LAYER * calls
     return {
-        "loader_residue": Line(int(LOADER_WEIGHT_FRACTION * param_bytes) + LOADER_BYTES_PER_LAYER * calls, 0),
+        "loader_residue": Line(loader, 0),
         "inference_graph": Line(GRAPH_BYTES_PER_UNIT_INFERENCE * units, 0),
         "training_graph": Line(GRAPH_BYTES_PER_UNIT_TRAINING * units, 0),
         "input_copy": inputs,
