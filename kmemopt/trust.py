@@ -51,6 +51,9 @@ _PUBLIC_NAMESPACES = (
     "keras.activations",
 )
 _FUNCTION_NAMESPACES = ("keras.activations", "keras.losses", "keras.metrics")
+# Where every allowed built-in function is defined: a function entry naming any other module is refused
+# by the allowlist too, so the pre-check can refuse it without importing Keras.
+_FUNCTION_SOURCES = ("keras.src.activations", "keras.src.losses", "keras.src.metrics")
 # Packages whose registered classes may be allowed (by registered name); any other module needs
 # --custom-objects. Checked without importing anything.
 _TRUSTED_PACKAGES = ("keras", "keras_hub", "kmemopt")
@@ -272,7 +275,7 @@ def precheck_config(config: Any, root: str = "$", *, custom_objects: bool = Fals
             continue
         module, class_name = node.get("module"), node["class_name"]
         if class_name == "function":
-            if not _in_trusted_package(module):
+            if not (module in _FUNCTION_NAMESPACES or (module or "").startswith(_FUNCTION_SOURCES)):
                 raise UnsafeModelError(
                     f"The model names the function {_describe(str(node.get('config')), module)}, which is not a "
                     "built-in Keras function; pass your own code with --custom-objects if you trust it.",
@@ -380,7 +383,10 @@ def check_config(config: Any, allow: Allowlist, root: str = "$") -> int:
                 rule=RULE_MODULE,
                 where=path,
             )
-        if obj is None or not allow.allows(obj):
+        # A class entry must resolve to an allowed *class*: Keras returns a function found this way as
+        # is (it would then run, e.g. as an activation), so registered functions such as
+        # keras_hub>upload_preset must not pass here.
+        if obj is None or obj not in allow.classes:
             raise UnsafeModelError(
                 f"The model names {_describe(registered or class_name, module)}, which is not on kmemopt's "
                 "allowlist of Keras classes; pass your own code with --custom-objects if you trust it.",

@@ -28,16 +28,17 @@ EVIL_MODULE = "kmemopt_evil_import"
 CASE_NAMES = (
     "clean", "lambda_top", "lambda_nested", "lambda_in_wrapper", "lambda_legacy_h5", "lambda_keras2_h5",
     "os_system_activation", "builtins_eval_activation", "keras_get_file_activation", "keras_unsafe_toggle",
-    "subprocess_popen_layer", "os_system_class", "popen_initializer", "eval_regularizer", "popen_constraint",
-    "popen_dtype_policy", "popen_in_bidirectional", "tfsm_layer", "keras_private_module_class", "typespec_marker",
-    "popen_in_compile_config", "import_on_path", "import_keras_cv_on_path", "lookup_vocabulary_file",
-    "zip_traversal", "zip_absolute", "zip_assets_traversal", "zip_duplicate", "zip_unexpected_member",
-    "zip_encrypted", "zip_bzip2_member", "zip_bomb_weights", "zip_bomb_lying_size", "zip_bomb_config", "deep_json",
-    "deep_json_objects", "deep_hidden_object", "deep_json_legacy_h5", "config_not_object", "config_not_json",
-    "h5_external_link", "h5_soft_link", "h5_external_storage", "h5_virtual_dataset", "h5_string_dataset",
-    "h5_external_link_legacy", "h5_loop", "shape_bomb", "dense_units_2pow40", "input_shape_2pow40",
-    "truncated_keras", "truncated_head_keras", "truncated_h5", "empty_file", "text_named_keras", "random_bytes_h5",
-    "zip_not_a_model", "hdf5_not_a_model", "weights_only", "folder", "savedmodel_folder", "missing_path", "fifo",
+    "subprocess_popen_layer", "os_system_class", "popen_initializer", "eval_regularizer",
+    "registered_function_as_class", "popen_constraint", "popen_dtype_policy", "popen_in_bidirectional",
+    "tfsm_layer", "keras_private_module_class", "typespec_marker", "popen_in_compile_config", "import_on_path",
+    "import_keras_cv_on_path", "lookup_vocabulary_file", "zip_traversal", "zip_absolute", "zip_assets_traversal",
+    "zip_duplicate", "zip_unexpected_member", "zip_encrypted", "zip_bzip2_member", "zip_bomb_weights",
+    "zip_bomb_lying_size", "zip_bomb_config", "deep_json", "deep_json_objects", "deep_hidden_object",
+    "deep_json_legacy_h5", "config_not_object", "config_not_json", "h5_external_link", "h5_soft_link",
+    "h5_external_storage", "h5_virtual_dataset", "h5_string_dataset", "h5_external_link_legacy", "h5_loop",
+    "shape_bomb", "dense_units_2pow40", "input_shape_2pow40", "truncated_keras", "truncated_head_keras",
+    "truncated_h5", "empty_file", "text_named_keras", "random_bytes_h5", "zip_not_a_model", "hdf5_not_a_model",
+    "weights_only", "folder", "savedmodel_folder", "missing_path", "fifo",
 )
 
 
@@ -308,6 +309,10 @@ def build_corpus(root: Path, keras) -> Corpus:  # noqa: C901 - one flat list of 
     patched("eval_regularizer", lambda d: d["config"].update(
         kernel_regularizer={"module": "builtins", "class_name": "Eval", "config": {}, "registered_name": "builtins>eval"}),
         "TRUST-UNKNOWN", note="registered_name pointing nowhere")
+    patched("registered_function_as_class", lambda d: d["config"].update(
+        activation={"module": "keras_hub.src.utils.preset_utils", "class_name": "upload_preset", "config": {},
+                    "registered_name": "keras_hub>upload_preset"}),
+        "TRUST-UNKNOWN", note="a registered non-modelling function reached through a class entry")
     patched("popen_constraint", lambda d: d["config"].update(
         kernel_constraint={"module": "subprocess", "class_name": "Popen", "config": {"args": touch}, "registered_name": None}),
         "TRUST-MODULE")

@@ -228,3 +228,15 @@ def test_reading_in_a_child_returns_the_same_model_file(nested_path, monkeypatch
     bounded = read_model_file(nested_path)
     monkeypatch.setenv("KMEMOPT_MAX_READ_SECONDS", "0")  # in-process
     assert read_model_file(nested_path) == bounded
+
+
+def test_class_entry_resolving_to_a_function_is_refused(allow):
+    """Keras hands back a function found through a class entry as is; it could then run as an activation."""
+    from kmemopt.trust import check_config
+
+    entry = {"module": "keras_hub.src.utils.preset_utils", "class_name": "upload_preset", "config": {},
+             "registered_name": "keras_hub>upload_preset"}
+    with pytest.raises(UnsafeModelError) as info:
+        check_config({"class_name": "Dense", "module": "keras.layers", "registered_name": None,
+                      "config": {"activation": entry}}, allow)
+    assert (info.value.rule, info.value.where) == ("TRUST-UNKNOWN", "$.config.activation")
