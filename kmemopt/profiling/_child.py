@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -553,8 +552,8 @@ def main(argv: list[str]) -> int:
     spec_path, result_path = argv[1], argv[2]
     with open(spec_path) as fh:
         spec = json.load(fh)
-    workdir = tempfile.mkdtemp(prefix="kmemopt-measure-")
-    os.chdir(workdir)
+    # The parent starts this process in a temporary directory of its own (and removes it afterwards);
+    # the warm-up's scratch file goes there.
     try:
         result = run(spec)
         status = 0
