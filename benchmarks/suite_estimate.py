@@ -296,3 +296,68 @@ def markdown(rows: list[dict]) -> str:
             f"{worst['error_pct']:+.0f}% ({worst['model']}, b={worst['batch_size']}, {worst['phase']}) |"
         )
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- refitting
+
+
+def fit_constants(cache_path: str, models_dir: str, names=MODELS) -> dict[str, float]:
+    """Refit the runtime constants of kmemopt/profiling/internals.py from a measurement cache.
+
+    The loader residue (weights, largest weight, layer calls) is fitted on the measured load phase; the
+    traced-graph bytes per unit on the measured peaks with the loader terms held fixed. Both by least
+    squares on the relative error. `python benchmarks/suite_estimate.py --fit CACHE.json MODELS_DIR`.
+    """
+    import numpy as np
+
+    import kmemopt.profiling.internals as internals
+    from kmemopt.api import profile
+    from kmemopt.profiling.dtypes import nbytes
+
+    measured = json.loads(Path(cache_path).read_text())
+    saved = {k: getattr(internals, k) for k in ("LOADER_WEIGHT_FRACTION", "LOADER_LARGEST_WEIGHT_FACTOR",
+                                                  "LOADER_BYTES_PER_LAYER", "GRAPH_BYTES_PER_UNIT_INFERENCE",
+                                                  "GRAPH_BYTES_PER_UNIT_TRAINING")}
+    try:
+        for k in saved:
+            setattr(internals, k, 0)
+        info = {}
+        for name in names:
+            p = profile(Path(models_dir) / f"{name}.keras", batch_size=1)
+            calls = p._graph.calls
+            largest = max((nbytes(v.shape, v.dtype) for c in calls for v in c.layer.weights), default=0)
+            units = sum(internals.op_units(c.layer) for c in calls)
+            info[name] = (p, p.totals.param_bytes, largest, len(calls), units)
+    finally:
+        for k, v in saved.items():
+            setattr(internals, k, v)
+    rows, target = [], []
+    for name, (_, w, largest, calls, _) in info.items():
+        for b in BATCH_SIZES:
+            load = measured[f"{name}@{b}"]["load"]
+            rows.append([w / load, largest / load, calls / load])
+            target.append((load - w) / load)
+    (frac, big, per_layer), *_ = np.linalg.lstsq(np.array(rows), np.array(target), rcond=None)
+    rows, target = [], []
+    for name, (p, w, largest, calls, units) in info.items():
+        loader = frac * w + big * largest + per_layer * calls
+        for b in BATCH_SIZES:
+            for phase, line in (("inference", p.inference), ("training", p.training)):
+                truth = measured[f"{name}@{b}"][phase]
+                rows.append([units / truth if phase == "inference" else 0, units / truth if phase == "training" else 0])
+                target.append((truth - line.fixed_bytes - line.per_sample_bytes * b - loader) / truth)
+    (g_inf, g_train), *_ = np.linalg.lstsq(np.array(rows), np.array(target), rcond=None)
+    mib = 1024**2
+    return {"LOADER_WEIGHT_FRACTION": frac, "LOADER_LARGEST_WEIGHT_FACTOR": big,
+            "LOADER_MIB_PER_LAYER": per_layer / mib, "GRAPH_MIB_PER_UNIT_INFERENCE": g_inf / mib,
+            "GRAPH_MIB_PER_UNIT_TRAINING": g_train / mib}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 4 and sys.argv[1] == "--fit":
+        for key, value in fit_constants(sys.argv[2], sys.argv[3]).items():
+            print(f"{key} = {value:.4f}")
+    else:
+        print("usage: python benchmarks/suite_estimate.py --fit MEASURE_CACHE.json MODELS_DIR")
