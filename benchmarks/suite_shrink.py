@@ -6,6 +6,9 @@ realistic-sized weights; fidelity on synthetic inputs); a small Transformer clas
 Every ratio is against the same model re-saved by plain Keras without its optimizer (the fair float32
 reference). `shrink`'s own peak RSS is measured in a child process (kernel high-water mark above the
 process's RSS after importing Keras and running one tiny predict), for `--quantize int8`.
+
+KMEMOPT_BENCH_SHRINK_MODELS="ResNet50,Transformer (small)" reruns only those models; the other models'
+rows are kept from benchmarks/results.json.
 """
 
 from __future__ import annotations
@@ -169,6 +172,11 @@ def measure_rss(src: Path, out: Path, data, samples: int) -> dict:
     raise RuntimeError(f"the RSS child failed: {proc.stderr[-1500:]}")
 
 
+def _previous_rows() -> list[dict]:
+    path = ROOT / "benchmarks" / "results.json"
+    return json.loads(path.read_text()).get(KEY, []) if path.exists() else []
+
+
 def _weights_bytes(model) -> int:
     return sum(int(np.prod(v.shape)) * 4 for v in model.weights)
 
@@ -192,10 +200,14 @@ def run(log) -> list[dict]:
     from kmemopt._keras import import_keras
 
     keras = import_keras()
+    only = {m.strip() for m in os.environ.get("KMEMOPT_BENCH_SHRINK_MODELS", "").split(",") if m.strip()}
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="kmemopt-bench-shrink-") as tmp:
         work = Path(tmp)
         for model_name, make, samples in MODELS:
+            if only and model_name not in only:
+                rows.extend(r for r in _previous_rows() if r["model"] == model_name)
+                continue
             log(f"shrink: {model_name}")
             src, data = make(keras, work)
             stem = src.stem

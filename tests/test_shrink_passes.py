@@ -59,3 +59,19 @@ def test_skip_regex_leaves_layers_alone(cnn_path, work):  # noqa: F811
     assert skipped["conv"] is Reason.SKIP_REGEX
 
 
+
+
+def test_attention_is_stored_float16_because_keras_cannot_reload_its_quantized_sublayers(keras, work):  # noqa: F811
+    from kmemopt.passes.quantize import COMPOSITE_NOT_RELOADABLE
+
+    tokens = keras.Input((8,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(50, 16, name="embedding")(tokens)
+    h = keras.layers.MultiHeadAttention(2, 8, name="attention")(h, h)
+    out = keras.layers.Dense(3, name="out")(keras.layers.GlobalAveragePooling1D(name="pool")(h))
+    keras.Model(tokens, out).save(work / "attention.keras")
+    r = kmemopt.shrink(work / "attention.keras", work / "attention.int8.keras", quantize="int8", samples=8)
+    assert r.written and r.reload["reproduced"]  # plain Keras reloaded it in a fresh process
+    applied = {a.layer: a for a in _pass(r, "quantize").applied}
+    assert applied["attention"].detail["why"] == COMPOSITE_NOT_RELOADABLE
+    dtypes = _dtypes_by_layer(r.output)
+    assert dtypes["attention"] == {"float16"} and dtypes["out"] == {"int8", "float32"}

@@ -13,7 +13,11 @@ from __future__ import annotations
 import math
 
 from kmemopt.passes.base import Action, Pass, PassResult, QuantizeMode, Reason, ShrinkOptions
-from kmemopt.passes.rewrite import float_weights, is_normalization, quantizable_sublayers
+from kmemopt.passes.rewrite import float_weights, is_normalization, keras_quantizable, quantizable_sublayers
+
+COMPOSITE_NOT_RELOADABLE = (
+    "Keras quantizes its sublayers but cannot reload them from the file (keras 3.15), so float16 instead"
+)
 
 
 def _policy_name(layer) -> str:
@@ -57,21 +61,21 @@ class Quantize(Pass):
                 result.apply(slot.path, slot.class_name, action, params=params, policy=mode.value)
                 continue
             # int8 / int4
-            subs = quantizable_sublayers(layer, keras)
-            if subs:
+            if keras_quantizable(layer, keras):
                 if "float16" in _policy_name(layer) or "bfloat16" in _policy_name(layer):
                     result.apply(slot.path, slot.class_name, Action.POLICY_TO_FLOAT32, was=_policy_name(layer))
                     plan.dtype = "float32"
                 plan.keras_quantized = True
                 ctx.keras_quantize_paths.append(slot.path)
                 action = Action.KERAS_INT8 if mode is QuantizeMode.int8 else Action.KERAS_INT4
-                names = [s.name for s in subs if s is not layer]
-                detail = {"params": params}
-                if names:
-                    detail["sublayers"] = names
-                result.apply(slot.path, slot.class_name, action, **detail)
-                if len(float_weights(layer)) > sum(len(float_weights(s)) for s in subs):
-                    result.notes.append(f"{slot.path}: weights outside its Dense/EinsumDense sublayers stay float32.")
+                result.apply(slot.path, slot.class_name, action, params=params)
+                continue
+            if quantizable_sublayers(layer, keras):
+                # Keras quantizes the Dense/EinsumDense inside e.g. MultiHeadAttention, but the saved
+                # config does not say so and plain Keras cannot reload the file: store them in float16.
+                plan.dtype = "float16"
+                result.apply(slot.path, slot.class_name, Action.FLOAT16, params=params, policy="float16",
+                             why=COMPOSITE_NOT_RELOADABLE)
                 continue
             custom = int8_class_for(type(layer)) if ctx.options.allow_custom_layers else None
             if custom is not None:
@@ -101,11 +105,8 @@ class Quantize(Pass):
         from kmemopt.passes.rewrite import new_model_config_layers, walk_slots
 
         keras = ctx.keras
-        targets = set()
         slots = {s.path: s for s in walk_slots(ctx.new_model, new_model_config_layers(ctx.new_model, keras), keras)}
-        for path in paths:
-            for sub in quantizable_sublayers(slots[path].layer, keras):
-                targets.add(id(sub))
+        targets = {id(slots[path].layer) for path in paths}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ctx.new_model.quantize(ctx.options.quantize.value, filters=lambda layer: id(layer) in targets)
