@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.time()
             rows = mod.run(log)
             seconds = time.time() - started
+            # Merge into the file as it is now, not as it was when this (possibly hour-long) suite
+            # started: another suite run meanwhile keeps its rows.
+            results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
             results[mod.KEY] = rows
             results.setdefault("runs", {})[name] = {
                 "command": f"make bench SUITE={name}",
