@@ -97,7 +97,10 @@ def build_from_config(config: dict[str, Any], *, legacy: bool = False, custom_ob
                     model = serialization_lib.deserialize_keras_object(
                         config, custom_objects=custom_objects, safe_mode=True
                     )
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, NotImplementedError) as exc:
+    # RuntimeError and RecursionError too: Keras raises them on malformed functional graphs (an input
+    # layer that does not exist, found by fuzzing in tests/test_fuzz_readers.py): exit 3, not 4.
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, NotImplementedError, RuntimeError,
+            RecursionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MalformedModelError(
             f"Keras could not rebuild the architecture from the file's config: {first[:300]}"

@@ -240,3 +240,14 @@ def test_class_entry_resolving_to_a_function_is_refused(allow):
         check_config({"class_name": "Dense", "module": "keras.layers", "registered_name": None,
                       "config": {"activation": entry}}, allow)
     assert (info.value.rule, info.value.where) == ("TRUST-UNKNOWN", "$.config.activation")
+
+
+def test_functional_graph_naming_a_missing_layer_is_malformed(nested_path, tmp_path, allow):
+    """Found by fuzzing: Keras raises RuntimeError for an input layer that does not exist (was exit 4)."""
+    from kmemopt.build import build_from_file
+
+    cfg = _config_of(nested_path)
+    cfg["config"]["input_layers"] = [["nope", 0, 0]]
+    path = _rewrite(nested_path, tmp_path / "m.keras", cfg)
+    with pytest.raises(MalformedModelError, match="could not rebuild"):
+        build_from_file(read_model_file(path), allow=allow)
