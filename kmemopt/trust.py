@@ -50,6 +50,18 @@ _PUBLIC_NAMESPACES = (
     "keras.quantizers",
     "keras.activations",
 )
+_OPS_NAMESPACES = (
+    "keras.src.ops.numpy",
+    "keras.src.ops.nn",
+    "keras.src.ops.math",
+    "keras.src.ops.image",
+    "keras.src.ops.linalg",
+    "keras.src.ops.core",
+)
+# Operations whose arguments are functions (loops, conditionals, maps): never from a file.
+_CALLABLE_OPS = frozenset(
+    {"Map", "Scan", "AssociativeScan", "Switch", "WhileLoop", "ForiLoop", "Cond", "VectorizedMap", "CustomGradient"}
+)
 _FUNCTION_NAMESPACES = ("keras.activations", "keras.losses", "keras.metrics")
 # Where every allowed built-in function is defined: a function entry naming any other module is refused
 # by the allowlist too, so the pre-check can refuse it without importing Keras.
@@ -122,6 +134,21 @@ def build_allowlist(custom_objects: dict[str, Any] | None = None, *, keras_hub: 
                 allow.by_name.setdefault(name, obj)
             elif inspect.isfunction(obj) and ns in _FUNCTION_NAMESPACES:
                 allow.functions.add(obj)
+    # Tensor operations called directly in a functional graph (`keras.ops.add(x, y)`) are serialized
+    # as nodes of their Operation class (MobileNetV3 does this). They compute on tensors only; the
+    # control-flow operations that take functions are left out.
+    from keras.src.ops.operation import Operation
+
+    for ns in _OPS_NAMESPACES:
+        mod = importlib.import_module(ns)
+        for name, obj in vars(mod).items():
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, Operation)
+                and obj.__module__ == ns
+                and name not in _CALLABLE_OPS
+            ):
+                allow.classes.add(obj)
     # The functional and sequential model classes are serialized under their internal modules.
     from keras.src.models.functional import Functional
     from keras.src.models.sequential import Sequential

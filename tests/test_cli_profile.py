@@ -194,3 +194,15 @@ def test_custom_layers_need_custom_objects(cli, keras, tmp_path):
     assert rows["scale"]["class_name"] == "Scale" and rows["scale"]["params"] == 6
     missing = cli("profile", path, "--custom-objects", tmp_path / "nope.py")
     assert missing.exit_code == 2
+
+
+def test_functional_graph_with_bare_keras_ops_is_allowed(cli, keras, tmp_path):
+    """MobileNetV3 style: keras.ops calls in a functional graph are saved as Operation nodes."""
+    inp = keras.Input((8,), name="x")
+    h = keras.ops.add(keras.layers.Dense(8, name="a")(inp), 1.0)
+    path = tmp_path / "ops.keras"
+    keras.Model(inp, keras.ops.relu(h)).save(path)
+    result = cli("profile", path, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    classes = {row["class_name"] for row in json.loads(result.stdout)["layers"]}
+    assert {"Add", "Relu"} <= classes

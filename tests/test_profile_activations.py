@@ -123,3 +123,21 @@ def test_sequential_model_input_gets_a_row(keras):
     r = kmemopt.profile(model, batch_size=2)
     assert r.layers[0].class_name == "InputLayer" and r.layers[0].activation_bytes == 2 * 5 * 4
     assert sum(row.activation_bytes for row in r.layers) == r.totals.activation_bytes
+
+
+def test_rows_sum_to_totals_with_unkept_tensors_and_bare_operations(keras):
+    """An Add feeding an Add keeps nothing for the backward pass; a keras.ops call is a graph node
+    without being a layer: both still have rows, and the rows sum to the totals."""
+    inp = keras.Input((8,), name="x")
+    a = keras.layers.Dense(8, name="a")(inp)
+    s1 = keras.layers.Add(name="add_1")([a, inp])
+    s2 = keras.layers.Add(name="add_2")([s1, inp])
+    doubled = keras.ops.multiply(s2, 2.0)
+    out = keras.layers.Dense(3, name="head")(doubled)
+    r = kmemopt.profile(keras.Model(inp, out), batch_size=4)
+    rows = {row.name: row for row in r.layers}
+    assert rows["add_1"].output_bytes == 4 * 8 * 4 and rows["add_1"].activation_bytes == 0
+    op_rows = [row for row in r.layers if row.name not in {"x", "a", "add_1", "add_2", "head"}]
+    assert len(op_rows) == 1 and op_rows[0].output_bytes == 4 * 8 * 4 and op_rows[0].params == 0
+    for field in ("activation_bytes", "param_bytes", "gradient_bytes"):
+        assert sum(getattr(row, field) for row in r.layers) == getattr(r.totals, field)

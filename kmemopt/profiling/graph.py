@@ -227,12 +227,12 @@ def inference_peak(graph: Graph, batch_size: int) -> tuple[Line, int]:
     return best, best_at
 
 
-def saved_for_backward(graph: Graph) -> Line:
-    """What a training step keeps from the forward pass for the backward pass.
+def kept_tensors(graph: Graph) -> set[int]:
+    """The tensors a training step keeps from the forward pass for the backward pass.
 
     A tensor is kept when a gradient reads it (see internals: the gradient of the layer that made it,
     or of a layer that consumes it), plus the model's inputs and outputs (the loss reads the
-    predictions) and every layer's internal saves. A reshape's output is its input's buffer.
+    predictions). A reshape's output is its input's buffer: the kept tensor is the input.
     """
     from kmemopt.profiling.internals import ALIASING, grad_needs_input, grad_needs_output
 
@@ -252,7 +252,12 @@ def saved_for_backward(graph: Graph) -> Line:
             needed.update(root(t) for t in call.inputs)
         if grad_needs_output(call.layer):
             needed.update(root(t) for t in call.outputs)
-    total = _sum(graph.tensors[t].size for t in needed)
+    return needed
+
+
+def saved_for_backward(graph: Graph) -> Line:
+    """Bytes a training step keeps for the backward pass: the kept tensors plus layers' internal saves."""
+    total = _sum(graph.tensors[t].size for t in kept_tensors(graph))
     return total + _sum(c.saved_extra for c in graph.calls)
 
 

@@ -292,11 +292,20 @@ def profile_model(
     input_tensor_of: dict[str, int] = dict(zip(names, graph.inputs))
 
     seen_vars: set[int] = set()
+    kept = g.kept_tensors(graph)
     rows: list[LayerProfile] = []
-    for path, layer in _walk_layers(model):
+    walked = list(_walk_layers(model))
+    walked_ids = {id(layer) for _, layer in walked}
+    # Operations called directly in a functional graph (keras.ops.add(x, y)) are graph nodes
+    # without being layers of the model: they get rows too, so every tensor belongs to a row.
+    for call in graph.calls:
+        if id(call.layer) not in walked_ids:
+            walked_ids.add(id(call.layer))
+            walked.append((call.path, call.layer))
+    for path, layer in walked:
         params = trainable = pbytes = tbytes = obytes = 0
         dtypes: list[str] = []
-        for v in layer.weights:
+        for v in getattr(layer, "weights", ()):
             if id(v) in seen_vars:
                 continue
             seen_vars.add(id(v))
@@ -314,18 +323,19 @@ def profile_model(
                 obytes += opt.per_variable_bytes.get(id(v), 0)
         calls = calls_by_layer.get(id(layer), [])
         out_line = g.ZERO
-        saved_line = g.ZERO
+        act_line = g.ZERO  # what training keeps of this layer's calls: kept outputs + internal saves
         shapes = []
         for call in calls:
             for t in call.outputs:
                 out_line = out_line + graph.tensors[t].size
-            saved_line = saved_line + call.saved_extra
+                if t in kept:
+                    act_line = act_line + graph.tensors[t].size
+            act_line = act_line + call.saved_extra
             shapes.append([list(graph.tensors[t].shape) for t in call.outputs])
         if type(layer).__name__ == "InputLayer" and layer.name in input_tensor_of:
             tensor = graph.tensors[input_tensor_of[layer.name]]
-            out_line = tensor.size
+            out_line = act_line = tensor.size  # model inputs are always kept
             shapes = [[list(tensor.shape)]]
-        act_line = out_line + saved_line
         shape = None
         if shapes:
             first = shapes[0]
