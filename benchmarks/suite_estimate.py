@@ -160,12 +160,23 @@ def measure_all(paths: dict[str, Path], profiles: dict, log, cache_path: str | N
             if key in cache:
                 continue
             log(f"  measuring {name} at batch {b}")
-            m = measure(path, inputs=[i.to_dict() for i in profiles[name].inputs], batch_size=b, layers=False,
-                        on_phase=lambda p, n=name: log(f"    {n}: {p}"))
+            m = measure(
+                path,
+                inputs=[i.to_dict() for i in profiles[name].inputs],
+                batch_size=b,
+                layers=False,
+                on_phase=lambda p, n=name: log(f"    {n}: {p}"),
+            )
             run = m.main
-            cache[key] = {"inference": run.inference_peak_bytes, "training": run.training_peak_bytes,
-                          "baseline": run.baseline_bytes, "load": run.load_bytes, "status": run.status.value,
-                          "method": m.method, "seconds": round(run.seconds, 1)}
+            cache[key] = {
+                "inference": run.inference_peak_bytes,
+                "training": run.training_peak_bytes,
+                "baseline": run.baseline_bytes,
+                "load": run.load_bytes,
+                "status": run.status.value,
+                "method": m.method,
+                "seconds": round(run.seconds, 1),
+            }
             if cache_path:
                 Path(cache_path).write_text(json.dumps(cache, indent=1))
     return cache
@@ -185,15 +196,23 @@ def rows_for(name: str, profile, model, measured: dict) -> list[dict]:
                 "accelerate estimate-memory": accelerate_estimate(profile, phase),
             }
             for estimator, est in estimates.items():
-                rows.append({
-                    "model": name, "batch_size": b, "phase": phase, "estimator": estimator,
-                    "estimated_bytes": int(est), "measured_bytes": truth, "device": "cpu",
-                    "ratio": round(est / truth, 3) if truth else None,
-                    "error_pct": round(100 * (est - truth) / truth, 1) if truth else None,
-                    "method": got.get("method"), "status": got.get("status"),
-                    "measure_seconds": got.get("seconds"),
-                    "held_out": name in HELD_OUT,
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "batch_size": b,
+                        "phase": phase,
+                        "estimator": estimator,
+                        "estimated_bytes": int(est),
+                        "measured_bytes": truth,
+                        "device": "cpu",
+                        "ratio": round(est / truth, 3) if truth else None,
+                        "error_pct": round(100 * (est - truth) / truth, 1) if truth else None,
+                        "method": got.get("method"),
+                        "status": got.get("status"),
+                        "measure_seconds": got.get("seconds"),
+                        "held_out": name in HELD_OUT,
+                    }
+                )
     return rows
 
 
@@ -263,18 +282,29 @@ def markdown(rows: list[dict]) -> str:
         )
     outside = [
         f"{r['model']} b={r['batch_size']} {r['phase']} ({r['ratio']:.2f})"
-        for r in rows if r["estimator"] == "kmemopt" and r.get("ratio") and not BAND[0] <= r["ratio"] <= BAND[1]
+        for r in rows
+        if r["estimator"] == "kmemopt" and r.get("ratio") and not BAND[0] <= r["ratio"] <= BAND[1]
     ]
     out += ["", "kmemopt rows outside estimate/measured 0.8-1.25: " + (", ".join(outside) if outside else "none") + "."]
     secs = {(r["model"], r["batch_size"]): r.get("measure_seconds") or 0 for r in rows}
-    out += ["", f"Measuring took {sum(secs.values()) / 60:.0f} min of child processes in all (one a model and batch size,",
-            "inference and training in the same child); the runner's time above is computing the rows when the",
-            "measurements come from KMEMOPT_MEASURE_CACHE."]
-    out += ["", "StackOverflow's and torchinfo's rules give one number for both phases; accelerate's is the",
-            "weights (inference) and 4x the weights (training with Adam). See docs/measure.md for the memory model."]
-    out += ["", "Summary (all rows with a measurement):", "",
-            "| Estimator | rows | within 0.8-1.25x | within 20% | median abs error | worst error |",
-            "|---|---:|---:|---:|---:|---:|"]
+    out += [
+        "",
+        f"Measuring took {sum(secs.values()) / 60:.0f} min of child processes in all (one a model and batch size,",
+        "inference and training in the same child); the runner's time above is computing the rows when the",
+        "measurements come from KMEMOPT_MEASURE_CACHE.",
+    ]
+    out += [
+        "",
+        "StackOverflow's and torchinfo's rules give one number for both phases; accelerate's is the",
+        "weights (inference) and 4x the weights (training with Adam). See docs/measure.md for the memory model.",
+    ]
+    out += [
+        "",
+        "Summary (all rows with a measurement):",
+        "",
+        "| Estimator | rows | within 0.8-1.25x | within 20% | median abs error | worst error |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     groups = []
     for estimator in ESTIMATORS:
         rs = [r for r in rows if r["estimator"] == estimator and r.get("ratio")]
@@ -315,9 +345,16 @@ def fit_constants(cache_path: str, models_dir: str, names=MODELS) -> dict[str, f
     from kmemopt.profiling.dtypes import nbytes
 
     measured = json.loads(Path(cache_path).read_text())
-    saved = {k: getattr(internals, k) for k in ("LOADER_WEIGHT_FRACTION", "LOADER_LARGEST_WEIGHT_FACTOR",
-                                                  "LOADER_BYTES_PER_LAYER", "GRAPH_BYTES_PER_UNIT_INFERENCE",
-                                                  "GRAPH_BYTES_PER_UNIT_TRAINING")}
+    saved = {
+        k: getattr(internals, k)
+        for k in (
+            "LOADER_WEIGHT_FRACTION",
+            "LOADER_LARGEST_WEIGHT_FACTOR",
+            "LOADER_BYTES_PER_LAYER",
+            "GRAPH_BYTES_PER_UNIT_INFERENCE",
+            "GRAPH_BYTES_PER_UNIT_TRAINING",
+        )
+    }
     try:
         for k in saved:
             setattr(internals, k, 0)
@@ -348,9 +385,13 @@ def fit_constants(cache_path: str, models_dir: str, names=MODELS) -> dict[str, f
                 target.append((truth - line.fixed_bytes - line.per_sample_bytes * b - loader) / truth)
     (g_inf, g_train), *_ = np.linalg.lstsq(np.array(rows), np.array(target), rcond=None)
     mib = 1024**2
-    return {"LOADER_WEIGHT_FRACTION": frac, "LOADER_LARGEST_WEIGHT_FACTOR": big,
-            "LOADER_MIB_PER_LAYER": per_layer / mib, "GRAPH_MIB_PER_UNIT_INFERENCE": g_inf / mib,
-            "GRAPH_MIB_PER_UNIT_TRAINING": g_train / mib}
+    return {
+        "LOADER_WEIGHT_FRACTION": frac,
+        "LOADER_LARGEST_WEIGHT_FACTOR": big,
+        "LOADER_MIB_PER_LAYER": per_layer / mib,
+        "GRAPH_MIB_PER_UNIT_INFERENCE": g_inf / mib,
+        "GRAPH_MIB_PER_UNIT_TRAINING": g_train / mib,
+    }
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ METHODS = (
     ("kmemopt float16", dict(quantize="float16")),
     ("kmemopt prune 50% + compress", dict(prune=0.5)),
 )
-KERAS_NATIVE = "keras native model.quantize(\"int8\")"
+KERAS_NATIVE = 'keras native model.quantize("int8")'
 LITERT = "LiteRT dynamic-range export"
 
 
@@ -164,7 +164,10 @@ def measure_rss(src: Path, out: Path, data, samples: int) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, "-c", _RSS_CHILD, str(src), str(out), str(data or ""), str(samples)],
-        capture_output=True, text=True, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT"):
@@ -219,10 +222,22 @@ def run(log) -> list[dict]:
             inputs = F.load_inputs(original, data, samples=None if data else samples)
             ref_out = F.predict(original, inputs)
             names = [f"output_{i}" for i in range(len(ref_out))]
-            base = {"model": model_name, "params": int(original.count_params()), "reference_bytes": ref_bytes,
-                    "input_bytes": src.stat().st_size, "float32_weight_bytes": weight_bytes}
-            rows.append({**base, "method": "float32 reference (plain Keras, no optimizer)", "file_bytes": ref_bytes,
-                         "ratio": 1.0, "plain_keras": True})
+            base = {
+                "model": model_name,
+                "params": int(original.count_params()),
+                "reference_bytes": ref_bytes,
+                "input_bytes": src.stat().st_size,
+                "float32_weight_bytes": weight_bytes,
+            }
+            rows.append(
+                {
+                    **base,
+                    "method": "float32 reference (plain Keras, no optimizer)",
+                    "file_bytes": ref_bytes,
+                    "ratio": 1.0,
+                    "plain_keras": True,
+                }
+            )
             for method, options in METHODS:
                 out = work / f"{stem}.{len(rows)}.keras"
                 started = time.perf_counter()
@@ -232,9 +247,15 @@ def run(log) -> list[dict]:
                     rows.append({**base, "method": method, "error": f"{type(exc).__name__}: {exc}"[:300]})
                     log(f"  {method}: FAILED {exc}")
                     continue
-                row = {**base, "method": method, "file_bytes": r.after.file_bytes,
-                       "ratio": r.after.file_bytes / ref_bytes, "plain_keras": not r.custom_layers,
-                       "seconds": round(time.perf_counter() - started, 1), **_fidelity_row(r.fidelity)}
+                row = {
+                    **base,
+                    "method": method,
+                    "file_bytes": r.after.file_bytes,
+                    "ratio": r.after.file_bytes / ref_bytes,
+                    "plain_keras": not r.custom_layers,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    **_fidelity_row(r.fidelity),
+                }
                 rows.append(row)
                 log(f"  {method}: {row['ratio']:.3f}x, agreement {row['top1_agreement']}")
                 out.unlink(missing_ok=True)
@@ -249,14 +270,22 @@ def run(log) -> list[dict]:
             native_path = work / f"{stem}.native.keras"
             native.save(native_path)
             fid = F.compare(names, ref_out, F.predict(native, inputs), inputs)
-            row = {**base, "method": KERAS_NATIVE, "file_bytes": native_path.stat().st_size,
-                   "ratio": native_path.stat().st_size / ref_bytes, "plain_keras": True,
-                   "seconds": round(time.perf_counter() - started, 1), **_fidelity_row(fid)}
+            row = {
+                **base,
+                "method": KERAS_NATIVE,
+                "file_bytes": native_path.stat().st_size,
+                "ratio": native_path.stat().st_size / ref_bytes,
+                "plain_keras": True,
+                "seconds": round(time.perf_counter() - started, 1),
+                **_fidelity_row(fid),
+            }
             try:  # does the file Keras wrote load back?
                 keras.models.load_model(native_path)
             except Exception as exc:
                 row["plain_keras"] = False
-                row["note"] = f"the saved file does not reload with keras.models.load_model ({str(exc).splitlines()[0][:120]})"
+                row["note"] = (
+                    f"the saved file does not reload with keras.models.load_model ({str(exc).splitlines()[0][:120]})"
+                )
             rows.append(row)
             log(f"  keras native: {rows[-1]['ratio']:.3f}x")
             del native
@@ -267,10 +296,17 @@ def run(log) -> list[dict]:
                 import tensorflow as tf
 
                 original.export(str(lite), format="litert", verbose=False, optimizations=[tf.lite.Optimize.DEFAULT])
-                rows.append({**base, "method": LITERT, "file_bytes": lite.stat().st_size,
-                             "ratio": lite.stat().st_size / ref_bytes, "plain_keras": False,
-                             "seconds": round(time.perf_counter() - started, 1),
-                             "note": "TFLite flatbuffer; runs in the LiteRT interpreter, not Keras; fidelity not measured"})
+                rows.append(
+                    {
+                        **base,
+                        "method": LITERT,
+                        "file_bytes": lite.stat().st_size,
+                        "ratio": lite.stat().st_size / ref_bytes,
+                        "plain_keras": False,
+                        "seconds": round(time.perf_counter() - started, 1),
+                        "note": "TFLite flatbuffer; runs in the LiteRT interpreter, not Keras; fidelity not measured",
+                    }
+                )
                 log(f"  litert: {rows[-1]['ratio']:.3f}x")
             except Exception as exc:
                 rows.append({**base, "method": LITERT, "error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -279,9 +315,16 @@ def run(log) -> list[dict]:
             try:
                 rss = measure_rss(src, work / f"{stem}.rss.keras", data, samples)
                 above = rss["peak"] - rss["baseline"]
-                rows.append({**base, "method": "kmemopt int8 (portable): shrink peak RSS", "peak_rss_above_baseline": above,
-                             "rss_over_weights": above / weight_bytes, "baseline_rss": rss["baseline"],
-                             "reload_child_peak_rss": rss["reload_child_peak"]})
+                rows.append(
+                    {
+                        **base,
+                        "method": "kmemopt int8 (portable): shrink peak RSS",
+                        "peak_rss_above_baseline": above,
+                        "rss_over_weights": above / weight_bytes,
+                        "baseline_rss": rss["baseline"],
+                        "reload_child_peak_rss": rss["reload_child_peak"],
+                    }
+                )
                 log(f"  rss: {above / 2**20:.0f} MiB above baseline = {above / weight_bytes:.2f}x the float32 weights")
             except Exception as exc:
                 rows.append({**base, "method": "kmemopt int8 (portable): shrink peak RSS", "error": str(exc)[:300]})
@@ -305,10 +348,10 @@ def markdown(rows: list[dict]) -> str:
         "File size against the same model re-saved by plain Keras without its optimizer (the fair float32",
         "reference), and fidelity against the original: top-1 agreement and relative L2 error of the outputs,",
         "accuracy before/after on held-out digits where there are labels (synthetic inputs otherwise).",
-        "kmemopt rows are `kmemopt shrink MODEL --quantize int8` (and so on); \"portable\" files load with plain",
-        "`keras.models.load_model`, \"custom layers\" files after `import kmemopt`. Reproduce: `make bench SUITE=shrink`.",
+        'kmemopt rows are `kmemopt shrink MODEL --quantize int8` (and so on); "portable" files load with plain',
+        '`keras.models.load_model`, "custom layers" files after `import kmemopt`. Reproduce: `make bench SUITE=shrink`.',
         "",
-        "\"Plain Keras\": the file reloads with `keras.models.load_model` (checked in a fresh process for kmemopt's rows).",
+        '"Plain Keras": the file reloads with `keras.models.load_model` (checked in a fresh process for kmemopt\'s rows).',
         "MobileNetV2 and ResNet50 carry random weights (BatchNorm statistics set from one synthetic batch) and are",
         "compared on 8 synthetic images: their 1000-way outputs are nearly uniform, so top-1 agreement flips on tiny",
         "changes; the relative L2 error is the better measure there. The digits rows use real held-out data.",
@@ -350,6 +393,8 @@ def markdown(rows: list[dict]) -> str:
             if "error" in r:
                 out.append(f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | failed: {r['error']} | - | - |")
                 continue
-            out.append(f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | {_mib(r['peak_rss_above_baseline'])} | "
-                       f"{r['rss_over_weights']:.2f}x | {_mib(r['reload_child_peak_rss'])} |")
+            out.append(
+                f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | {_mib(r['peak_rss_above_baseline'])} | "
+                f"{r['rss_over_weights']:.2f}x | {_mib(r['reload_child_peak_rss'])} |"
+            )
     return "\n".join(out) + "\n"

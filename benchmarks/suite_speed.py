@@ -8,7 +8,6 @@ accounting of that one child), three times; the table shows the median time and 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ def measure(cmd: list[str]) -> dict:
 def _make_files(folder: Path, log) -> dict[str, Path]:
     script = f"""
 import sys
-sys.path.insert(0, {str(ROOT / 'tests')!r})
+sys.path.insert(0, {str(ROOT / "tests")!r})
 from kmemopt._keras import import_keras
 keras = import_keras()
 from kmemopt.build import unallocated
@@ -78,20 +77,34 @@ def run(log) -> list[dict]:
         files = _make_files(folder, log)
         resnet = str(files["resnet50"])
         cases = [
-            ("ResNet50", "keras.models.load_model", [PY, "-c", f"import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3'); import keras; keras.models.load_model({resnet!r})"]),
+            (
+                "ResNet50",
+                "keras.models.load_model",
+                [
+                    PY,
+                    "-c",
+                    f"import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3'); import keras; keras.models.load_model({resnet!r})",
+                ],
+            ),
             ("ResNet50", "kmemopt profile", [KMEMOPT, "profile", resnet, "-f", "json"]),
-            ("Llama 7B (declared, unstored)", "kmemopt profile", [KMEMOPT, "profile", str(files["llama"]), "--seq-len", "4096", "-b", "1", "-f", "json"]),
+            (
+                "Llama 7B (declared, unstored)",
+                "kmemopt profile",
+                [KMEMOPT, "profile", str(files["llama"]), "--seq-len", "4096", "-b", "1", "-f", "json"],
+            ),
         ]
         for model, tool, cmd in cases:
             log(f"{model}: {tool} x{REPEAT}")
             result = measure(cmd)
-            rows.append({
-                "model": model,
-                "tool": tool,
-                "file_bytes": Path(cmd[2] if tool == "kmemopt profile" else resnet).stat().st_size,
-                "params": files["llama_params"] if model.startswith("Llama") else 25_636_712,
-                **result,
-            })
+            rows.append(
+                {
+                    "model": model,
+                    "tool": tool,
+                    "file_bytes": Path(cmd[2] if tool == "kmemopt profile" else resnet).stat().st_size,
+                    "params": files["llama_params"] if model.startswith("Llama") else 25_636_712,
+                    **result,
+                }
+            )
     return rows
 
 
@@ -111,6 +124,9 @@ def markdown(rows: list[dict]) -> str:
     by = {(r["model"], r["tool"]): r for r in rows}
     load, prof = by.get(("ResNet50", "keras.models.load_model")), by.get(("ResNet50", "kmemopt profile"))
     if load and prof:
-        out += ["", f"On ResNet50, `kmemopt profile` takes {prof['seconds'] / load['seconds']:.2f}x the time and "
-                f"{prof['peak_rss_bytes'] / load['peak_rss_bytes']:.2f}x the peak memory of `keras.models.load_model` alone."]
+        out += [
+            "",
+            f"On ResNet50, `kmemopt profile` takes {prof['seconds'] / load['seconds']:.2f}x the time and "
+            f"{prof['peak_rss_bytes'] / load['peak_rss_bytes']:.2f}x the peak memory of `keras.models.load_model` alone.",
+        ]
     return "\n".join(out) + "\n"

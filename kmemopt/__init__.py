@@ -44,8 +44,13 @@ def profile(
     from kmemopt.api import profile as _profile
 
     return _profile(
-        path_or_model, batch_size=batch_size, optimizer=optimizer, input_shapes=input_shapes,
-        seq_len=seq_len, budget=budget, custom_objects=custom_objects,
+        path_or_model,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        input_shapes=input_shapes,
+        seq_len=seq_len,
+        budget=budget,
+        custom_objects=custom_objects,
     )
 
 
@@ -99,11 +104,24 @@ def check(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     return _check(
-        paths, config=config, max_file_size=max_file_size, max_params=max_params,
-        max_param_memory=max_param_memory, max_inference_memory=max_inference_memory,
-        max_training_memory=max_training_memory, batch_size=batch_size, optimizer=optimizer,
-        baseline=baseline, max_increase=max_increase, min_increase=min_increase, seq_len=seq_len,
-        input_shapes=input_shapes, custom_objects=custom_objects, measure=measure, use_config=use_config, cwd=cwd,
+        paths,
+        config=config,
+        max_file_size=max_file_size,
+        max_params=max_params,
+        max_param_memory=max_param_memory,
+        max_inference_memory=max_inference_memory,
+        max_training_memory=max_training_memory,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        baseline=baseline,
+        max_increase=max_increase,
+        min_increase=min_increase,
+        seq_len=seq_len,
+        input_shapes=input_shapes,
+        custom_objects=custom_objects,
+        measure=measure,
+        use_config=use_config,
+        cwd=cwd,
     )
 
 

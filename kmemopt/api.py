@@ -31,8 +31,9 @@ def open_checked(path: str | os.PathLike, custom_objects=None):
     return model_file, model, allow
 
 
-def profile(path_or_model, *, batch_size=32, optimizer=None, input_shapes=None, seq_len=None,
-            budget=None, custom_objects=None):
+def profile(
+    path_or_model, *, batch_size=32, optimizer=None, input_shapes=None, seq_len=None, budget=None, custom_objects=None
+):
     from kmemopt.profiling.static import profile_model
 
     budget_bytes = parse_size(budget) if budget is not None else None
@@ -47,8 +48,13 @@ def profile(path_or_model, *, batch_size=32, optimizer=None, input_shapes=None, 
 
             raise UsageError(f"profile() takes a path or a keras.Model. Received: {type(model).__name__}.")
     return profile_model(
-        model, model_file=model_file, batch_size=batch_size, optimizer=optimizer,
-        input_shapes=input_shapes, seq_len=seq_len, budget_bytes=budget_bytes,
+        model,
+        model_file=model_file,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        input_shapes=input_shapes,
+        seq_len=seq_len,
+        budget_bytes=budget_bytes,
     )
 
 

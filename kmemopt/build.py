@@ -70,8 +70,9 @@ def checked_configs(model_file: ModelFile, allow: Allowlist) -> None:
         check_config(model_file.compile_config, allow, root="$.compile_config")
 
 
-def build_from_file(model_file: ModelFile, custom_objects: dict[str, Any] | None = None,
-                    allow: Allowlist | None = None):
+def build_from_file(
+    model_file: ModelFile, custom_objects: dict[str, Any] | None = None, allow: Allowlist | None = None
+):
     """The model's architecture, built without allocating its variables, after the allowlist check."""
     allow = allow or build_allowlist(custom_objects)
     checked_configs(model_file, allow)
@@ -99,16 +100,22 @@ def build_from_config(config: dict[str, Any], *, legacy: bool = False, custom_ob
                     )
     # RuntimeError and RecursionError too: Keras raises them on malformed functional graphs (an input
     # layer that does not exist, found by fuzzing in tests/test_fuzz_readers.py): exit 3, not 4.
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, NotImplementedError, RuntimeError,
-            RecursionError) as exc:
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        NotImplementedError,
+        RuntimeError,
+        RecursionError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MalformedModelError(
             f"Keras could not rebuild the architecture from the file's config: {first[:300]}"
         ) from exc
     if not isinstance(model, keras.Model):
-        raise MalformedModelError(
-            f"The file's config describes a {type(model).__name__}, not a Keras model."
-        )
+        raise MalformedModelError(f"The file's config describes a {type(model).__name__}, not a Keras model.")
     if not model.built:
         raise MalformedModelError(
             "The saved model was never built (no input shape is known), so its weights cannot be sized; "

@@ -44,7 +44,8 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
@@ -146,7 +147,9 @@ InputShapeOpt = Annotated[
     Optional[list[str]],
     typer.Option("--input-shape", help="NAME=D1,D2: fill an input's unknown dimensions (after the batch). Repeatable."),
 ]
-SeqLenOpt = Annotated[Optional[int], typer.Option("--seq-len", min=1, help="Fill every unknown non-batch input dimension.")]
+SeqLenOpt = Annotated[
+    Optional[int], typer.Option("--seq-len", min=1, help="Fill every unknown non-batch input dimension.")
+]
 CustomObjectsOpt = Annotated[
     Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
 ]
@@ -169,14 +172,18 @@ def profile(
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
     measure: Annotated[
-        bool, typer.Option("--measure", help="Also run the model for real (in a child process) and show measured peaks.")
+        bool,
+        typer.Option("--measure", help="Also run the model for real (in a child process) and show measured peaks."),
     ] = False,
     device: Annotated[
         str, typer.Option("--device", help="Where to measure: cpu, gpu or auto (a GPU when one is visible).")
     ] = "cpu",
     gpu_index: Annotated[int, typer.Option("--gpu-index", min=0, help="Which GPU to measure on.")] = 0,
     batch_sizes: Annotated[
-        Optional[str], typer.Option("--batch-sizes", help="Measure several batch sizes, e.g. 1,8,32, and fit fixed + per-sample bytes.")
+        Optional[str],
+        typer.Option(
+            "--batch-sizes", help="Measure several batch sizes, e.g. 1,8,32, and fit fixed + per-sample bytes."
+        ),
     ] = None,
     data: Annotated[
         Optional[Path], typer.Option("--data", help="Inputs for --measure: .npy, or .npz keyed by input name or x.")
@@ -185,7 +192,8 @@ def profile(
         float, typer.Option("--timeout", min=1, help="Seconds one measuring child may run (per batch size).")
     ] = 900,
     max_memory: Annotated[
-        Optional[str], typer.Option("--max-memory", help="Resident memory the measuring child may use (default: 3/4 of available).")
+        Optional[str],
+        typer.Option("--max-memory", help="Resident memory the measuring child may use (default: 3/4 of available)."),
     ] = None,
 ) -> None:
     """Show where a saved model's memory goes, layer by layer, without loading its weights.
@@ -201,8 +209,13 @@ def profile(
         shapes = parse_input_shapes(input_shape)
         with progress(f"Profiling {model} ..."):
             result = run_profile(
-                model, batch_size=batch_size, optimizer=optimizer, input_shapes=shapes, seq_len=seq_len,
-                budget=budget_bytes, custom_objects=custom_objects,
+                model,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                input_shapes=shapes,
+                seq_len=seq_len,
+                budget=budget_bytes,
+                custom_objects=custom_objects,
             )
         if measure or batch_sizes:
             from kmemopt.profiling.measure import Device, measure_profile, parse_batch_sizes
@@ -211,8 +224,15 @@ def profile(
                 raise UsageError(f"--device takes cpu, gpu or auto. Received: {device!r}.")
             with progress(f"Measuring {model} ...") as update:
                 result = measure_profile(
-                    result, model, batch_sizes=parse_batch_sizes(batch_sizes), optimizer=optimizer,
-                    custom_objects=custom_objects, data=data, device=device, gpu_index=gpu_index, timeout_s=timeout,
+                    result,
+                    model,
+                    batch_sizes=parse_batch_sizes(batch_sizes),
+                    optimizer=optimizer,
+                    custom_objects=custom_objects,
+                    data=data,
+                    device=device,
+                    gpu_index=gpu_index,
+                    timeout_s=timeout,
                     max_memory_bytes=parse_size(max_memory) if max_memory else None,
                     on_phase=lambda p: update(f"Measuring {model}: {p} ..."),
                 )

@@ -171,7 +171,9 @@ def _read_data(path: Path, specs, samples: int | None) -> Inputs:
         n = min(n, samples)
     fixed = []
     for arr, (name, shape, dtype) in zip(arrays, specs, strict=True):
-        if arr.ndim != len(shape) or any(d is not None and int(d) != a for d, a in zip(shape[1:], arr.shape[1:], strict=True)):
+        if arr.ndim != len(shape) or any(
+            d is not None and int(d) != a for d, a in zip(shape[1:], arr.shape[1:], strict=True)
+        ):
             raise UsageError(
                 f"The data for input {name!r} has shape {arr.shape}; the model expects (N, "
                 f"{', '.join('?' if d is None else str(d) for d in shape[1:])})."
@@ -211,8 +213,10 @@ def compare_output(name: str, ref: np.ndarray, new: np.ndarray) -> OutputFidelit
     ref_norm = float(np.linalg.norm(ref))
     new_norm = float(np.linalg.norm(new))
     rel = float(np.linalg.norm(diff)) / ref_norm if ref_norm > 0 else (0.0 if not diff.any() else math.inf)
-    cos = float(np.dot(ref.ravel(), new.ravel()) / (ref_norm * new_norm)) if ref_norm and new_norm else (
-        1.0 if ref_norm == new_norm else 0.0
+    cos = (
+        float(np.dot(ref.ravel(), new.ravel()) / (ref_norm * new_norm))
+        if ref_norm and new_norm
+        else (1.0 if ref_norm == new_norm else 0.0)
     )
     agreement = None
     if _classifier_like(ref):
@@ -259,9 +263,7 @@ def apply_gates(fidelity: Fidelity, *, min_agreement: float | None, max_accuracy
     if min_agreement is not None:
         value = fidelity.top1_agreement
         if value is None:
-            raise UsageError(
-                "--min-agreement needs a classifier-like output (batch x classes); this model has none."
-            )
+            raise UsageError("--min-agreement needs a classifier-like output (batch x classes); this model has none.")
         fidelity.gates.append(
             {"gate": "min_agreement", "threshold": min_agreement, "value": value, "passed": value >= min_agreement}
         )
@@ -270,7 +272,12 @@ def apply_gates(fidelity: Fidelity, *, min_agreement: float | None, max_accuracy
         if drop is None:
             raise UsageError("--max-accuracy-drop needs labels: give --data with a 'y' array.")
         fidelity.gates.append(
-            {"gate": "max_accuracy_drop", "threshold": max_accuracy_drop, "value": drop, "passed": drop <= max_accuracy_drop + 1e-12}
+            {
+                "gate": "max_accuracy_drop",
+                "threshold": max_accuracy_drop,
+                "value": drop,
+                "passed": drop <= max_accuracy_drop + 1e-12,
+            }
         )
 
 

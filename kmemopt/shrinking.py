@@ -113,15 +113,24 @@ class ShrinkResult:
 
 
 def make_options(
-    *, quantize=None, allow_custom_layers=False, prune=None, prune_first_last=False, compress=False,
-    mixed_precision=None, skip=None, keep_optimizer=False,
+    *,
+    quantize=None,
+    allow_custom_layers=False,
+    prune=None,
+    prune_first_last=False,
+    compress=False,
+    mixed_precision=None,
+    skip=None,
+    keep_optimizer=False,
 ) -> ShrinkOptions:
     try:
         q = QuantizeMode(str(getattr(quantize, "value", quantize)).lower()) if quantize is not None else None
     except ValueError:
         raise UsageError(f"--quantize takes int8, int4, float16 or bfloat16. Received: {quantize!r}.") from None
     try:
-        mp = MixedPrecision(str(getattr(mixed_precision, "value", mixed_precision)).lower()) if mixed_precision else None
+        mp = (
+            MixedPrecision(str(getattr(mixed_precision, "value", mixed_precision)).lower()) if mixed_precision else None
+        )
     except ValueError:
         raise UsageError(f"--mixed-precision takes float16 or bfloat16. Received: {mixed_precision!r}.") from None
     if prune is not None:
@@ -138,8 +147,14 @@ def make_options(
     if allow_custom_layers and q not in (QuantizeMode.int8, QuantizeMode.int4):
         raise UsageError("--allow-custom-layers only applies with --quantize int8 or int4.")
     return ShrinkOptions(
-        strip_optimizer=not keep_optimizer, quantize=q, allow_custom_layers=allow_custom_layers, prune=prune,
-        prune_first_last=prune_first_last, compress=compress, mixed_precision=mp, skip=skip,
+        strip_optimizer=not keep_optimizer,
+        quantize=q,
+        allow_custom_layers=allow_custom_layers,
+        prune=prune,
+        prune_first_last=prune_first_last,
+        compress=compress,
+        mixed_precision=mp,
+        skip=skip,
     )
 
 
@@ -181,7 +196,10 @@ def save_container(model, target: Path, *, compress: bool) -> None:
         os.close(fd)
         deflated = Path(name)
         try:
-            with zipfile.ZipFile(target) as src, zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+            with (
+                zipfile.ZipFile(target) as src,
+                zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as dst,
+            ):
                 for info in src.infolist():
                     item = zipfile.ZipInfo(info.filename, date_time=info.date_time)
                     item.compress_type = zipfile.ZIP_DEFLATED
@@ -221,11 +239,21 @@ def reload_command(
     model_path: Path, inputs_path: Path, outputs_path: Path, import_kmemopt: bool, batch_size: int
 ) -> list[str]:
     """The fresh process that loads the written file with plain Keras (a function so tests can swap it)."""
-    return [sys.executable, "-c", _RELOAD_SCRIPT, str(model_path), str(inputs_path), str(outputs_path),
-            "1" if import_kmemopt else "0", str(batch_size)]
+    return [
+        sys.executable,
+        "-c",
+        _RELOAD_SCRIPT,
+        str(model_path),
+        str(inputs_path),
+        str(outputs_path),
+        "1" if import_kmemopt else "0",
+        str(batch_size),
+    ]
 
 
-def verify_reload(tmp: Path, inputs, expected: list[np.ndarray], *, custom_layers: bool) -> tuple[list[np.ndarray], dict]:
+def verify_reload(
+    tmp: Path, inputs, expected: list[np.ndarray], *, custom_layers: bool
+) -> tuple[list[np.ndarray], dict]:
     """Load the written file with `keras.models.load_model` in a fresh process and rerun the inputs."""
     from kmemopt import fidelity as fid
 
@@ -240,7 +268,9 @@ def verify_reload(tmp: Path, inputs, expected: list[np.ndarray], *, custom_layer
         started = time.perf_counter()
         proc = subprocess.run(
             reload_command(link, scratch / "inputs.npz", outputs_path, custom_layers, fid.predict_batch_size(inputs)),
-            capture_output=True, text=True, env=env,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         if proc.returncode != 0:
             tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
@@ -277,8 +307,11 @@ def verify_reload(tmp: Path, inputs, expected: list[np.ndarray], *, custom_layer
 def _side(profile, file_bytes: int | None) -> Side:
     t = profile.totals
     return Side(
-        file_bytes=file_bytes, params=t.params, param_bytes=t.param_bytes,
-        inference_peak_bytes=t.inference_peak_bytes, training_peak_bytes=t.training_peak_bytes,
+        file_bytes=file_bytes,
+        params=t.params,
+        param_bytes=t.param_bytes,
+        inference_peak_bytes=t.inference_peak_bytes,
+        training_peak_bytes=t.training_peak_bytes,
     )
 
 
@@ -287,15 +320,17 @@ def _layer_rows(before, after) -> list[dict[str, Any]]:
     rows = []
     for row in before.layers:
         other = after_rows.get(row.path)
-        rows.append({
-            "layer": row.path,
-            "class_name": row.class_name,
-            "class_name_after": other.class_name if other else None,
-            "dtypes_before": list(row.param_dtypes),
-            "dtypes_after": list(other.param_dtypes) if other else None,
-            "param_bytes_before": row.param_bytes,
-            "param_bytes_after": other.param_bytes if other else None,
-        })
+        rows.append(
+            {
+                "layer": row.path,
+                "class_name": row.class_name,
+                "class_name_after": other.class_name if other else None,
+                "dtypes_before": list(row.param_dtypes),
+                "dtypes_after": list(other.param_dtypes) if other else None,
+                "param_bytes_before": row.param_bytes,
+                "param_bytes_after": other.param_bytes if other else None,
+            }
+        )
     return rows
 
 
@@ -352,15 +387,17 @@ def _explain(model, options: ShrinkOptions, keras, results: list[PassResult], in
         out = fid.predict(ctx.new_model, inputs)
         f = fid.compare(names, ref, out, inputs)
         first = f.outputs[0]
-        rows.append({
-            "layer": path,
-            "top1_agreement": f.top1_agreement,
-            "relative_l2_error": first.relative_l2_error,
-            "max_abs_error": first.max_abs_error,
-            "accuracy_after": f.accuracy_after,
-        })
+        rows.append(
+            {
+                "layer": path,
+                "top1_agreement": f.top1_agreement,
+                "relative_l2_error": first.relative_l2_error,
+                "max_abs_error": first.max_abs_error,
+                "accuracy_after": f.accuracy_after,
+            }
+        )
         del ctx
-    rows.sort(key=lambda r: (-(r["relative_l2_error"] or 0.0)))
+    rows.sort(key=lambda r: -(r["relative_l2_error"] or 0.0))
     return rows
 
 
@@ -400,8 +437,14 @@ def shrink(
     started = time.perf_counter()
     say = progress or (lambda message: None)
     options = make_options(
-        quantize=quantize, allow_custom_layers=allow_custom_layers, prune=prune, prune_first_last=prune_first_last,
-        compress=compress, mixed_precision=mixed_precision, skip=skip, keep_optimizer=keep_optimizer,
+        quantize=quantize,
+        allow_custom_layers=allow_custom_layers,
+        prune=prune,
+        prune_first_last=prune_first_last,
+        compress=compress,
+        mixed_precision=mixed_precision,
+        skip=skip,
+        keep_optimizer=keep_optimizer,
     )
     if batch_size < 1:
         raise UsageError(f"The batch size must be at least 1. Received: batch_size={batch_size}.")
@@ -438,32 +481,54 @@ def shrink(
         before_bytes = model_file.file_bytes
     else:
         model, model_file = path_or_model, None
-        file_info = {"compiled": getattr(model, "optimizer", None) is not None and model.optimizer.built,
-                     "optimizer_variables": 0, "optimizer_bytes": 0}
+        file_info = {
+            "compiled": getattr(model, "optimizer", None) is not None and model.optimizer.built,
+            "optimizer_variables": 0,
+            "optimizer_bytes": 0,
+        }
         opt_ident = optimizer if optimizer is not None else "adam"
         before_bytes = None
     if seq_len is None and not input_shapes and _has_unknown_dims(model):
         # Peaks need every dimension; shrink's job is the file, so pick one and say so.
         seq_len = fid.DEFAULT_SEQ_LEN
-        warnings.append(f"The model has inputs of unknown length; peaks and synthetic inputs use length {seq_len} "
-                        "(set --seq-len or --input-shape).")
+        warnings.append(
+            f"The model has inputs of unknown length; peaks and synthetic inputs use length {seq_len} "
+            "(set --seq-len or --input-shape)."
+        )
     shapes = {"seq_len": seq_len, "input_shapes": input_shapes}
     if src is not None:
-        before_profile = profile(src, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes)
+        before_profile = profile(
+            src, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes
+        )
     else:
         before_profile = profile_model(model, batch_size=batch_size, optimizer=opt_ident, **shapes)
-    opt_name = opt_ident if isinstance(opt_ident, str) else str(opt_ident.get("class_name", "optimizer")) if isinstance(opt_ident, dict) else type(opt_ident).__name__
+    opt_name = (
+        opt_ident
+        if isinstance(opt_ident, str)
+        else str(opt_ident.get("class_name", "optimizer"))
+        if isinstance(opt_ident, dict)
+        else type(opt_ident).__name__
+    )
     before = _side(before_profile, before_bytes)
 
     say("Planning the passes ...")
     if dry_run:
         ctx, results = _run_passes(model, options, keras, file_info, rebuild=False)
         return ShrinkResult(
-            input=str(src) if src else None, output=str(target) if target else None, written=False, dry_run=True,
-            options=options, batch_size=batch_size, optimizer=opt_name, before=before, after=None,
-            layers=_layer_rows(before_profile, None), passes=results,
+            input=str(src) if src else None,
+            output=str(target) if target else None,
+            written=False,
+            dry_run=True,
+            options=options,
+            batch_size=batch_size,
+            optimizer=opt_name,
+            before=before,
+            after=None,
+            layers=_layer_rows(before_profile, None),
+            passes=results,
             custom_layers=any(p.int8_class is not None for p in ctx.plan.values()),
-            elapsed_s=time.perf_counter() - started, warnings=warnings,
+            elapsed_s=time.perf_counter() - started,
+            warnings=warnings,
         )
 
     inputs = fid.load_inputs(model, data, samples=samples, seq_len=seq_len)
@@ -491,10 +556,22 @@ def shrink(
 
     def partial(after=None, output=None, written=False, reload=None) -> ShrinkResult:
         return ShrinkResult(
-            input=str(src) if src else None, output=output, written=written, dry_run=False, options=options,
-            batch_size=batch_size, optimizer=opt_name, before=before, after=after,
-            layers=_layer_rows(before_profile, after_profile), passes=results, fidelity=fidelity, reload=reload,
-            custom_layers=custom, elapsed_s=time.perf_counter() - started, warnings=warnings,
+            input=str(src) if src else None,
+            output=output,
+            written=written,
+            dry_run=False,
+            options=options,
+            batch_size=batch_size,
+            optimizer=opt_name,
+            before=before,
+            after=after,
+            layers=_layer_rows(before_profile, after_profile),
+            passes=results,
+            fidelity=fidelity,
+            reload=reload,
+            custom_layers=custom,
+            elapsed_s=time.perf_counter() - started,
+            warnings=warnings,
         )
 
     after_profile = None
@@ -516,8 +593,9 @@ def shrink(
         fidelity_reloaded.explain = fidelity.explain
         fidelity = fidelity_reloaded
         say("Profiling the result ...")
-        after_profile = profile(tmp, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects,
-                                **shapes)
+        after_profile = profile(
+            tmp, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes
+        )
         after = _side(after_profile, tmp.stat().st_size)
     return partial(after=after, output=str(target), written=True, reload=reload_info)
 

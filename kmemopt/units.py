@@ -43,9 +43,7 @@ def parse_size(text: str | int | float) -> int:
         return int(text)
     number, unit = _split(str(text), "size")
     if unit not in _SIZE_UNITS:
-        raise UsageError(
-            f"Unknown size unit {unit!r} in {text!r}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB."
-        )
+        raise UsageError(f"Unknown size unit {unit!r} in {text!r}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB.")
     return int(round(number * _SIZE_UNITS[unit]))
 
 

@@ -55,7 +55,9 @@ def main(out: Path = HERE) -> None:
     lstm = keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="classifier")(h), name="digits_lstm")
 
     for model, xs, epochs in ((mlp, x_tr, 20), (cnn, img_tr, 15), (lstm, rows_tr, 30)):
-        model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         model.fit(xs, y_tr, epochs=epochs, batch_size=32, verbose=0)
         test_x = {"digits_mlp": x_te, "digits_cnn": img_te, "digits_lstm": rows_te}[model.name]
         _, acc = model.evaluate(test_x, y_te, verbose=0)
@@ -66,7 +68,11 @@ def main(out: Path = HERE) -> None:
     inp = keras.Input((64,), name="pixels")
     shared = keras.layers.Dense(64, activation="relu", name="shared")
     head = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(32, activation="relu", name="hidden"), keras.layers.Dense(10, activation="softmax", name="out")],
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu", name="hidden"),
+            keras.layers.Dense(10, activation="softmax", name="out"),
+        ],
         name="head",
     )
     h = shared(keras.layers.Dense(64, activation="relu", name="stem")(inp))

@@ -53,7 +53,9 @@ def mlp_path(keras, mlp_model, models_dir) -> Path:
 def nested_shared_model(keras):
     inp = keras.Input((8,), name="x")
     shared = keras.layers.Dense(8, name="shared")
-    sub = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="a"), keras.layers.Dense(3, name="b")], name="sub")
+    sub = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(4, name="a"), keras.layers.Dense(3, name="b")], name="sub"
+    )
     h = shared(inp)
     h = shared(h)
     return keras.Model(inp, sub(h), name="nested")

@@ -15,10 +15,9 @@ def write_declared_model(path: Path, model, *, store_values: bool = False) -> Pa
     """
     import h5py
     import numpy as np
+    from keras.saving import serialize_keras_object
 
     from kmemopt.profiling.dtypes import itemsize
-
-    from keras.saving import serialize_keras_object
 
     config = serialize_keras_object(model)
     weights_tmp = path.with_suffix(".weights.tmp")

@@ -90,8 +90,12 @@ def test_tracing_never_allocates_declared_weights(keras, tmp_path):
 
     with unallocated():
         llama = keras_hub.models.LlamaBackbone(
-            vocabulary_size=32000, num_layers=8, num_query_heads=16, num_key_value_heads=16,
-            hidden_dim=2048, intermediate_dim=5504,
+            vocabulary_size=32000,
+            num_layers=8,
+            num_query_heads=16,
+            num_key_value_heads=16,
+            hidden_dim=2048,
+            intermediate_dim=5504,
         )
     weight_bytes = llama.count_params() * 4
     path = write_declared_model(tmp_path / "llama.keras", llama)

@@ -62,15 +62,20 @@ def test_runtime_terms_follow_the_documented_constants(keras):
     calls = 2  # mha, d
     units = internals.OP_UNITS["MultiHeadAttention"] + 1
     largest = 16 * 2 * 8 * F32  # the attention's query/key/value/output kernels, (16, 2, 8) floats each
-    loader = int(
-        internals.LOADER_WEIGHT_FRACTION * t.param_bytes + internals.LOADER_LARGEST_WEIGHT_FACTOR * largest
-    ) + internals.LOADER_BYTES_PER_LAYER * calls
+    loader = (
+        int(internals.LOADER_WEIGHT_FRACTION * t.param_bytes + internals.LOADER_LARGEST_WEIGHT_FACTOR * largest)
+        + internals.LOADER_BYTES_PER_LAYER * calls
+    )
     input_copy = 3 * 10 * 16 * F32
     assert t.runtime_inference_bytes == loader + internals.GRAPH_BYTES_PER_UNIT_INFERENCE * units + input_copy
     assert t.runtime_training_bytes == loader + internals.GRAPH_BYTES_PER_UNIT_TRAINING * units + input_copy
     assert t.inference_peak_bytes == t.param_bytes + t.inference_activation_peak_bytes + t.runtime_inference_bytes
     assert t.training_peak_bytes == (
-        t.param_bytes + t.gradient_bytes + t.optimizer_bytes + t.activation_bytes + t.backward_transient_bytes
+        t.param_bytes
+        + t.gradient_bytes
+        + t.optimizer_bytes
+        + t.activation_bytes
+        + t.backward_transient_bytes
         + t.runtime_training_bytes
     )
 

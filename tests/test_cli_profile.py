@@ -8,7 +8,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import SAMPLES
 
 
@@ -16,7 +15,15 @@ def test_table_names_layers_totals_and_peaks(cli, mlp_path):
     result = cli("profile", mlp_path, "--batch-size", "8", "--budget", "64MiB")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("hidden", "Dense", "BatchNormalization", "Inference peak", "Training peak", "largest batch", "optimizer state"):
+    for text in (
+        "hidden",
+        "Dense",
+        "BatchNormalization",
+        "Inference peak",
+        "Training peak",
+        "largest batch",
+        "optimizer state",
+    ):
         assert text in out
 
 
@@ -27,11 +34,29 @@ def test_json_is_the_documented_interface(cli, mlp_path):
     assert data["schema_version"] == 1
     assert set(data["model"]) >= {"path", "name", "format", "file_bytes"}
     assert data["batch_size"] == 4 and data["optimizer"]["name"] == "Adam"
-    row_keys = {"name", "class_name", "output_shape", "params", "trainable_params", "param_bytes",
-                "activation_bytes", "gradient_bytes", "optimizer_bytes"}
+    row_keys = {
+        "name",
+        "class_name",
+        "output_shape",
+        "params",
+        "trainable_params",
+        "param_bytes",
+        "activation_bytes",
+        "gradient_bytes",
+        "optimizer_bytes",
+    }
     assert all(row_keys <= set(row) for row in data["layers"])
-    total_keys = {"params", "trainable_params", "non_trainable_params", "param_bytes", "activation_bytes",
-                  "gradient_bytes", "optimizer_bytes", "inference_peak_bytes", "training_peak_bytes"}
+    total_keys = {
+        "params",
+        "trainable_params",
+        "non_trainable_params",
+        "param_bytes",
+        "activation_bytes",
+        "gradient_bytes",
+        "optimizer_bytes",
+        "inference_peak_bytes",
+        "training_peak_bytes",
+    }
     assert total_keys <= set(data["totals"])
     assert "measured" in data
     assert sum(r["param_bytes"] for r in data["layers"]) == data["totals"]["param_bytes"]
@@ -106,9 +131,9 @@ def test_debug_shows_the_traceback(cli, tmp_path):
 
 
 def test_every_command_has_help_with_an_example(cli):
-    from kmemopt.cli import app
-
     import typer.main
+
+    from kmemopt.cli import app
 
     group = typer.main.get_command(app)
     assert group.commands, "no commands registered"
@@ -144,9 +169,11 @@ def test_profile_never_reads_weight_values(cli, mlp_path, tmp_path):
                 weights = tmp_path / "w.h5"
                 weights.write_bytes(data)
                 with h5py.File(weights, "r+") as h5:
+
                     def scramble(name, obj):
                         if isinstance(obj, h5py.Dataset) and obj.shape:
                             obj[...] = float("nan")
+
                     h5.visititems(scramble)
                 data = weights.read_bytes()
             dst.writestr(info, data)
@@ -155,7 +182,7 @@ def test_profile_never_reads_weight_values(cli, mlp_path, tmp_path):
     assert a["totals"] == b["totals"] and a["layers"] == b["layers"]
 
 
-CUSTOM_LAYER = '''
+CUSTOM_LAYER = """
 import keras
 
 
@@ -173,7 +200,7 @@ class Scale(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
-'''
+"""
 
 
 def test_custom_layers_need_custom_objects(cli, keras, tmp_path):

@@ -99,7 +99,9 @@ def test_data_rows_are_used_and_repeated_to_fill_the_batch(keras, mlp_model):
 def test_default_loss_follows_the_output_layer(keras, mlp_model):
     assert _child.default_loss(mlp_model) == "categorical_crossentropy"
     inp = keras.Input((3,))
-    assert _child.default_loss(keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(inp))) == "binary_crossentropy"
+    assert (
+        _child.default_loss(keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(inp))) == "binary_crossentropy"
+    )
     assert _child.default_loss(keras.Model(inp, keras.layers.Dense(2)(inp))) == "mean_squared_error"
 
 
@@ -134,8 +136,19 @@ def measured_cli(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("data") / "pixels.npz"
     np.savez(data, pixels=np.load(SAMPLES / "digits_test.npz")["pixels"][:20])
-    args = ["profile", str(SAMPLES / "digits_mlp.keras"), "-b", "8", "--measure", "--batch-sizes", "2,8",
-            "--data", str(data), "--format", "json"]
+    args = [
+        "profile",
+        str(SAMPLES / "digits_mlp.keras"),
+        "-b",
+        "8",
+        "--measure",
+        "--batch-sizes",
+        "2,8",
+        "--data",
+        str(data),
+        "--format",
+        "json",
+    ]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
@@ -164,15 +177,25 @@ def test_measured_layer_bytes_equal_the_static_output_bytes(measured_cli):
 
 
 def test_a_child_over_max_memory_is_reported_as_exceeding(mlp_path):
-    m = measure(mlp_path, inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
-                batch_size=2, max_memory_bytes=64 * MiB, layers=False)
+    m = measure(
+        mlp_path,
+        inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
+        batch_size=2,
+        max_memory_bytes=64 * MiB,
+        layers=False,
+    )
     assert m.status is Status.exceeded_memory
     assert m.main.inference_peak_bytes is None and "max-memory" in m.main.message
 
 
 def test_a_child_past_the_timeout_is_reported_as_timeout(mlp_path):
-    m = measure(mlp_path, inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
-                batch_size=2, timeout_s=1, layers=False)
+    m = measure(
+        mlp_path,
+        inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
+        batch_size=2,
+        timeout_s=1,
+        layers=False,
+    )
     assert m.status is Status.timeout
 
 
@@ -196,8 +219,13 @@ def test_cli_gpu_without_gpu_exits_2_with_one_line(cli, mlp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(NO_GPU, reason="no GPU visible to NVML")
 def test_gpu_measurement_reports_allocator_and_nvml(mlp_path):  # pragma: no cover - needs a GPU
-    m = measure(mlp_path, inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
-                batch_size=4, device="gpu", layers=False)
+    m = measure(
+        mlp_path,
+        inputs=[{"name": "features", "shape": [None, 16], "dtype": "float32"}],
+        batch_size=4,
+        device="gpu",
+        layers=False,
+    )
     d = m.to_dict()
     assert d["device"] == "gpu"
     assert d["allocator_peak_bytes"] is not None and d["nvml_used_bytes"] >= d["allocator_peak_bytes"]
@@ -214,11 +242,27 @@ def test_table_and_markdown_show_measured_and_error_columns(mlp_model):
     hidden = next(r for r in static.layers if r.name == "hidden")
     est_inf, est_train = static.inference.at(4), static.training.at(4)
     measured = {
-        "device": "cpu", "method": "vmhwm", "status": "ok", "batch_size": 4, "baseline_bytes": 800 * MiB,
-        "load_bytes": 1000, "inference_peak_bytes": est_inf // 2, "training_peak_bytes": est_train,
-        "layers": {"hidden": hidden.output_bytes * 2}, "layers_batch_size": 4,
-        "runs": [{"batch_size": 4, "status": "ok", "inference_peak_bytes": est_inf // 2, "training_peak_bytes": est_train,
-                  "load_bytes": 1000, "estimated_inference_bytes": est_inf, "estimated_training_bytes": est_train}],
+        "device": "cpu",
+        "method": "vmhwm",
+        "status": "ok",
+        "batch_size": 4,
+        "baseline_bytes": 800 * MiB,
+        "load_bytes": 1000,
+        "inference_peak_bytes": est_inf // 2,
+        "training_peak_bytes": est_train,
+        "layers": {"hidden": hidden.output_bytes * 2},
+        "layers_batch_size": 4,
+        "runs": [
+            {
+                "batch_size": 4,
+                "status": "ok",
+                "inference_peak_bytes": est_inf // 2,
+                "training_peak_bytes": est_train,
+                "load_bytes": 1000,
+                "estimated_inference_bytes": est_inf,
+                "estimated_training_bytes": est_train,
+            }
+        ],
     }
     data = dataclasses.replace(static, measured=measured).to_dict()
     text = render_to_text(lambda c: render_profile(data, c), width=240)

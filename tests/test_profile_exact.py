@@ -161,9 +161,7 @@ def test_quantized_model_reports_stored_bytes(keras, models_dir, mode):
     assert "int8" in d1.param_dtypes and "float32" in d1.param_dtypes  # int8 kernel, float32 scales
     expected_kernel = 64 * 128 if mode == "int8" else 32 * 128  # int4: two values a byte
     assert d1.param_bytes < (64 * 128 + 128) * 4 / 3
-    assert any(
-        nbytes(w.shape, w.dtype) == expected_kernel for w in loaded.get_layer("d1").weights
-    )
+    assert any(nbytes(w.shape, w.dtype) == expected_kernel for w in loaded.get_layer("d1").weights)
 
 
 def test_legacy_h5_profiles_like_keras_format(keras, mlp_model, models_dir):

@@ -59,8 +59,6 @@ def test_skip_regex_leaves_layers_alone(cnn_path, work):  # noqa: F811
     assert skipped["conv"] is Reason.SKIP_REGEX
 
 
-
-
 def test_attention_is_stored_float16_because_keras_cannot_reload_its_quantized_sublayers(keras, work):  # noqa: F811
     from kmemopt.passes.quantize import COMPOSITE_NOT_RELOADABLE
 

@@ -29,7 +29,9 @@ def test_parse_size_rejects_with_the_value_in_the_message(text):
     assert repr(text) in str(err.value) or text == ""
 
 
-@pytest.mark.parametrize("text, expected", [("25M", 25_000_000), ("1.5B", 1_500_000_000), ("300k", 300_000), ("12", 12)])
+@pytest.mark.parametrize(
+    "text, expected", [("25M", 25_000_000), ("1.5B", 1_500_000_000), ("300k", 300_000), ("12", 12)]
+)
 def test_parse_count(text, expected):
     assert parse_count(text) == expected
 

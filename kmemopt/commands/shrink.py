@@ -44,54 +44,128 @@ def _spinner(console):
 def shrink(
     model: Annotated[Path, typer.Argument(help="A .keras or legacy .h5 model file.", show_default=False)],
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Output .keras file (default: <stem>.slim.keras beside the input).")
+        Optional[Path],
+        typer.Option("--out", "-o", help="Output .keras file (default: <stem>.slim.keras beside the input)."),
     ] = None,
     keep_optimizer: Annotated[
-        bool, typer.Option("--keep-optimizer/--strip-optimizer", help="Keep or drop saved optimizer state (dropped by default).", rich_help_panel=PASSES)
+        bool,
+        typer.Option(
+            "--keep-optimizer/--strip-optimizer",
+            help="Keep or drop saved optimizer state (dropped by default).",
+            rich_help_panel=PASSES,
+        ),
     ] = False,
     prune: Annotated[
-        Optional[str], typer.Option("--prune", help="Magnitude-prune kernels to this sparsity (0.5 or 50%); implies --compress.", rich_help_panel=PASSES)
+        Optional[str],
+        typer.Option(
+            "--prune",
+            help="Magnitude-prune kernels to this sparsity (0.5 or 50%); implies --compress.",
+            rich_help_panel=PASSES,
+        ),
     ] = None,
     prune_first_last: Annotated[
-        bool, typer.Option("--prune-first-last", help="Also prune the first and last weighted layers.", rich_help_panel=PASSES)
+        bool,
+        typer.Option(
+            "--prune-first-last", help="Also prune the first and last weighted layers.", rich_help_panel=PASSES
+        ),
     ] = False,
     quantize: Annotated[
-        Optional[QuantizeChoice], typer.Option("--quantize", "-q", help="int8/int4 (Keras; other float kernels stored float16) or float16/bfloat16 storage.", rich_help_panel=PASSES)
+        Optional[QuantizeChoice],
+        typer.Option(
+            "--quantize",
+            "-q",
+            help="int8/int4 (Keras; other float kernels stored float16) or float16/bfloat16 storage.",
+            rich_help_panel=PASSES,
+        ),
     ] = None,
     allow_custom_layers: Annotated[
-        bool, typer.Option("--allow-custom-layers", help="Quantize convolutions to int8 with kmemopt's layers (load after `import kmemopt`).", rich_help_panel=PASSES)
+        bool,
+        typer.Option(
+            "--allow-custom-layers",
+            help="Quantize convolutions to int8 with kmemopt's layers (load after `import kmemopt`).",
+            rich_help_panel=PASSES,
+        ),
     ] = False,
     mixed_precision: Annotated[
-        Optional[MixedChoice], typer.Option("--mixed-precision", help="Set a mixed dtype policy for training (lowers the training peak, not the file).", rich_help_panel=PASSES)
+        Optional[MixedChoice],
+        typer.Option(
+            "--mixed-precision",
+            help="Set a mixed dtype policy for training (lowers the training peak, not the file).",
+            rich_help_panel=PASSES,
+        ),
     ] = None,
-    compress: Annotated[bool, typer.Option("--compress", help="Write the container with deflate (lossless).", rich_help_panel=PASSES)] = False,
-    skip: Annotated[Optional[str], typer.Option("--skip", help="Leave layers whose path matches this regex alone in every pass.", rich_help_panel=PASSES)] = None,
+    compress: Annotated[
+        bool, typer.Option("--compress", help="Write the container with deflate (lossless).", rich_help_panel=PASSES)
+    ] = False,
+    skip: Annotated[
+        Optional[str],
+        typer.Option(
+            "--skip", help="Leave layers whose path matches this regex alone in every pass.", rich_help_panel=PASSES
+        ),
+    ] = None,
     data: Annotated[
-        Optional[Path], typer.Option("--data", help=".npy, or .npz keyed by input name or x (labels under y). Default: synthetic inputs.", rich_help_panel=FIDELITY)
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help=".npy, or .npz keyed by input name or x (labels under y). Default: synthetic inputs.",
+            rich_help_panel=FIDELITY,
+        ),
     ] = None,
-    samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Use at most this many samples (synthetic default 64).", rich_help_panel=FIDELITY)] = None,
+    samples: Annotated[
+        Optional[int],
+        typer.Option(
+            "--samples", min=1, help="Use at most this many samples (synthetic default 64).", rich_help_panel=FIDELITY
+        ),
+    ] = None,
     min_agreement: Annotated[
-        Optional[str], typer.Option("--min-agreement", help="Gate: top-1 agreement at least this (0.99 or 99%); else exit 1, write nothing.", rich_help_panel=FIDELITY)
+        Optional[str],
+        typer.Option(
+            "--min-agreement",
+            help="Gate: top-1 agreement at least this (0.99 or 99%); else exit 1, write nothing.",
+            rich_help_panel=FIDELITY,
+        ),
     ] = None,
     max_accuracy_drop: Annotated[
-        Optional[str], typer.Option("--max-accuracy-drop", help="Gate: accuracy may drop at most this (0.01 or 1%); needs labels.", rich_help_panel=FIDELITY)
+        Optional[str],
+        typer.Option(
+            "--max-accuracy-drop",
+            help="Gate: accuracy may drop at most this (0.01 or 1%); needs labels.",
+            rich_help_panel=FIDELITY,
+        ),
     ] = None,
-    explain: Annotated[bool, typer.Option("--explain", help="Quantize one layer at a time to find the layers that hurt most.", rich_help_panel=FIDELITY)] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Quantize one layer at a time to find the layers that hurt most.",
+            rich_help_panel=FIDELITY,
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what the passes would do; write nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file (never the input).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size for the peaks in the report.")] = 32,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing output file (never the input).")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Batch size for the peaks in the report.")
+    ] = 32,
     seq_len: Annotated[
-        Optional[int], typer.Option("--seq-len", min=1, help="Fill unknown input dimensions (peaks and synthetic inputs).")
+        Optional[int],
+        typer.Option("--seq-len", min=1, help="Fill unknown input dimensions (peaks and synthetic inputs)."),
     ] = None,
     input_shape: Annotated[
-        Optional[list[str]], typer.Option("--input-shape", help="NAME=D1,D2: an input's dimensions after the batch. Repeatable.")
+        Optional[list[str]],
+        typer.Option("--input-shape", help="NAME=D1,D2: an input's dimensions after the batch. Repeatable."),
     ] = None,
     custom_objects: Annotated[
         Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
     ] = None,
     fmt: Annotated[ShrinkFormat, typer.Option("--format", "-f", help="Report format.")] = ShrinkFormat.table,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the report to this file instead of stdout.")] = None,
-    all_layers: Annotated[bool, typer.Option("--all-layers", help="List every layer, not only those that changed.")] = False,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", help="Write the report to this file instead of stdout.")
+    ] = None,
+    all_layers: Annotated[
+        bool, typer.Option("--all-layers", help="List every layer, not only those that changed.")
+    ] = False,
 ) -> None:
     """Write a slimmer copy of a model, verified to load and to stay faithful, with a before/after report.
 
@@ -119,13 +193,27 @@ def shrink(
         with _spinner(_stderr_console()) as update:
             try:
                 result = run_shrink(
-                    model, out, quantize=quantize, allow_custom_layers=allow_custom_layers, prune=prune,
-                    prune_first_last=prune_first_last, compress=compress, mixed_precision=mixed_precision, skip=skip,
-                    keep_optimizer=keep_optimizer, data=data, samples=samples,
+                    model,
+                    out,
+                    quantize=quantize,
+                    allow_custom_layers=allow_custom_layers,
+                    prune=prune,
+                    prune_first_last=prune_first_last,
+                    compress=compress,
+                    mixed_precision=mixed_precision,
+                    skip=skip,
+                    keep_optimizer=keep_optimizer,
+                    data=data,
+                    samples=samples,
                     min_agreement=parse_percent(min_agreement) if min_agreement is not None else None,
                     max_accuracy_drop=parse_percent(max_accuracy_drop) if max_accuracy_drop is not None else None,
-                    explain=explain, dry_run=dry_run, force=force, batch_size=batch_size,
-                    custom_objects=custom_objects, seq_len=seq_len, input_shapes=parse_input_shapes(input_shape) or None,
+                    explain=explain,
+                    dry_run=dry_run,
+                    force=force,
+                    batch_size=batch_size,
+                    custom_objects=custom_objects,
+                    seq_len=seq_len,
+                    input_shapes=parse_input_shapes(input_shape) or None,
                     progress=update,
                 )
             except GateFailed as exc:

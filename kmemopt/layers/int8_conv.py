@@ -70,9 +70,7 @@ class _Int8KernelMixin:
         try:
             for name, (attr, q) in saved.items():
                 scale = self._int8_scales[name]
-                object.__setattr__(
-                    self, attr, ops.cast(q, self.compute_dtype) * ops.cast(scale, self.compute_dtype)
-                )
+                object.__setattr__(self, attr, ops.cast(q, self.compute_dtype) * ops.cast(scale, self.compute_dtype))
             return super().call(inputs, *args, **kwargs)
         finally:
             for attr, q in saved.values():

@@ -74,15 +74,27 @@ class Quantize(Pass):
                 # Keras quantizes the Dense/EinsumDense inside e.g. MultiHeadAttention, but the saved
                 # config does not say so and plain Keras cannot reload the file: store them in float16.
                 plan.dtype = "float16"
-                result.apply(slot.path, slot.class_name, Action.FLOAT16, params=params, policy="float16",
-                             why=COMPOSITE_NOT_RELOADABLE)
+                result.apply(
+                    slot.path,
+                    slot.class_name,
+                    Action.FLOAT16,
+                    params=params,
+                    policy="float16",
+                    why=COMPOSITE_NOT_RELOADABLE,
+                )
                 continue
             custom = int8_class_for(type(layer)) if ctx.options.allow_custom_layers else None
             if custom is not None:
                 if "float16" in _policy_name(layer):
                     plan.dtype = "float32"
                 plan.int8_class = custom
-                result.apply(slot.path, slot.class_name, Action.KMEMOPT_INT8, params=params, layer_class=f"kmemopt>{custom.__name__}")
+                result.apply(
+                    slot.path,
+                    slot.class_name,
+                    Action.KMEMOPT_INT8,
+                    params=params,
+                    layer_class=f"kmemopt>{custom.__name__}",
+                )
                 continue
             plan.dtype = "float16"
             result.apply(slot.path, slot.class_name, Action.FLOAT16, params=params, policy="float16")

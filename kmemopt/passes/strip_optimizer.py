@@ -24,7 +24,11 @@ class StripOptimizer(Pass):
             result.apply(MODEL, "Model", Action.DROPPED_OPTIMIZER, optimizer_variables=n_vars, optimizer_bytes=n_bytes)
         elif ctx.will_rewrite:
             result.apply(
-                MODEL, "Model", Action.DROPPED_OPTIMIZER, optimizer_variables=n_vars, optimizer_bytes=n_bytes,
+                MODEL,
+                "Model",
+                Action.DROPPED_OPTIMIZER,
+                optimizer_variables=n_vars,
+                optimizer_bytes=n_bytes,
                 why=Reason.OPTIMIZER_INVALIDATED.value,
             )
             result.notes.append("--keep-optimizer was ignored: " + Reason.OPTIMIZER_INVALIDATED.value + ".")

@@ -109,22 +109,89 @@ def _layer_rule(layer, in_specs, out_specs) -> tuple[Line, Line]:
 
 OUTPUT_GRAD_ACTIVATIONS = {"relu", "relu6", "sigmoid", "tanh", "softmax", "elu", "exponential", "linear", None}
 INPUT_FREE = {
-    "Add", "Subtract", "Average", "Concatenate", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D", "Reshape", "Flatten", "Permute", "RepeatVector",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "AveragePooling1D",
-    "AveragePooling2D", "AveragePooling3D", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "Rescaling", "Normalization", "Identity",
-    "InputLayer", "UpSampling1D", "UpSampling2D", "UpSampling3D", "ReLU", "Softmax", "ELU",
+    "Add",
+    "Subtract",
+    "Average",
+    "Concatenate",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "Reshape",
+    "Flatten",
+    "Permute",
+    "RepeatVector",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "Rescaling",
+    "Normalization",
+    "Identity",
+    "InputLayer",
+    "UpSampling1D",
+    "UpSampling2D",
+    "UpSampling3D",
+    "ReLU",
+    "Softmax",
+    "ELU",
 }
 OUTPUT_FREE = {
-    "Add", "Subtract", "Average", "Concatenate", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D", "Reshape", "Flatten", "Permute", "RepeatVector",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "AveragePooling1D",
-    "AveragePooling2D", "AveragePooling3D", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "SpatialDropout3D", "GaussianNoise", "Rescaling", "Normalization", "Identity", "InputLayer",
-    "UpSampling1D", "UpSampling2D", "UpSampling3D", "BatchNormalization", "LayerNormalization",
-    "GroupNormalization", "Embedding", "MultiHeadAttention", "GroupedQueryAttention", "Multiply",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "LSTM", "GRU", "SimpleRNN",
+    "Add",
+    "Subtract",
+    "Average",
+    "Concatenate",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "Reshape",
+    "Flatten",
+    "Permute",
+    "RepeatVector",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "Rescaling",
+    "Normalization",
+    "Identity",
+    "InputLayer",
+    "UpSampling1D",
+    "UpSampling2D",
+    "UpSampling3D",
+    "BatchNormalization",
+    "LayerNormalization",
+    "GroupNormalization",
+    "Embedding",
+    "MultiHeadAttention",
+    "GroupedQueryAttention",
+    "Multiply",
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D",
+    "LSTM",
+    "GRU",
+    "SimpleRNN",
 }
 # Layers whose output shares its input's buffer (no new memory in TensorFlow's graph).
 ALIASING = {"Reshape", "Flatten"}
@@ -132,8 +199,16 @@ ALIASING = {"Reshape", "Flatten"}
 # blocked layout and computes its output there before reordering it back, so while it runs it holds
 # a second copy of both.
 ONEDNN_REORDERING = {
-    "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
-    "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
 }
 
 
@@ -182,9 +257,23 @@ def activation_extra(layer) -> int:
 
 # Layers known to need only their input (so their output is free unless a consumer needs it).
 _KNOWN_INPUT_ONLY = {
-    "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
-    "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "Dense", "EinsumDense", "LeakyReLU", "PReLU",
-    "Dot", "Maximum", "Minimum",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "DepthwiseConv1D",
+    "DepthwiseConv2D",
+    "SeparableConv1D",
+    "SeparableConv2D",
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+    "Dense",
+    "EinsumDense",
+    "LeakyReLU",
+    "PReLU",
+    "Dot",
+    "Maximum",
+    "Minimum",
 }
 
 
@@ -212,8 +301,15 @@ LOADER_BYTES_PER_LAYER = int(0.086 * MiB)
 GRAPH_BYTES_PER_UNIT_INFERENCE = int(0.1286 * MiB)  # fitted on the peaks, the loader terms held fixed
 GRAPH_BYTES_PER_UNIT_TRAINING = int(1.862 * MiB)
 OP_UNITS = {
-    "MultiHeadAttention": 8, "GroupedQueryAttention": 8, "LSTM": 14, "GRU": 12, "SimpleRNN": 6,
-    "InputLayer": 0, "Reshape": 0, "Flatten": 0, "Identity": 0,
+    "MultiHeadAttention": 8,
+    "GroupedQueryAttention": 8,
+    "LSTM": 14,
+    "GRU": 12,
+    "SimpleRNN": 6,
+    "InputLayer": 0,
+    "Reshape": 0,
+    "Flatten": 0,
+    "Identity": 0,
 }
 
 
@@ -238,7 +334,10 @@ def runtime_costs(graph, param_bytes: int) -> dict[str, Line]:
             for d in v.shape:
                 n *= int(d)
             largest = max(largest, n * itemsize(v.dtype))
-    loader = int(LOADER_WEIGHT_FRACTION * param_bytes + LOADER_LARGEST_WEIGHT_FACTOR * largest) + LOADER_BYTES_PER_LAYER * calls
+    loader = (
+        int(LOADER_WEIGHT_FRACTION * param_bytes + LOADER_LARGEST_WEIGHT_FACTOR * largest)
+        + LOADER_BYTES_PER_LAYER * calls
+    )
     return {
         "loader_residue": Line(loader, 0),
         "inference_graph": Line(GRAPH_BYTES_PER_UNIT_INFERENCE * units, 0),

@@ -219,12 +219,20 @@ def _rss_of(pid: int) -> int:
         return 0
 
 
-def run_child(spec: dict[str, Any], *, timeout_s: float, max_memory_bytes: int,
-              on_phase: Callable[[str], None] | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_child(
+    spec: dict[str, Any],
+    *,
+    timeout_s: float,
+    max_memory_bytes: int,
+    on_phase: Callable[[str], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run one child; return its JSON result, or {"error": "memory"|"timeout"|..., "message": ...}."""
     workdir = Path(tempfile.mkdtemp(prefix="kmemopt-measure-"))
     try:
-        spec = dict(spec, max_memory_bytes=max_memory_bytes, cpu_seconds=int(timeout_s * max(os.cpu_count() or 1, 1)) + 30)
+        spec = dict(
+            spec, max_memory_bytes=max_memory_bytes, cpu_seconds=int(timeout_s * max(os.cpu_count() or 1, 1)) + 30
+        )
         spec_path, result_path = workdir / "spec.json", workdir / "result.json"
         spec_path.write_text(json.dumps(spec))
         child_env = dict(os.environ)
@@ -242,7 +250,12 @@ def run_child(spec: dict[str, Any], *, timeout_s: float, max_memory_bytes: int,
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "kmemopt.profiling._child", str(spec_path), str(result_path)],
-                cwd=workdir, env=child_env, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+                cwd=workdir,
+                env=child_env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
             )
             os.set_blocking(proc.stdout.fileno(), False)
             started = time.monotonic()
@@ -253,7 +266,10 @@ def run_child(spec: dict[str, Any], *, timeout_s: float, max_memory_bytes: int,
                 rss = _rss_of(proc.pid)
                 peak_rss = max(peak_rss, rss)
                 if rss > max_memory_bytes:
-                    verdict = ("memory", f"the child passed --max-memory ({rss:,} > {max_memory_bytes:,} bytes resident)")
+                    verdict = (
+                        "memory",
+                        f"the child passed --max-memory ({rss:,} > {max_memory_bytes:,} bytes resident)",
+                    )
                 elif time.monotonic() - started > timeout_s:
                     verdict = ("timeout", f"the child ran past --timeout ({timeout_s:g} s)")
                 if verdict:
@@ -365,16 +381,18 @@ def measure(
         method = result.get("method", method)
         row = (result.get("runs") or [{}])[0]
         gpu = result.get("gpu")
-        runs.append(Run(
-            batch_size=b,
-            inference_peak_bytes=row.get("inference_peak_bytes"),
-            training_peak_bytes=row.get("training_peak_bytes"),
-            baseline_bytes=result.get("baseline_bytes"),
-            load_bytes=result.get("load_bytes"),
-            seconds=seconds,
-            gpu=gpu,
-            loss=row.get("loss"),
-        ))
+        runs.append(
+            Run(
+                batch_size=b,
+                inference_peak_bytes=row.get("inference_peak_bytes"),
+                training_peak_bytes=row.get("training_peak_bytes"),
+                baseline_bytes=result.get("baseline_bytes"),
+                load_bytes=result.get("load_bytes"),
+                seconds=seconds,
+                gpu=gpu,
+                loss=row.get("loss"),
+            )
+        )
         if result.get("layers"):
             layer_bytes = result["layers"]
             layers_batch = result.get("layers_batch_size")
@@ -395,9 +413,16 @@ def measure(
             nvml_used = max(p["nvml_used_bytes"] for p in phases)
             nvml_proc = max(p["nvml_process_bytes"] for p in phases)
     return Measurement(
-        device=resolved, method=method, batch_size=batch_size if batch_size in sizes else sizes[-1],
-        runs=tuple(runs), layers=layer_bytes, layers_batch_size=layers_batch, allocator_peak_bytes=allocator,
-        nvml_used_bytes=nvml_used, nvml_process_bytes=nvml_proc, fit=fit,
+        device=resolved,
+        method=method,
+        batch_size=batch_size if batch_size in sizes else sizes[-1],
+        runs=tuple(runs),
+        layers=layer_bytes,
+        layers_batch_size=layers_batch,
+        allocator_peak_bytes=allocator,
+        nvml_used_bytes=nvml_used,
+        nvml_process_bytes=nvml_proc,
+        fit=fit,
     )
 
 
@@ -422,10 +447,20 @@ def compare(estimated: int | None, measured: int | None) -> float | None:
     return round(100.0 * (estimated - measured) / measured, 1)
 
 
-def measure_profile(result, path: str | os.PathLike, *, batch_sizes: Sequence[int] | None = None,
-                    optimizer: Any = None, custom_objects=None, data=None, device: Device | str = Device.cpu,
-                    gpu_index: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S, max_memory_bytes: int | None = None,
-                    on_phase: Callable[[str], None] | None = None):
+def measure_profile(
+    result,
+    path: str | os.PathLike,
+    *,
+    batch_sizes: Sequence[int] | None = None,
+    optimizer: Any = None,
+    custom_objects=None,
+    data=None,
+    device: Device | str = Device.cpu,
+    gpu_index: int = 0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_memory_bytes: int | None = None,
+    on_phase: Callable[[str], None] | None = None,
+):
     """Measure the model a static `ProfileResult` describes; return the result with `measured` filled.
 
     The measured dict gains `estimated` and `error_pct` (per phase, at the measured batch size) and,
@@ -437,8 +472,11 @@ def measure_profile(result, path: str | os.PathLike, *, batch_sizes: Sequence[in
     if ident is None:
         ident = result.optimizer.get("name") or "adam"
         if result.optimizer.get("source") == "file":
-            ident = {"class_name": result.optimizer["name"], "config": result.optimizer.get("config", {}),
-                     "module": "keras.optimizers"}
+            ident = {
+                "class_name": result.optimizer["name"],
+                "config": result.optimizer.get("config", {}),
+                "module": "keras.optimizers",
+            }
     loss = None
     if Path(path).exists():
         from kmemopt.archive import read_model_file
@@ -446,9 +484,19 @@ def measure_profile(result, path: str | os.PathLike, *, batch_sizes: Sequence[in
         compile_config = read_model_file(path).compile_config or {}
         loss = compile_config.get("loss")
     m = measure(
-        path, inputs=[i.to_dict() for i in result.inputs], batch_size=result.batch_size, batch_sizes=batch_sizes,
-        optimizer=ident, custom_objects=custom_objects, loss=loss, data=data, device=device,
-        gpu_index=gpu_index, timeout_s=timeout_s, max_memory_bytes=max_memory_bytes, on_phase=on_phase,
+        path,
+        inputs=[i.to_dict() for i in result.inputs],
+        batch_size=result.batch_size,
+        batch_sizes=batch_sizes,
+        optimizer=ident,
+        custom_objects=custom_objects,
+        loss=loss,
+        data=data,
+        device=device,
+        gpu_index=gpu_index,
+        timeout_s=timeout_s,
+        max_memory_bytes=max_memory_bytes,
+        on_phase=on_phase,
     )
     measured = m.to_dict()
     for run in measured["runs"]:
@@ -458,7 +506,10 @@ def measure_profile(result, path: str | os.PathLike, *, batch_sizes: Sequence[in
         run["inference_error_pct"] = compare(result.inference.at(b), run["inference_peak_bytes"])
         run["training_error_pct"] = compare(result.training.at(b), run["training_peak_bytes"])
     b = measured["batch_size"]
-    measured["estimated"] = {"inference_peak_bytes": result.inference.at(b), "training_peak_bytes": result.training.at(b)}
+    measured["estimated"] = {
+        "inference_peak_bytes": result.inference.at(b),
+        "training_peak_bytes": result.training.at(b),
+    }
     measured["error_pct"] = {
         "inference": compare(result.inference.at(b), measured["inference_peak_bytes"]),
         "training": compare(result.training.at(b), measured["training_peak_bytes"]),
@@ -475,7 +526,9 @@ def parse_batch_sizes(text: str | None) -> list[int] | None:
     try:
         sizes = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise UsageError(f"--batch-sizes takes integers separated by commas, e.g. 1,8,32. Received: {text!r}.") from None
+        raise UsageError(
+            f"--batch-sizes takes integers separated by commas, e.g. 1,8,32. Received: {text!r}."
+        ) from None
     if not sizes or any(b < 1 for b in sizes):
         raise UsageError(f"--batch-sizes must list batch sizes of at least 1. Received: {text!r}.")
     return sizes

@@ -208,9 +208,7 @@ def _input_specs(model, input_shapes: dict[str, tuple[int, ...]] | None, seq_len
     input_shapes = dict(input_shapes or {})
     unknown_names = set(input_shapes) - set(names)
     if unknown_names:
-        raise UsageError(
-            f"--input-shape names {sorted(unknown_names)}, but the model's inputs are {names}."
-        )
+        raise UsageError(f"--input-shape names {sorted(unknown_names)}, but the model's inputs are {names}.")
     specs, recompute = [], False
     for x, name in zip(inputs, names):
         shape = list(x.shape)
@@ -233,7 +231,8 @@ def _input_specs(model, input_shapes: dict[str, tuple[int, ...]] | None, seq_len
         if missing:
             raise UsageError(
                 f"Input {name!r} has unknown dimension(s) {missing} (shape {tuple(x.shape)}); set them with "
-                f"--input-shape {name}=" + ",".join("N" if d is None else str(d) for d in shape[1:])
+                f"--input-shape {name}="
+                + ",".join("N" if d is None else str(d) for d in shape[1:])
                 + " or --seq-len N."
             )
         if recompute or list(x.shape) != shape:
@@ -366,12 +365,26 @@ def profile_model(
     for name, tid in zip(names, graph.inputs):
         if name not in claimed:
             tensor = graph.tensors[tid]
-            rows.insert(0, LayerProfile(
-                path=name, name=name, class_name="InputLayer", output_shape=list(tensor.shape), calls=0,
-                params=0, trainable_params=0, param_bytes=0, param_dtypes=(), compute_dtype=tensor.dtype,
-                output_bytes=tensor.size.at(batch_size), activation_bytes=tensor.size.at(batch_size),
-                activation_bytes_per_sample=tensor.size.per_sample, gradient_bytes=0, optimizer_bytes=0,
-            ))
+            rows.insert(
+                0,
+                LayerProfile(
+                    path=name,
+                    name=name,
+                    class_name="InputLayer",
+                    output_shape=list(tensor.shape),
+                    calls=0,
+                    params=0,
+                    trainable_params=0,
+                    param_bytes=0,
+                    param_dtypes=(),
+                    compute_dtype=tensor.dtype,
+                    output_bytes=tensor.size.at(batch_size),
+                    activation_bytes=tensor.size.at(batch_size),
+                    activation_bytes_per_sample=tensor.size.per_sample,
+                    gradient_bytes=0,
+                    optimizer_bytes=0,
+                ),
+            )
 
     # Variables no leaf layer owns (a model's own variables) still count.
     extra = [v for v in model.weights if id(v) not in seen_vars]
@@ -431,7 +444,8 @@ def profile_model(
                 lambda b: param_bytes + g.inference_peak(graph, b)[0].at(b) + run_inf.at(b), budget_bytes
             ),
             max_training_batch=_max_batch(
-                lambda b: fixed_train + saved.at(b) + g.backward_transient(graph, b).at(b) + run_train.at(b), budget_bytes
+                lambda b: fixed_train + saved.at(b) + g.backward_transient(graph, b).at(b) + run_train.at(b),
+                budget_bytes,
             ),
         )
 

@@ -12,7 +12,11 @@ def _shape(shape: Any) -> str:
         return "-"
     if shape and isinstance(shape[0], list):
         return ", ".join(_shape(s) for s in shape)
-    return "(" + ", ".join("B" if i == 0 and d is None else ("?" if d is None else str(d)) for i, d in enumerate(shape)) + ")"
+    return (
+        "("
+        + ", ".join("B" if i == 0 and d is None else ("?" if d is None else str(d)) for i, d in enumerate(shape))
+        + ")"
+    )
 
 
 def _mem_unit(n: int) -> str:
@@ -46,7 +50,6 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
     def u(n: int) -> str:  # one unit for the whole table, named in the headers
         return f"{n / factor:,.1f}" if n else "0"
 
-
     title = f"{model['name']}  ·  {model['format']}"
     if model.get("file_bytes") is not None:
         title += f"  ·  file {format_bytes(model['file_bytes'])}"
@@ -76,8 +79,13 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         return [u(got), _error(row["output_bytes"], got)]
 
     layers, hidden = _top_layers(data["layers"], top)
-    denominator = max(totals["param_bytes"] + totals["activation_bytes"] + totals["gradient_bytes"] + totals["optimizer_bytes"], 1)
-    heaviest = max((r["param_bytes"] + r["activation_bytes"] + r["gradient_bytes"] + r["optimizer_bytes"] for r in data["layers"]), default=0)
+    denominator = max(
+        totals["param_bytes"] + totals["activation_bytes"] + totals["gradient_bytes"] + totals["optimizer_bytes"], 1
+    )
+    heaviest = max(
+        (r["param_bytes"] + r["activation_bytes"] + r["gradient_bytes"] + r["optimizer_bytes"] for r in data["layers"]),
+        default=0,
+    )
     for row in layers:
         mine = row["param_bytes"] + row["activation_bytes"] + row["gradient_bytes"] + row["optimizer_bytes"]
         share = mine / denominator
@@ -98,13 +106,31 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         )
     if totals["optimizer_global_bytes"]:
         table.add_row(
-            "(optimizer globals)", "", "", "", "", "", "", "", u(totals["optimizer_global_bytes"]), "",
+            "(optimizer globals)",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            u(totals["optimizer_global_bytes"]),
+            "",
             *(["", ""] if measured_layers else []),
         )
     table.add_section()
     table.add_row(
-        "Total", "", "", f"{totals['params']:,}", "", u(totals["param_bytes"]), u(totals["activation_bytes"]),
-        u(totals["gradient_bytes"]), u(totals["optimizer_bytes"]), "", *(["", ""] if measured_layers else []),
+        "Total",
+        "",
+        "",
+        f"{totals['params']:,}",
+        "",
+        u(totals["param_bytes"]),
+        u(totals["activation_bytes"]),
+        u(totals["gradient_bytes"]),
+        u(totals["optimizer_bytes"]),
+        "",
+        *(["", ""] if measured_layers else []),
         style="bold",
     )
     console.print(table)
@@ -214,7 +240,9 @@ def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
     model = data["model"]
     out = [f"## kmemopt profile: {model['name']}", ""]
     out.append(f"- File: `{model.get('path')}` ({model['format']}, {format_bytes(model.get('file_bytes'))})")
-    out.append(f"- Batch size: {data['batch_size']}; optimizer: {data['optimizer']['name']} ({data['optimizer']['source']})")
+    out.append(
+        f"- Batch size: {data['batch_size']}; optimizer: {data['optimizer']['name']} ({data['optimizer']['source']})"
+    )
     out.append(f"- Parameters: {totals['params']:,} ({totals['trainable_params']:,} trainable)")
     out.append(f"- **Inference peak: {format_bytes(totals['inference_peak_bytes'])}** (static estimate)")
     out.append(f"- **Training peak: {format_bytes(totals['training_peak_bytes'])}** (static estimate)")
@@ -224,7 +252,11 @@ def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
             f"- Budget {format_bytes(fit['budget_bytes'])}: max batch {fit['max_inference_batch']:,} (inference), "
             f"{fit['max_training_batch']:,} (training)"
         )
-    out += ["", "| Layer | Class | Output shape | Params | Weights | Activations | Gradients | Optimizer |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    out += [
+        "",
+        "| Layer | Class | Output shape | Params | Weights | Activations | Gradients | Optimizer |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     layers, hidden = _top_layers(data["layers"], top)
     for row in layers:
         out.append(

@@ -49,9 +49,12 @@ def _headline(data: dict[str, Any]) -> str:
 
 def _changed_layers(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        r for r in data["layers"]
-        if r["param_bytes_before"] and (
-            r["param_bytes_after"] != r["param_bytes_before"] or r["dtypes_after"] != r["dtypes_before"]
+        r
+        for r in data["layers"]
+        if r["param_bytes_before"]
+        and (
+            r["param_bytes_after"] != r["param_bytes_before"]
+            or r["dtypes_after"] != r["dtypes_before"]
             or r["class_name_after"] != r["class_name"]
         )
     ]
@@ -61,25 +64,42 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
     from rich.table import Table
 
     before, after = data["before"], data["after"] or {}
-    table = Table(title=f"{data['input'] or 'model'}  ·  batch {data['batch_size']}  ·  optimizer {data['optimizer']}",
-                  title_justify="left", header_style="bold")
+    table = Table(
+        title=f"{data['input'] or 'model'}  ·  batch {data['batch_size']}  ·  optimizer {data['optimizer']}",
+        title_justify="left",
+        header_style="bold",
+    )
     for col, justify in (("", "left"), ("Before", "right"), ("After", "right"), ("Ratio", "right")):
         table.add_column(col, justify=justify)
     for label, key in SIDE_ROWS:
-        table.add_row(label, format_bytes(before.get(key)), format_bytes(after.get(key)),
-                      _ratio(before.get(key), after.get(key)))
+        table.add_row(
+            label, format_bytes(before.get(key)), format_bytes(after.get(key)), _ratio(before.get(key), after.get(key))
+        )
     console.print(table)
 
     rows = data["layers"] if all_layers else _changed_layers(data)
     if rows:
-        lt = Table(title="Layers" + ("" if all_layers else " with weights that changed"), title_justify="left",
-                   header_style="bold")
+        lt = Table(
+            title="Layers" + ("" if all_layers else " with weights that changed"),
+            title_justify="left",
+            header_style="bold",
+        )
         for col in ("Layer", "Class", "Dtype before", "Dtype after", "Bytes before", "Bytes after"):
             lt.add_column(col, justify="right" if col.startswith("Bytes") else "left", overflow="fold")
         for r in rows:
-            cls = r["class_name"] if r["class_name_after"] in (None, r["class_name"]) else f"{r['class_name']} → {r['class_name_after']}"
-            lt.add_row(r["layer"], cls, _dtypes(r["dtypes_before"]), _dtypes(r["dtypes_after"]),
-                       format_bytes(r["param_bytes_before"]), format_bytes(r["param_bytes_after"]))
+            cls = (
+                r["class_name"]
+                if r["class_name_after"] in (None, r["class_name"])
+                else f"{r['class_name']} → {r['class_name_after']}"
+            )
+            lt.add_row(
+                r["layer"],
+                cls,
+                _dtypes(r["dtypes_before"]),
+                _dtypes(r["dtypes_after"]),
+                format_bytes(r["param_bytes_before"]),
+                format_bytes(r["param_bytes_after"]),
+            )
         console.print(lt)
 
     for p in data["passes"]:
@@ -99,12 +119,19 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
 
     fid = data.get("fidelity")
     if fid:
-        ft = Table(title=f"Fidelity ({fid['source']}, {fid['samples']} samples)", title_justify="left", header_style="bold")
+        ft = Table(
+            title=f"Fidelity ({fid['source']}, {fid['samples']} samples)", title_justify="left", header_style="bold"
+        )
         for col in ("Output", "Max abs error", "Relative L2", "Cosine", "Top-1 agreement"):
             ft.add_column(col, justify="left" if col == "Output" else "right")
         for o in fid["outputs"]:
-            ft.add_row(o["name"], _num(o["max_abs_error"]), _num(o["relative_l2_error"]),
-                       _num(o["cosine_similarity"]), _pct(o["top1_agreement"]))
+            ft.add_row(
+                o["name"],
+                _num(o["max_abs_error"]),
+                _num(o["relative_l2_error"]),
+                _num(o["cosine_similarity"]),
+                _pct(o["top1_agreement"]),
+            )
         console.print(ft)
         if fid["accuracy_before"] is not None:
             console.print(f"Accuracy: {_pct(fid['accuracy_before'])} → {_pct(fid['accuracy_after'])}", highlight=False)
@@ -116,7 +143,9 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
             for col in ("Layer", "Relative L2", "Top-1 agreement", "Accuracy"):
                 et.add_column(col, justify="left" if col == "Layer" else "right")
             for e in fid["explain"][:15]:
-                et.add_row(e["layer"], _num(e["relative_l2_error"]), _pct(e["top1_agreement"]), _pct(e["accuracy_after"]))
+                et.add_row(
+                    e["layer"], _num(e["relative_l2_error"]), _pct(e["top1_agreement"]), _pct(e["accuracy_after"])
+                )
             console.print(et)
         if fid.get("note"):
             console.print(f"[dim]{fid['note']}[/dim]", highlight=False)
@@ -129,18 +158,31 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
 
 def shrink_markdown(data: dict[str, Any]) -> str:
     before, after = data["before"], data["after"] or {}
-    out = [f"## kmemopt shrink: {data['input'] or 'model'}", "", _headline(data), "",
-           "| | Before | After | Ratio |", "|---|---:|---:|---:|"]
+    out = [
+        f"## kmemopt shrink: {data['input'] or 'model'}",
+        "",
+        _headline(data),
+        "",
+        "| | Before | After | Ratio |",
+        "|---|---:|---:|---:|",
+    ]
     for label, key in SIDE_ROWS:
-        out.append(f"| {label} | {format_bytes(before.get(key))} | {format_bytes(after.get(key))} | "
-                   f"{_ratio(before.get(key), after.get(key))} |")
+        out.append(
+            f"| {label} | {format_bytes(before.get(key))} | {format_bytes(after.get(key))} | "
+            f"{_ratio(before.get(key), after.get(key))} |"
+        )
     rows = _changed_layers(data)
     if rows:
-        out += ["", "| Layer | Class | Dtype before | Dtype after | Bytes before | Bytes after |",
-                "|---|---|---|---|---:|---:|"]
+        out += [
+            "",
+            "| Layer | Class | Dtype before | Dtype after | Bytes before | Bytes after |",
+            "|---|---|---|---|---:|---:|",
+        ]
         for r in rows:
-            out.append(f"| {r['layer']} | {r['class_name']} | {_dtypes(r['dtypes_before'])} | {_dtypes(r['dtypes_after'])} "
-                       f"| {format_bytes(r['param_bytes_before'])} | {format_bytes(r['param_bytes_after'])} |")
+            out.append(
+                f"| {r['layer']} | {r['class_name']} | {_dtypes(r['dtypes_before'])} | {_dtypes(r['dtypes_after'])} "
+                f"| {format_bytes(r['param_bytes_before'])} | {format_bytes(r['param_bytes_after'])} |"
+            )
     out += ["", "### Passes", ""]
     for p in data["passes"]:
         out.append(f"- **{p['name']}**: applied {len(p['applied'])}, skipped {len(p['skipped'])}")
@@ -150,11 +192,18 @@ def shrink_markdown(data: dict[str, Any]) -> str:
             out.append(f"  - note: {note}")
     fid = data.get("fidelity")
     if fid:
-        out += ["", f"### Fidelity ({fid['source']}, {fid['samples']} samples)", "",
-                "| Output | Max abs error | Relative L2 | Cosine | Top-1 agreement |", "|---|---:|---:|---:|---:|"]
+        out += [
+            "",
+            f"### Fidelity ({fid['source']}, {fid['samples']} samples)",
+            "",
+            "| Output | Max abs error | Relative L2 | Cosine | Top-1 agreement |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for o in fid["outputs"]:
-            out.append(f"| {o['name']} | {_num(o['max_abs_error'])} | {_num(o['relative_l2_error'])} | "
-                       f"{_num(o['cosine_similarity'])} | {_pct(o['top1_agreement'])} |")
+            out.append(
+                f"| {o['name']} | {_num(o['max_abs_error'])} | {_num(o['relative_l2_error'])} | "
+                f"{_num(o['cosine_similarity'])} | {_pct(o['top1_agreement'])} |"
+            )
         if fid["accuracy_before"] is not None:
             out += ["", f"Accuracy: {_pct(fid['accuracy_before'])} → {_pct(fid['accuracy_after'])}"]
         if fid.get("note"):
