@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +21,60 @@ def check_writable_dir(target: Path) -> Path:
     return folder
 
 
+def _anonymous_file(folder: Path) -> int | None:
+    """An unnamed file in `folder` (Linux O_TMPFILE): if the process dies, even by SIGKILL, the
+    kernel frees it and nothing is left behind. None where the platform or filesystem lacks it."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None:
+        return None
+    try:
+        return os.open(folder, flag | os.O_RDWR, 0o666)  # the umask applies, as for a normal file
+    except OSError:
+        return None
+
+
+def _name_anonymous(fd: int, name: Path) -> None:
+    """linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/<fd>: the documented way to name an O_TMPFILE file.
+
+    Python's os.link calls plain link(2), which would link the /proc symlink itself, unless a
+    directory fd is given; an fd of "/" (ignored for absolute paths) makes it use linkat.
+    """
+    root = os.open("/", os.O_RDONLY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, src_dir_fd=root, follow_symlinks=True)
+    finally:
+        os.close(root)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside `target`; on success it is renamed onto `target`, else removed."""
+    """Yield a temporary path to write; on success it replaces `target` in one rename, else vanishes.
+
+    On Linux the temporary is an unnamed file in the target's folder, reachable through
+    /proc/<pid>/fd/<n> (also from a child process of ours): a crash, Ctrl-C or SIGKILL leaves neither a
+    partial output nor a temp file. It gets a name only at the end, just before the rename. Elsewhere a
+    named temp file beside the target is used and removed on any error.
+    """
     target = Path(target)
     if target.exists() and not target.is_file():
         # Renaming onto a device or a pipe would replace it (as root, /dev/null itself).
         raise UsageError(f"{target} exists and is not a regular file; kmemopt writes files only.")
     folder = check_writable_dir(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=(suffix or target.suffix) + ".tmp", dir=folder)
-    os.close(fd)
+    fd = _anonymous_file(folder)
+    if fd is not None:
+        named = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            yield Path(f"/proc/{os.getpid()}/fd/{fd}")
+            os.fsync(fd)
+            _name_anonymous(fd, named)
+            os.replace(named, target)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                named.unlink()
+        return
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=(suffix or target.suffix) + ".tmp", dir=folder)
+    os.close(handle)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

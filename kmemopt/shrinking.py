@@ -182,34 +182,31 @@ def check_output(src: Path | None, out: Path, force: bool) -> Path:
 
 
 def save_container(model, target: Path, *, compress: bool) -> None:
-    """Save with Keras straight into `target` (a temp file); on request, rewrite it deflated.
+    """Save with Keras straight into `target` (a temp file); on request, deflated.
 
-    Keras writes `.keras` zips uncompressed; the deflated copy is streamed member by member into a
-    second temp file beside it, which then replaces the first (removed on any failure).
+    Keras writes `.keras` zips uncompressed; for `compress`, its zip goes to an unnamed scratch file
+    and is streamed member by member, deflated, into `target`.
     """
     from keras.src.saving import saving_lib
 
-    with open(target, "wb") as fh:
-        saving_lib.save_model(model, fh)
-    if compress:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".deflate.tmp", dir=target.parent)
-        os.close(fd)
-        deflated = Path(name)
-        try:
-            with (
-                zipfile.ZipFile(target) as src,
-                zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as dst,
-            ):
+    if not compress:
+        with open(target, "wb") as fh:
+            saving_lib.save_model(model, fh)
+    else:
+        # An unnamed scratch file (freed by the kernel however the process ends) holds Keras's
+        # uncompressed zip while it is deflated member by member into `target`.
+        with tempfile.TemporaryFile() as scratch:
+            saving_lib.save_model(model, scratch)
+            scratch.seek(0)
+            with zipfile.ZipFile(scratch) as src, zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as dst:
                 for info in src.infolist():
                     item = zipfile.ZipInfo(info.filename, date_time=info.date_time)
                     item.compress_type = zipfile.ZIP_DEFLATED
                     item.external_attr = info.external_attr
                     with src.open(info) as reader, dst.open(item, "w", force_zip64=info.file_size > 2**31) as writer:
                         shutil.copyfileobj(reader, writer, 1 << 20)
-            os.replace(deflated, target)
-        finally:
-            deflated.unlink(missing_ok=True)
-    # mkstemp made the temp file 0600; give the output the permissions a normal save would have.
+    # A named temp file (platforms without unnamed ones) is created 0600; give the output the
+    # permissions a normal save would have.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(target, 0o666 & ~umask)
@@ -260,7 +257,7 @@ def verify_reload(
     with tempfile.TemporaryDirectory(prefix="kmemopt-reload-") as scratch:
         scratch = Path(scratch)
         link = scratch / "model.keras"  # Keras wants the .keras suffix; the temp file has .tmp
-        os.symlink(tmp.resolve(), link)
+        os.symlink(os.path.abspath(tmp), link)  # not resolved: an unnamed temp is only reachable via /proc
         np.savez(scratch / "inputs.npz", **{f"a{i}": a for i, a in enumerate(inputs.arrays)})
         outputs_path = scratch / "outputs.npz"
         env = dict(os.environ)
