@@ -9,7 +9,6 @@ import sys
 import time
 
 import psutil
-
 from conftest import SAMPLES
 
 
