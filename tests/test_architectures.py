@@ -80,7 +80,7 @@ def test_keras_hub_backbone_profiles_when_installed(keras, tmp_path):
 def test_tracing_never_allocates_declared_weights(keras, tmp_path):
     """A 0.5 B-parameter keras-hub Llama (2 GB of float32 weights, declared but not stored) profiles
     with unknown dimensions filled (so every layer's shape is inferred again, some through TensorFlow's
-    scratch-graph tracing) in a child whose peak RSS stays far below the weights' size."""
+    scratch-graph tracing) in a child whose peak RSS grows far less than the weights' size."""
     keras_hub = pytest.importorskip("keras_hub")
     import json
     import subprocess
@@ -100,15 +100,24 @@ def test_tracing_never_allocates_declared_weights(keras, tmp_path):
     weight_bytes = llama.count_params() * 4
     path = write_declared_model(tmp_path / "llama.keras", llama)
     code = (
-        "import json, resource, sys, kmemopt\n"
+        "import json, kmemopt, keras_hub\n"
+        "from kmemopt._keras import import_keras\n"
+        "import_keras()\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # reset the high-water mark after the imports\n"
+        "start = status('VmRSS:')\n"
         f"r = kmemopt.profile({str(path)!r}, batch_size=1, seq_len=256)\n"
         "from keras.src.backend.common import global_state\n"
         "print(json.dumps({'params': r.totals.params,\n"
         "  'left': len(global_state.get_global_attribute('uninitialized_variables') or []),\n"
-        "  'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))\n"
+        "  'growth': status('VmHWM:') - start}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["params"] == llama.count_params()
     assert result["left"] == 0  # nothing left for a later stateless scope to initialize
-    assert result["rss"] < min(weight_bytes / 2, 1.5 * 1024**3)
+    # Allocating the weights would add 2 GB; profiling adds a few hundred MB of Python objects at most.
+    assert result["growth"] < weight_bytes / 4
