@@ -72,4 +72,11 @@ def load_model(path, *, custom_objects=None, compile=False):
     from kmemopt._keras import import_keras
 
     keras = import_keras()
+    from kmemopt.loading import load_stored_keras
+
+    # A stored weights member is read in place (about 1x the weights in memory instead of Keras's 2x+);
+    # a compressed member or a legacy .h5 goes through plain Keras.
+    model = load_stored_keras(path, custom_objects=allow.custom_objects or None, compile=compile)
+    if model is not None:
+        return model
     return keras.models.load_model(path, custom_objects=allow.custom_objects or None, compile=compile, safe_mode=True)

@@ -8,7 +8,9 @@ temp file beside the target until the fresh-process reload has verified it, then
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import os
 import re
@@ -181,6 +183,54 @@ def check_output(src: Path | None, out: Path, force: bool) -> Path:
 # writing and verifying
 
 
+@contextlib.contextmanager
+def _weights_through_disk(saving_lib):
+    """Make Keras write `model.weights.h5` to a temp file beside the output, then into the zip.
+
+    With enough free memory Keras builds the HDF5 file in an `io.BytesIO` and copies it into the zip
+    (two extra copies of the weights at once); its low-memory path writes the same file to disk
+    first. The zip it writes is the same either way.
+    """
+    saved = saving_lib.is_memory_sufficient
+    saving_lib.is_memory_sufficient = lambda model: False
+    try:
+        yield
+    finally:
+        saving_lib.is_memory_sufficient = saved
+
+
+class _NamedStream(io.RawIOBase):
+    """`fh` with a `name` in a real folder: Keras puts its temp weights file beside `fileobj.name`.
+
+    The output is often an unnamed temp file (`/proc/self/fd/N`), where Keras cannot create a file
+    and would quietly go back to building the weights in memory.
+    """
+
+    def __init__(self, fh, target: Path):
+        super().__init__()
+        self._fh = fh
+        folder = Path(os.path.realpath(target)).parent
+        self.name = str((folder if folder.is_dir() else Path(tempfile.gettempdir())) / "model.keras")
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        return self._fh.write(b)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
 def save_container(model, target: Path, *, compress: bool) -> None:
     """Save with Keras straight into `target` (a temp file); on request, deflated.
 
@@ -190,8 +240,8 @@ def save_container(model, target: Path, *, compress: bool) -> None:
     from keras.src.saving import saving_lib
 
     if not compress:
-        with open(target, "wb") as fh:
-            saving_lib.save_model(model, fh)
+        with open(target, "wb") as fh, _weights_through_disk(saving_lib):
+            saving_lib.save_model(model, _NamedStream(fh, target))
     else:
         # An unnamed scratch file (freed by the kernel however the process ends) holds Keras's
         # uncompressed zip while it is deflated member by member into `target`.
@@ -539,7 +589,9 @@ def shrink(
     custom = any(p.int8_class is not None for p in ctx.plan.values())
 
     if new_model is not model and not explain:
-        ctx.model = None  # the original's weights are no longer needed: free them before running the new one
+        # The original's weights are no longer needed: free them before running the new one (its
+        # slots hold its layers, and so its variables, too).
+        ctx.model, ctx.slots = None, []
         del model
         _release_memory()
 
@@ -576,7 +628,7 @@ def shrink(
         exc = fid.gate_failure(fidelity)
         exc.result = partial()
         raise exc
-    ctx.model = None
+    ctx.model, ctx.slots = None, []
     model = None  # noqa: F841  (free the original, if --explain still held it, before writing)
     _release_memory()
 

@@ -1,0 +1,126 @@
+"""kmemopt's in-place `.keras` loader gives the model `keras.models.load_model` gives, bit for bit."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmemopt.api import load_model
+from kmemopt.loading import load_stored_keras
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+
+
+def _assert_same(ours, theirs) -> None:
+    assert type(ours) is type(theirs)
+    assert [v.path for v in ours.weights] == [v.path for v in theirs.weights]
+    a, b = ours.get_weights(), theirs.get_weights()
+    assert len(a) == len(b) and len(a) > 0
+    for x, y in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()  # bit for bit
+
+
+def _both(keras, path: Path, compile: bool = False):
+    ours = load_stored_keras(path, custom_objects=None, compile=compile)
+    assert ours is not None, "a stored weights member should take the in-place path"
+    return ours, keras.models.load_model(path, compile=compile, safe_mode=True)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*.keras")))
+def test_sample_models_match_keras(keras, name):
+    _assert_same(*_both(keras, SAMPLES / name))
+
+
+def test_nested_shared_model_matches_keras(keras, nested_path):
+    ours, theirs = _both(keras, nested_path)
+    _assert_same(ours, theirs)
+    assert ours.get_layer("sub").get_layer("b").kernel.path == theirs.get_layer("sub").get_layer("b").kernel.path
+
+
+def test_compiled_model_with_optimizer_state_matches_keras(keras, mlp_path):
+    ours, theirs = _both(keras, mlp_path, compile=True)
+    _assert_same(ours, theirs)
+    assert ours.optimizer is not None and theirs.optimizer is not None
+    mine = {v.path: np.asarray(v) for v in ours.optimizer.variables}
+    ref = {v.path: np.asarray(v) for v in theirs.optimizer.variables}
+    assert mine.keys() == ref.keys()
+    assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) > 0
+    for key, value in ref.items():
+        assert mine[key].tobytes() == value.tobytes(), key
+
+
+def test_int8_quantized_file_matches_keras(keras, mlp_model, tmp_path):
+    import warnings
+
+    model = keras.models.clone_model(mlp_model)
+    model.set_weights(mlp_model.get_weights())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.quantize("int8")
+    path = tmp_path / "int8.keras"
+    model.save(path)
+    ours, theirs = _both(keras, path)
+    _assert_same(ours, theirs)
+    assert any(w.dtype == np.int8 for w in ours.get_weights())
+
+
+def test_deflated_member_falls_back_to_keras(keras, nested_path, tmp_path):
+    deflated = tmp_path / "deflated.keras"
+    with zipfile.ZipFile(nested_path) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert load_stored_keras(deflated, custom_objects=None, compile=False) is None
+    _assert_same(load_model(deflated), keras.models.load_model(deflated, compile=False))
+
+
+def test_api_load_model_matches_keras(keras, mlp_path):
+    _assert_same(load_model(mlp_path, compile=True), keras.models.load_model(mlp_path, compile=True))
+
+
+def test_weights_that_do_not_fit_the_config_fail_as_in_keras(keras, nested_path, tmp_path):
+    """A weights member from another model: Keras's own loading-failure error, not a silent partial load."""
+    other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5, name="shared")], name="nested")
+    other_path = tmp_path / "other.keras"
+    other.save(other_path)
+    mixed = tmp_path / "mixed.keras"
+    with zipfile.ZipFile(nested_path) as a, zipfile.ZipFile(other_path) as b, zipfile.ZipFile(mixed, "w") as dst:
+        for info in a.infolist():
+            source = b if info.filename == "model.weights.h5" else a
+            dst.writestr(info.filename, source.read(info.filename))
+    with pytest.raises(Exception) as keras_error:
+        keras.models.load_model(mixed, compile=False)
+    with pytest.raises(type(keras_error.value)):
+        load_stored_keras(mixed, custom_objects=None, compile=False)
+
+
+def test_save_container_writes_weights_through_a_file_beside_the_output(keras, nested_path, tmp_path, monkeypatch):
+    """shrink's writer keeps Keras off its in-memory weights copy, even into an unnamed temp output."""
+    from keras.src.saving import saving_lib
+
+    from kmemopt.fileio import atomic_path
+    from kmemopt.shrinking import save_container
+
+    model = keras.models.load_model(nested_path, compile=False)
+    stores = []
+    keras_own = saving_lib.is_memory_sufficient
+    original = saving_lib.H5IOStore.__init__
+
+    def spy(self, path_or_io, archive=None, mode="r"):
+        stores.append((str(path_or_io), archive is not None, mode))
+        original(self, path_or_io, archive=archive, mode=mode)
+
+    monkeypatch.setattr(saving_lib.H5IOStore, "__init__", spy)
+    out = tmp_path / "out" / "slim.keras"
+    out.parent.mkdir()
+    with atomic_path(out) as tmp:
+        save_container(model, tmp, compress=False)
+    writes = [s for s in stores if s[2] == "w"]
+    assert len(writes) == 1
+    assert writes[0][1] is False and str(out.parent) in writes[0][0]  # a file in the output folder
+    assert sorted(p.name for p in out.parent.iterdir()) == ["slim.keras"]  # and nothing left behind
+    assert saving_lib.is_memory_sufficient is keras_own  # Keras's own function is back
+    _assert_same(keras.models.load_model(out, compile=False), model)
