@@ -200,17 +200,19 @@ def _weights_through_disk(saving_lib):
 
 
 class _NamedStream(io.RawIOBase):
-    """`fh` with a `name` in a real folder: Keras puts its temp weights file beside `fileobj.name`.
+    """`fh` with a `name` in the system temp folder: Keras puts its temp weights file beside
+    `fileobj.name`.
 
-    The output is often an unnamed temp file (`/proc/self/fd/N`), where Keras cannot create a file
-    and would quietly go back to building the weights in memory.
+    The output is an unnamed temp file (`/proc/self/fd/N`), where Keras cannot create a file and would
+    quietly go back to building the weights in memory. Keras's temp file is a named one that a killed
+    process would leave behind, so it goes to the system temp folder, never the user's output folder.
     """
 
     def __init__(self, fh, target: Path):
         super().__init__()
         self._fh = fh
-        folder = Path(os.path.realpath(target)).parent
-        self.name = str((folder if folder.is_dir() else Path(tempfile.gettempdir())) / "model.keras")
+        del target  # the output's folder is deliberately not used (see above)
+        self.name = str(Path(tempfile.gettempdir()) / "model.keras")
 
     def writable(self) -> bool:
         return True
