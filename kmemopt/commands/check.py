@@ -30,15 +30,6 @@ def _size_opt(metric: str, example: str):
 
 
 @contextlib.contextmanager
-def _spinner(console):
-    """Yields a callback naming the model being checked (a spinner on stderr, on a terminal only)."""
-    if not console.is_terminal:
-        yield None
-        return
-    with console.status("Checking ...") as status:
-        yield lambda model: status.update(f"Checking {model} ...")
-
-
 def check(
     paths: Annotated[
         Optional[list[str]],
@@ -122,7 +113,7 @@ def check(
         from kmemopt.checking import check as run_check
 
         shapes = cli.parse_input_shapes(input_shape)
-        with _spinner(cli._stderr_console()) as on_model:
+        with cli.progress("Checking ...") as update:
             report = run_check(
                 paths or (),
                 config=config,
@@ -140,7 +131,7 @@ def check(
                 input_shapes=shapes,
                 custom_objects=custom_objects,
                 measure=measure,
-                on_model=on_model,
+                on_model=lambda name: update(f"Checking {name} ..."),
             )
         data = report.to_dict()
         from kmemopt.report import render_to_text, to_json

@@ -33,14 +33,6 @@ FIDELITY = "Fidelity"
 
 
 @contextlib.contextmanager
-def _spinner(console):
-    if not console.is_terminal:
-        yield None
-        return
-    with console.status("Shrinking ...") as status:
-        yield status.update
-
-
 def shrink(
     model: Annotated[Path, typer.Argument(help="A .keras or legacy .h5 model file.", show_default=False)],
     out: Annotated[
@@ -171,7 +163,7 @@ def shrink(
 
     Example: kmemopt shrink model.keras --quantize int8 --data test.npz --min-agreement 99%
     """
-    from kmemopt.cli import _stderr_console, _stdout_console, guarded, parse_input_shapes, write_output
+    from kmemopt.cli import _stdout_console, guarded, parse_input_shapes, progress, write_output
 
     with guarded():
         from kmemopt.errors import GateFailed
@@ -190,7 +182,7 @@ def shrink(
             else:
                 render_shrink(data, _stdout_console(), all_layers=all_layers)
 
-        with _spinner(_stderr_console()) as update:
+        with progress("Shrinking ...") as update:
             try:
                 result = run_shrink(
                     model,

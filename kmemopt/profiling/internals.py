@@ -169,18 +169,21 @@ ALIASING = {"Reshape", "Flatten"}
 # Convolutions run through oneDNN on TensorFlow's CPU build: each call reorders its input into a
 # blocked layout and computes its output there before reordering it back, so while it runs it holds
 # a second copy of both.
-ONEDNN_REORDERING = {
-    "Conv1D",
-    "Conv2D",
-    "Conv3D",
-    "DepthwiseConv1D",
-    "DepthwiseConv2D",
-    "SeparableConv1D",
-    "SeparableConv2D",
-    "Conv1DTranspose",
-    "Conv2DTranspose",
-    "Conv3DTranspose",
-}
+CONVOLUTIONS = frozenset(
+    {
+        "Conv1D",
+        "Conv2D",
+        "Conv3D",
+        "DepthwiseConv1D",
+        "DepthwiseConv2D",
+        "SeparableConv1D",
+        "SeparableConv2D",
+        "Conv1DTranspose",
+        "Conv2DTranspose",
+        "Conv3DTranspose",
+    }
+)
+ONEDNN_REORDERING = CONVOLUTIONS
 
 
 def _activation_name(layer) -> str | None:
@@ -227,17 +230,7 @@ def activation_extra(layer) -> int:
 
 
 # Layers known to need only their input (so their output is free unless a consumer needs it).
-_KNOWN_INPUT_ONLY = {
-    "Conv1D",
-    "Conv2D",
-    "Conv3D",
-    "DepthwiseConv1D",
-    "DepthwiseConv2D",
-    "SeparableConv1D",
-    "SeparableConv2D",
-    "Conv1DTranspose",
-    "Conv2DTranspose",
-    "Conv3DTranspose",
+_KNOWN_INPUT_ONLY = CONVOLUTIONS | {
     "Dense",
     "EinsumDense",
     "LeakyReLU",
