@@ -60,6 +60,15 @@ def profile(
 
 def load_model(path, *, custom_objects=None, compile=False):
     """Full load with weights, after the static checks (allowlist, archive rules, stored weights)."""
+    model, stored = open_model(path, custom_objects=custom_objects, compile=compile)
+    if stored is not None:
+        stored.close()
+    return model
+
+
+def open_model(path, *, custom_objects=None, compile=False):
+    """`load_model`, also answering the open `loading.StoredKeras` (to be closed by the caller) when the
+    weights were read in place, so they can be read again; None for other files."""
     model_file: ModelFile = read_model_file(path)
     from kmemopt.build import build_from_file
     from kmemopt.trust import build_allowlist, check_loadable, mentions_keras_hub, precheck_file
@@ -72,11 +81,12 @@ def load_model(path, *, custom_objects=None, compile=False):
     from kmemopt._keras import import_keras
 
     keras = import_keras()
-    from kmemopt.loading import load_stored_keras
+    from kmemopt.loading import open_stored_keras
 
     # A stored weights member is read in place (about 1x the weights in memory instead of Keras's 2x+);
     # a compressed member or a legacy .h5 goes through plain Keras.
-    model = load_stored_keras(path, custom_objects=allow.custom_objects or None, compile=compile)
-    if model is not None:
-        return model
-    return keras.models.load_model(path, custom_objects=allow.custom_objects or None, compile=compile, safe_mode=True)
+    stored = open_stored_keras(path, custom_objects=allow.custom_objects or None, compile=compile)
+    if stored is not None:
+        return stored.model, stored
+    model = keras.models.load_model(path, custom_objects=allow.custom_objects or None, compile=compile, safe_mode=True)
+    return model, None

@@ -18,7 +18,7 @@ from kmemopt.trust import Allowlist, build_allowlist, check_config
 
 
 @contextlib.contextmanager
-def unallocated(allow_constants: bool = False) -> Iterator[None]:
+def unallocated(allow_constants: bool = False) -> Iterator[list[Any]]:
     """Variables created inside get shapes and dtypes but no memory, now and later.
 
     Keras keeps every variable created in a stateless scope on a global "uninitialized" list and
@@ -31,6 +31,8 @@ def unallocated(allow_constants: bool = False) -> Iterator[None]:
     With `allow_constants`, a variable created from a concrete value (a scalar some optimizers make
     in `build`, e.g. Nadam's running product) is created normally instead of being refused: such
     values are already in memory and tiny. Slots created from initializers stay unallocated.
+
+    Yields a list that holds, on exit, the variables created inside and left unallocated.
     """
     from keras.src.backend.common import global_state
     from keras.src.backend.common.stateless_scope import StatelessScope, in_stateless_scope
@@ -50,17 +52,52 @@ def unallocated(allow_constants: bool = False) -> Iterator[None]:
                 global_state.set_global_attribute("stateless_scope", scope)
         return original(self, initializer, *args, **kwargs)
 
+    created: list[Any] = []
     if allow_constants:
         KerasVariable.__init__ = init
     try:
         with StatelessScope(initialize_variables=False):
-            yield
+            yield created
     finally:
         KerasVariable.__init__ = original
+        keep = {id(v) for v in before}
+        current = global_state.get_global_attribute("uninitialized_variables") or []
+        created.extend(v for v in current if id(v) not in keep)
         if outermost:
-            keep = {id(v) for v in before}
-            current = global_state.get_global_attribute("uninitialized_variables") or []
             global_state.set_global_attribute("uninitialized_variables", [v for v in current if id(v) in keep])
+
+
+@contextlib.contextmanager
+def assign_initializes() -> Iterator[None]:
+    """Inside, `variable.assign(value)` on an unallocated variable allocates it from `value`.
+
+    With `unallocated()` this builds a model whose variables come straight from their final values
+    (a file's weights, a transformed copy): no initializer runs, so no random values are computed
+    and thrown away, and the model never holds its weights twice.
+    """
+    from keras.src.backend import Variable
+
+    original = Variable._direct_assign
+
+    def direct_assign(self, value):
+        if self._value is None:
+            self._initialize(value)
+            self._initializer = None
+        else:
+            original(self, value)
+
+    Variable._direct_assign = direct_assign
+    try:
+        yield
+    finally:
+        Variable._direct_assign = original
+
+
+def allocate_rest(variables: list[Any]) -> None:
+    """Allocate, from their initializers, the variables nothing assigned (state no file stores)."""
+    for v in variables:
+        if getattr(v, "_value", None) is None and getattr(v, "_initializer", None) is not None:
+            v._deferred_initialize()
 
 
 def checked_configs(model_file: ModelFile, allow: Allowlist) -> None:

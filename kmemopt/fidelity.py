@@ -194,12 +194,47 @@ def predict_batch_size(inputs: Inputs) -> int:
 
 
 def predict(model, inputs: Inputs) -> list[np.ndarray]:
-    out = model.predict(inputs.feed(), batch_size=predict_batch_size(inputs), verbose=0)
+    """The model's outputs on `inputs` (inference mode), as float32 arrays in output order."""
+    from kmemopt._keras import import_keras
+
+    keras = import_keras()
+    if keras.backend.backend() == "tensorflow":
+        out = _predict_tf(model, inputs, keras)
+    else:
+        out = model.predict(inputs.feed(), batch_size=predict_batch_size(inputs), verbose=0)
     if isinstance(out, dict):
         out = list(out.values())
     if not isinstance(out, (list, tuple)):
         out = [out]
     return [np.asarray(o, dtype=np.float32) for o in out]
+
+
+def _predict_tf(model, inputs: Inputs, keras):
+    """`model.predict` without Keras's predict machinery, which on TensorFlow keeps the variables'
+    buffers alive after the model is dropped (measured: ResNet50's 98 MiB stay resident), so that
+    shrink can free the original model once it has its outputs. Same computation: the model called
+    with training=False in a `tf.function`, batch by batch."""
+    import logging
+
+    import tensorflow as tf
+
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    feed, size, n = inputs.feed(), predict_batch_size(inputs), inputs.samples
+    parts = []
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addFilter(_no_retracing_warning)  # one function per model is traced on purpose
+    try:
+        for start in range(0, n, size):
+            batch = keras.tree.map_structure(lambda a, s=start: a[s : s + size], feed)
+            parts.append(keras.tree.map_structure(lambda t: np.asarray(t), call(batch)))
+    finally:
+        tf_logger.removeFilter(_no_retracing_warning)
+        del call  # its traced graph refers to the model's variables
+    return keras.tree.map_structure(lambda *xs: np.concatenate(xs, axis=0), *parts)
+
+
+def _no_retracing_warning(record) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 def _classifier_like(a: np.ndarray) -> bool:

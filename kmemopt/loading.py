@@ -14,15 +14,26 @@ back to plain `keras.models.load_model`.
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from kmemopt.archive import _open_member
+from kmemopt.build import allocate_rest, assign_initializes, unallocated
 
 
 def load_stored_keras(path: str | Path, *, custom_objects: dict[str, Any] | None, compile: bool) -> Any | None:
     """The model of a `.keras` zip whose weights member is stored; None when it is not such a file."""
+    stored = open_stored_keras(path, custom_objects=custom_objects, compile=compile)
+    if stored is None:
+        return None
+    stored.close()
+    return stored.model
+
+
+def open_stored_keras(path: str | Path, *, custom_objects: dict[str, Any] | None, compile: bool) -> StoredKeras | None:
+    """As `load_stored_keras`, with the file kept open so layers can be read again (`StoredKeras.reload`)."""
     path = Path(path)
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         return None
@@ -33,39 +44,106 @@ def load_stored_keras(path: str | Path, *, custom_objects: dict[str, Any] | None
     import_keras()  # Keras's environment set up as everywhere else in kmemopt
     from keras.src.saving import saving_lib as lib
 
-    with open(path, "rb") as fh, zipfile.ZipFile(fh, "r") as zf:
+    with contextlib.ExitStack() as stack:
+        zf = stack.enter_context(zipfile.ZipFile(stack.enter_context(open(path, "rb")), "r"))
         names = zf.namelist()
         if lib._VARS_FNAME_H5 not in names:
             return None
         info = zf.getinfo(lib._VARS_FNAME_H5)
         if info.compress_type != zipfile.ZIP_STORED:
             return None
-        # As Keras's own _load_model_from_fileobj, with the weights store swapped.
+        # As Keras's own _load_model_from_fileobj, with the weights store swapped and the model built
+        # unallocated: each variable is then allocated from the file's value as Keras assigns it,
+        # instead of from its initializer first (random values computed only to be overwritten).
+        # Not with compile: TensorFlow's optimizer build needs its model's variables allocated.
         config_json = lib._safe_zip_read(zf, lib._CONFIG_FILENAME)
-        model = lib._model_from_config(config_json, custom_objects, compile, True)
+        with unallocated() if not compile else contextlib.nullcontext([]) as deferred:
+            model = lib._model_from_config(config_json, custom_objects, compile, True)
         lib._reject_zip_bomb(zf, lib._VARS_FNAME_H5)
+        member = stack.enter_context(_open_member(zf, info, path))
+        weights_store = _MemberH5Store(member, h5py)
+        stack.callback(weights_store.close)
+        asset_store = lib.DiskIOStore(lib._ASSETS_DIRNAME, archive=zf, mode="r") if len(names) > 3 else None
+        if asset_store is not None:
+            stack.callback(asset_store.close)
+        stored = StoredKeras(model, weights_store, lib)
         failed_saveables: set = set()
         error_msgs: dict = {}
-        with _open_member(zf, info, path) as member:
-            weights_store = _MemberH5Store(member, h5py)
-            asset_store = lib.DiskIOStore(lib._ASSETS_DIRNAME, archive=zf, mode="r") if len(names) > 3 else None
-            try:
-                lib._load_state(
-                    model,
-                    weights_store=weights_store,
-                    assets_store=asset_store,
-                    inner_path="",
-                    visited_saveables=set(),
-                    failed_saveables=failed_saveables,
-                    error_msgs=error_msgs,
-                )
-            finally:
-                weights_store.close()
-                if asset_store:
-                    asset_store.close()
+        with assign_initializes() if deferred else contextlib.nullcontext(), stored._recording_paths():
+            lib._load_state(
+                model,
+                weights_store=weights_store,
+                assets_store=asset_store,
+                inner_path="",
+                visited_saveables=set(),
+                failed_saveables=failed_saveables,
+                error_msgs=error_msgs,
+            )
+        allocate_rest(deferred)  # state the file does not store (seed generators) starts as Keras would
         if failed_saveables:
             lib._raise_loading_failure(error_msgs)
-    return model
+        stored._stack = stack.pop_all()  # the file stays open until `close`
+    return stored
+
+
+class StoredKeras:
+    """A model loaded from a stored `.keras` file that stays open, so any layer's weights can be read
+    from the file again after they were freed (`reload`): shrink frees the original model before
+    building the rewritten one and reads each layer back, one at a time, as it copies it."""
+
+    def __init__(self, model, weights_store, lib):
+        self.model = model
+        self._store = weights_store
+        self._lib = lib
+        self._paths: dict[int, str] = {}  # id(saveable) -> its path in the weights file
+        self._stack: contextlib.ExitStack | None = None
+
+    @contextlib.contextmanager
+    def _recording_paths(self):
+        """Note where Keras's own traversal finds each object's weights (its recursion goes through the
+        module attribute, so every level is seen)."""
+        lib, original = self._lib, self._lib._load_state
+
+        def recording(saveable, weights_store, assets_store, inner_path, *args, **kwargs):
+            self._paths.setdefault(id(saveable), inner_path)
+            return original(saveable, weights_store, assets_store, inner_path, *args, **kwargs)
+
+        lib._load_state = recording
+        try:
+            yield
+        finally:
+            lib._load_state = original
+
+    def can_reload(self, layer) -> bool:
+        return self._stack is not None and id(layer) in self._paths
+
+    def reload(self, layer) -> None:
+        """Allocate `layer`'s (freed) variables again from the file, through Keras's own traversal."""
+        failed: set = set()
+        errors: dict = {}
+        with assign_initializes():
+            self._lib._load_state(
+                layer,
+                weights_store=self._store,
+                assets_store=None,
+                inner_path=self._paths[id(layer)],
+                visited_saveables=set(),
+                failed_saveables=failed,
+                error_msgs=errors,
+            )
+        if failed:
+            self._lib._raise_loading_failure(errors)
+
+    def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
+
+    def __enter__(self) -> StoredKeras:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _store_class():

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from kmemopt.errors import ExitCode, KmemoptError, UsageError
+from kmemopt.memory import release_memory
 from kmemopt.passes import MixedPrecision, PassResult, QuantizeMode, ShrinkOptions, enabled_passes
 
 SCHEMA_VERSION = 1
@@ -383,17 +384,6 @@ def _layer_rows(before, after) -> list[dict[str, Any]]:
     return rows
 
 
-def _release_memory() -> None:
-    """Collect freed models and hand glibc's free heap back to the OS, so later stages reuse it."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 def _has_unknown_dims(model) -> bool:
     return any(d is None for t in model.inputs for d in tuple(t.shape)[1:])
 
@@ -403,12 +393,32 @@ def _output_names(model) -> list[str]:
     return list(names) if names else [f"output_{i}" for i in range(len(model.outputs))]
 
 
-def _run_passes(model, options: ShrinkOptions, keras, file_info: dict, *, rebuild: bool = True):
+def _run_passes(
+    model,
+    options: ShrinkOptions,
+    keras,
+    file_info: dict,
+    *,
+    rebuild: bool = True,
+    release_source: bool = False,
+    weights_source: Any = None,
+):
+    """Plan every enabled pass and (with `rebuild`) build the rewritten model.
+
+    With `release_source` the original model's weights are freed as they are copied (all of them first
+    when `weights_source`, the open file, can read them back one layer at a time): only for a model
+    shrink loaded itself and needs no more (the caller's own model is never touched).
+    """
     from kmemopt.passes.rewrite import RewriteContext
 
     passes = enabled_passes(options)
     ctx = RewriteContext.from_model(model, options, keras)
     ctx.file_info = file_info
+    ctx.release_source = release_source
+    ctx.weights_source = weights_source
+    if release_source:
+        model.predict_function = None  # its traced graph holds the variables' arrays ...
+        gc.collect()  # ... and is only freed by a collection (reference cycles)
     ctx.will_rewrite = any(p.rewrites_weights(options) for p in passes)
     results = [PassResult(p.name) for p in passes]
     for p, r in zip(passes, results, strict=True):
@@ -479,7 +489,7 @@ def shrink(
     """Write a slimmer copy of a model and report what changed and how faithful it stays."""
     from kmemopt import fidelity as fid
     from kmemopt._keras import import_keras
-    from kmemopt.api import load_model, profile
+    from kmemopt.api import open_model, profile
     from kmemopt.fileio import atomic_path
     from kmemopt.profiling.static import _optimizer_identifier, profile_model
 
@@ -513,142 +523,151 @@ def shrink(
     if target is not None and not dry_run:
         check_output(src, target, force)
 
-    warnings: list[str] = []
-    say("Loading the model (after the safety checks) ...")
-    if src is not None:
-        from kmemopt.archive import read_model_file
+    stored = None  # the open input file while the original may still be read back from it
+    try:
+        warnings: list[str] = []
+        say("Loading the model (after the safety checks) ...")
+        if src is not None:
+            from kmemopt.archive import read_model_file
 
-        model_file = read_model_file(src)
-        compiled = bool(model_file.compile_config)
-        model = load_model(src, custom_objects=custom_objects, compile=keep_optimizer and compiled)
-        file_info = {
-            "compiled": compiled,
-            "optimizer_variables": len(model_file.optimizer_weights),
-            "optimizer_bytes": model_file.composition.optimizer_bytes,
-        }
-        opt_ident = optimizer if optimizer is not None else _optimizer_identifier(model_file, None)[0]
-        before_bytes = model_file.file_bytes
-    else:
-        model, model_file = path_or_model, None
-        file_info = {
-            "compiled": getattr(model, "optimizer", None) is not None and model.optimizer.built,
-            "optimizer_variables": 0,
-            "optimizer_bytes": 0,
-        }
-        opt_ident = optimizer if optimizer is not None else "adam"
-        before_bytes = None
-    if seq_len is None and not input_shapes and _has_unknown_dims(model):
-        # Peaks need every dimension; shrink's job is the file, so pick one and say so.
-        seq_len = fid.DEFAULT_SEQ_LEN
-        warnings.append(
-            f"The model has inputs of unknown length; peaks and synthetic inputs use length {seq_len} "
-            "(set --seq-len or --input-shape)."
+            model_file = read_model_file(src)
+            compiled = bool(model_file.compile_config)
+            model, stored = open_model(src, custom_objects=custom_objects, compile=keep_optimizer and compiled)
+            file_info = {
+                "compiled": compiled,
+                "optimizer_variables": len(model_file.optimizer_weights),
+                "optimizer_bytes": model_file.composition.optimizer_bytes,
+            }
+            opt_ident = optimizer if optimizer is not None else _optimizer_identifier(model_file, None)[0]
+            before_bytes = model_file.file_bytes
+        else:
+            model, model_file = path_or_model, None
+            file_info = {
+                "compiled": getattr(model, "optimizer", None) is not None and model.optimizer.built,
+                "optimizer_variables": 0,
+                "optimizer_bytes": 0,
+            }
+            opt_ident = optimizer if optimizer is not None else "adam"
+            before_bytes = None
+        if seq_len is None and not input_shapes and _has_unknown_dims(model):
+            # Peaks need every dimension; shrink's job is the file, so pick one and say so.
+            seq_len = fid.DEFAULT_SEQ_LEN
+            warnings.append(
+                f"The model has inputs of unknown length; peaks and synthetic inputs use length {seq_len} "
+                "(set --seq-len or --input-shape)."
+            )
+        shapes = {"seq_len": seq_len, "input_shapes": input_shapes}
+        if src is not None:
+            before_profile = profile(
+                src, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes
+            )
+        else:
+            before_profile = profile_model(model, batch_size=batch_size, optimizer=opt_ident, **shapes)
+        opt_name = (
+            opt_ident
+            if isinstance(opt_ident, str)
+            else str(opt_ident.get("class_name", "optimizer"))
+            if isinstance(opt_ident, dict)
+            else type(opt_ident).__name__
         )
-    shapes = {"seq_len": seq_len, "input_shapes": input_shapes}
-    if src is not None:
-        before_profile = profile(
-            src, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes
+        before = _side(before_profile, before_bytes)
+
+        say("Planning the passes ...")
+        if dry_run:
+            ctx, results = _run_passes(model, options, keras, file_info, rebuild=False)
+            return ShrinkResult(
+                input=str(src) if src else None,
+                output=str(target) if target else None,
+                written=False,
+                dry_run=True,
+                options=options,
+                batch_size=batch_size,
+                optimizer=opt_name,
+                before=before,
+                after=None,
+                layers=_layer_rows(before_profile, None),
+                passes=results,
+                custom_layers=any(p.int8_class is not None for p in ctx.plan.values()),
+                elapsed_s=time.perf_counter() - started,
+                warnings=warnings,
+            )
+
+        inputs = fid.load_inputs(model, data, samples=samples, seq_len=seq_len)
+        names = _output_names(model)
+        say(f"Running the original model on {inputs.samples} {inputs.source} inputs ...")
+        ref = fid.predict(model, inputs)
+
+        say("Applying the passes ...")
+        ctx, results = _run_passes(
+            model, options, keras, file_info, release_source=src is not None and not explain, weights_source=stored
         )
-    else:
-        before_profile = profile_model(model, batch_size=batch_size, optimizer=opt_ident, **shapes)
-    opt_name = (
-        opt_ident
-        if isinstance(opt_ident, str)
-        else str(opt_ident.get("class_name", "optimizer"))
-        if isinstance(opt_ident, dict)
-        else type(opt_ident).__name__
-    )
-    before = _side(before_profile, before_bytes)
+        if stored is not None:
+            stored.close()  # only the rebuild reads the file again
+        new_model = ctx.new_model
+        custom = any(p.int8_class is not None for p in ctx.plan.values())
 
-    say("Planning the passes ...")
-    if dry_run:
-        ctx, results = _run_passes(model, options, keras, file_info, rebuild=False)
-        return ShrinkResult(
-            input=str(src) if src else None,
-            output=str(target) if target else None,
-            written=False,
-            dry_run=True,
-            options=options,
-            batch_size=batch_size,
-            optimizer=opt_name,
-            before=before,
-            after=None,
-            layers=_layer_rows(before_profile, None),
-            passes=results,
-            custom_layers=any(p.int8_class is not None for p in ctx.plan.values()),
-            elapsed_s=time.perf_counter() - started,
-            warnings=warnings,
-        )
+        if new_model is not model and not explain:
+            # The original's weights are no longer needed: free them before running the new one (its
+            # slots hold its layers, and so its variables, too).
+            ctx.model, ctx.slots = None, []
+            del model
+            release_memory()
 
-    inputs = fid.load_inputs(model, data, samples=samples, seq_len=seq_len)
-    names = _output_names(model)
-    say(f"Running the original model on {inputs.samples} {inputs.source} inputs ...")
-    ref = fid.predict(model, inputs)
+        say("Measuring fidelity ...")
+        new_out = fid.predict(new_model, inputs)
+        fidelity = fid.compare(names, ref, new_out, inputs)
+        fid.apply_gates(fidelity, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+        if explain:
+            say("Explaining: one layer at a time ...")
+            fidelity.explain = _explain(model, options, keras, results, inputs, ref, names)
 
-    say("Applying the passes ...")
-    ctx, results = _run_passes(model, options, keras, file_info)
-    new_model = ctx.new_model
-    custom = any(p.int8_class is not None for p in ctx.plan.values())
+        def partial(after=None, output=None, written=False, reload=None) -> ShrinkResult:
+            return ShrinkResult(
+                input=str(src) if src else None,
+                output=output,
+                written=written,
+                dry_run=False,
+                options=options,
+                batch_size=batch_size,
+                optimizer=opt_name,
+                before=before,
+                after=after,
+                layers=_layer_rows(before_profile, after_profile),
+                passes=results,
+                fidelity=fidelity,
+                reload=reload,
+                custom_layers=custom,
+                elapsed_s=time.perf_counter() - started,
+                warnings=warnings,
+            )
 
-    if new_model is not model and not explain:
-        # The original's weights are no longer needed: free them before running the new one (its
-        # slots hold its layers, and so its variables, too).
+        after_profile = None
+        if not fidelity.passed:
+            exc = fid.gate_failure(fidelity)
+            exc.result = partial()
+            raise exc
         ctx.model, ctx.slots = None, []
-        del model
-        _release_memory()
+        model = None  # noqa: F841  (free the original, if --explain still held it, before writing)
+        release_memory()
 
-    say("Measuring fidelity ...")
-    new_out = fid.predict(new_model, inputs)
-    fidelity = fid.compare(names, ref, new_out, inputs)
-    fid.apply_gates(fidelity, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
-    if explain:
-        say("Explaining: one layer at a time ...")
-        fidelity.explain = _explain(model, options, keras, results, inputs, ref, names)
-
-    def partial(after=None, output=None, written=False, reload=None) -> ShrinkResult:
-        return ShrinkResult(
-            input=str(src) if src else None,
-            output=output,
-            written=written,
-            dry_run=False,
-            options=options,
-            batch_size=batch_size,
-            optimizer=opt_name,
-            before=before,
-            after=after,
-            layers=_layer_rows(before_profile, after_profile),
-            passes=results,
-            fidelity=fidelity,
-            reload=reload,
-            custom_layers=custom,
-            elapsed_s=time.perf_counter() - started,
-            warnings=warnings,
-        )
-
-    after_profile = None
-    if not fidelity.passed:
-        exc = fid.gate_failure(fidelity)
-        exc.result = partial()
-        raise exc
-    ctx.model, ctx.slots = None, []
-    model = None  # noqa: F841  (free the original, if --explain still held it, before writing)
-    _release_memory()
-
-    say(f"Writing {target} ...")
-    with atomic_path(target) as tmp:
-        save_container(new_model, tmp, compress=ctx.compress)
-        say("Reloading the written file in a fresh process with plain Keras ...")
-        reloaded, reload_info = verify_reload(tmp, inputs, new_out, custom_layers=custom)
-        fidelity_reloaded = fid.compare(names, ref, reloaded, inputs)
-        fidelity_reloaded.gates = fidelity.gates
-        fidelity_reloaded.explain = fidelity.explain
-        fidelity = fidelity_reloaded
-        say("Profiling the result ...")
-        after_profile = profile(
-            tmp, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes
-        )
-        after = _side(after_profile, tmp.stat().st_size)
-    return partial(after=after, output=str(target), written=True, reload=reload_info)
+        say(f"Writing {target} ...")
+        with atomic_path(target) as tmp:
+            save_container(new_model, tmp, compress=ctx.compress)
+            say("Reloading the written file in a fresh process with plain Keras ...")
+            reloaded, reload_info = verify_reload(tmp, inputs, new_out, custom_layers=custom)
+            fidelity_reloaded = fid.compare(names, ref, reloaded, inputs)
+            fidelity_reloaded.gates = fidelity.gates
+            fidelity_reloaded.explain = fidelity.explain
+            fidelity = fidelity_reloaded
+            say("Profiling the result ...")
+            after_profile = profile(
+                tmp, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes
+            )
+            after = _side(after_profile, tmp.stat().st_size)
+        return partial(after=after, output=str(target), written=True, reload=reload_info)
+    finally:
+        if stored is not None:
+            stored.close()
 
 
 def to_json_dict(result: ShrinkResult) -> dict[str, Any]:

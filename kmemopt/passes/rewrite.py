@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from kmemopt.build import allocate_rest, assign_initializes, unallocated
+from kmemopt.memory import release_memory
 from kmemopt.passes.base import ShrinkOptions, SlotPlan
 
 NORMALIZATION_CLASS_NAMES = (
@@ -131,6 +133,12 @@ class RewriteContext:
     keep_optimizer: bool = False
     keras_quantize_paths: list[str] = field(default_factory=list)
     compress: bool = False
+    # Free each original layer's weights once copied (the caller no longer needs the original model).
+    release_source: bool = False
+    # With release_source: the open file the original was loaded from (`loading.StoredKeras`). Then the
+    # whole original is freed before the rebuild and each layer is read back from the file as it is
+    # copied, so the original and the rebuilt model never share memory beyond one layer.
+    weights_source: Any = None
 
     @classmethod
     def from_model(cls, model, options: ShrinkOptions, keras) -> RewriteContext:
@@ -168,36 +176,59 @@ class RewriteContext:
                 entry["class_name"] = cls.__name__
                 entry["module"] = cls.__module__
                 entry["registered_name"] = f"kmemopt>{cls.__name__}"
-        new_model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects())
+        # A rewrite drops the optimizer state (it no longer matches the weights): no compile config.
+        config.pop("compile_config", None)
+        # Built unallocated, each new variable is allocated once, from its copied value.
+        with unallocated() as deferred:
+            new_model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects())
         new_slots = {s.path: s for s in walk_slots(new_model, new_model_config_layers(new_model, keras), keras)}
-        for slot in self.slots:
-            target = new_slots[slot.path].layer
-            self._copy_weights(slot, target, self.plan[slot.path])
+        source = self.weights_source if self.release_source else None
+        from_file = set()
+        if source is not None:
+            for slot in self.slots:
+                if slot.layer.weights and source.can_reload(slot.layer):
+                    for v in slot.layer.weights:
+                        v._value = None
+                    from_file.add(slot.path)
+            release_memory()
+        with assign_initializes():
+            for slot in self.slots:
+                if slot.path in from_file:
+                    source.reload(slot.layer)
+                target = new_slots[slot.path].layer
+                self._copy_weights(slot, target, self.plan[slot.path])
+        allocate_rest(deferred)
         self.new_model = new_model
         return new_model
 
     def _copy_weights(self, slot: Slot, target, plan: SlotPlan) -> None:
         source = slot.layer.weights
-        if plan.int8_class is not None:
-            arrays = {}
-            for v in source:
-                value = np.asarray(v.numpy())
-                for transform in plan.transforms:
-                    value = transform(v.name, value)
-                arrays[v.name] = value
-            target.set_float_kernels(arrays)
-            return
-        if len(source) != len(target.weights):
+        if plan.int8_class is None and len(source) != len(target.weights):
             raise RuntimeError(
                 f"Layer {slot.path} has {len(source)} weights but its rebuilt copy has {len(target.weights)}."
             )
-        for v, t in zip(source, target.weights, strict=True):
-            value = np.asarray(v.numpy())
+        values = []
+        for v in source:
+            value = self._take(v)
             for transform in plan.transforms:
                 value = transform(v.name, value)
+            values.append(value)
+        if plan.int8_class is not None:
+            target.set_float_kernels({v.name: value for v, value in zip(source, values, strict=True)})
+            return
+        for v, t, value in zip(source, target.weights, values, strict=True):
             if tuple(value.shape) != tuple(t.shape):
                 raise RuntimeError(f"Weight {v.path} changed shape in the rebuild: {value.shape} vs {t.shape}.")
             t.assign(value)  # Keras casts to the variable's dtype (float16, bfloat16, ...)
+
+    def _take(self, variable) -> np.ndarray:
+        """The variable's value as an array of its own; with `release_source` the variable is then freed,
+        so the framework can reuse its memory for the rebuilt copy."""
+        if not self.release_source:
+            return np.asarray(variable.numpy())
+        value = np.array(variable.numpy(), copy=True)  # .numpy() may be a view of the backend buffer
+        variable._value = None
+        return value
 
 
 def new_model_config_layers(model, keras) -> list[dict[str, Any]]:
