@@ -73,3 +73,41 @@ def test_attention_is_stored_float16_because_keras_cannot_reload_its_quantized_s
     assert applied["attention"].detail["why"] == COMPOSITE_NOT_RELOADABLE
     dtypes = _dtypes_by_layer(r.output)
     assert dtypes["attention"] == {"float16"} and dtypes["out"] == {"int8", "float32"}
+
+
+@pytest.fixture(scope="module")
+def keras_int8_path(keras, work):  # noqa: F811
+    """A file Keras already quantized (int8 Dense layers) around a float convolution."""
+    import warnings
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), name="x")
+    h = keras.layers.Dense(32, activation="relu", name="first")(inp)
+    h = keras.layers.Reshape((4, 8))(h)
+    h = keras.layers.Flatten()(keras.layers.Conv1D(4, 3, name="conv")(h))
+    model = keras.Model(inp, keras.layers.Dense(3, name="last")(h))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.quantize("int8", filters=lambda layer: isinstance(layer, keras.layers.Dense))
+    path = work / "keras_int8.keras"
+    model.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "options, pass_name",
+    [
+        (dict(quantize="float16"), "quantize"),
+        (dict(quantize="int8"), "quantize"),
+        (dict(prune=0.5, prune_first_last=True), "prune"),
+        (dict(mixed_precision="float16"), "mixed-precision"),
+    ],
+)
+def test_layers_already_quantized_in_the_input_are_kept(keras_int8_path, work, options, pass_name):
+    r = kmemopt.shrink(keras_int8_path, work / f"kept_{pass_name}.keras", samples=8, force=True, **options)
+    skipped = {s.layer: s.reason for s in _pass(r, pass_name).skipped}
+    assert skipped["first"] is Reason.ALREADY_QUANTIZED and skipped["last"] is Reason.ALREADY_QUANTIZED
+    assert "conv" in {a.layer for a in _pass(r, pass_name).applied}
+    assert r.reload["reproduced"]
+    dtypes = _dtypes_by_layer(r.output)
+    assert "int8" in dtypes["first"] and "int8" in dtypes["last"]  # the input's int8 kernels, untouched

@@ -27,6 +27,7 @@ class Reason(str, Enum):
     NO_KERNEL = "no kernel to prune"
     CONTAINS_QUANTIZED = "holds sublayers Keras quantizes; its own policy must stay float32"
     QUANTIZED = "quantized weights keep their float32 compute policy (Keras int8/int4 refuses float16)"
+    ALREADY_QUANTIZED = "already quantized in the input (its int8/int4 weights are kept as they are)"
     ALREADY_16BIT = "already stored in 16 bits by --quantize float16/bfloat16"
     NOT_COMPILED = "the input has no optimizer state"
     OPTIMIZER_INVALIDATED = "the weights were rewritten, so the saved optimizer state no longer matches"

@@ -8,6 +8,7 @@ which the report shows as the training peak before and after. Quantized layers k
 from __future__ import annotations
 
 from kmemopt.passes.base import Action, Pass, PassResult, Reason, ShrinkOptions
+from kmemopt.passes.rewrite import quantized_in_input
 
 
 class MixedPrecisionPass(Pass):
@@ -28,6 +29,8 @@ class MixedPrecisionPass(Pass):
                 reason = Reason.NO_WEIGHTS
             if reason is None and (plan.keras_quantized or plan.int8_class is not None):
                 reason = Reason.QUANTIZED
+            if reason is None and quantized_in_input(slot.layer):
+                reason = Reason.ALREADY_QUANTIZED
             if reason is None and plan.dtype in ("float16", "bfloat16"):
                 reason = Reason.ALREADY_16BIT
             if reason is None and slot.path in ctx.final_softmax:

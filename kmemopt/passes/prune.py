@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from kmemopt.passes.base import Action, Pass, PassResult, Reason, ShrinkOptions
+from kmemopt.passes.rewrite import quantized_in_input
 
 
 def is_kernel(name: str) -> bool:
@@ -42,6 +43,8 @@ class Prune(Pass):
             reason = ctx.options.skipped(slot.path)
             if reason is None and slot.path not in weighted:
                 reason = Reason.NO_KERNEL if slot.layer.weights else Reason.NO_WEIGHTS
+            if reason is None and quantized_in_input(slot.layer):
+                reason = Reason.ALREADY_QUANTIZED
             if reason is None and slot.path in spared:
                 reason = Reason.FIRST_OR_LAST
             if reason is not None:

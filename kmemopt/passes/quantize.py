@@ -13,7 +13,13 @@ from __future__ import annotations
 import math
 
 from kmemopt.passes.base import Action, Pass, PassResult, QuantizeMode, Reason, ShrinkOptions
-from kmemopt.passes.rewrite import float_weights, is_normalization, keras_quantizable, quantizable_sublayers
+from kmemopt.passes.rewrite import (
+    float_weights,
+    is_normalization,
+    keras_quantizable,
+    quantizable_sublayers,
+    quantized_in_input,
+)
 
 COMPOSITE_NOT_RELOADABLE = (
     "Keras quantizes its sublayers but cannot reload them from the file (keras 3.15), so float16 instead"
@@ -44,6 +50,8 @@ class Quantize(Pass):
             reason = ctx.options.skipped(slot.path)
             if reason is None and not layer.weights:
                 reason = Reason.NO_WEIGHTS
+            if reason is None and quantized_in_input(layer):
+                reason = Reason.ALREADY_QUANTIZED
             if reason is None and not float_weights(layer):
                 reason = Reason.NO_FLOAT_WEIGHTS
             if reason is None and is_normalization(layer):

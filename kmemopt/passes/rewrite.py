@@ -92,6 +92,17 @@ def quantizable_sublayers(layer, keras) -> list[Any]:
     ]
 
 
+def quantized_in_input(layer) -> bool:
+    """The layer (or one inside it) already holds Keras-quantized weights (an int8/int4 dtype policy)."""
+    for sub in layer._flatten_layers(include_self=True):
+        try:
+            if getattr(sub, "quantization_mode", None):
+                return True
+        except (AttributeError, KeyError, TypeError):  # policy maps without an entry for the layer
+            continue
+    return False
+
+
 def float_weights(layer) -> list[Any]:
     return [v for v in layer.weights if "float" in str(v.dtype)]
 
