@@ -103,7 +103,7 @@ def keras_int8_path(keras, work):  # noqa: F811
         (dict(mixed_precision="float16"), "mixed-precision"),
     ],
 )
-def test_layers_already_quantized_in_the_input_are_kept(keras_int8_path, work, options, pass_name):
+def test_layers_already_quantized_in_the_input_are_kept(keras_int8_path, work, options, pass_name):  # noqa: F811
     r = kmemopt.shrink(keras_int8_path, work / f"kept_{pass_name}.keras", samples=8, force=True, **options)
     skipped = {s.layer: s.reason for s in _pass(r, pass_name).skipped}
     assert skipped["first"] is Reason.ALREADY_QUANTIZED and skipped["last"] is Reason.ALREADY_QUANTIZED
@@ -111,3 +111,14 @@ def test_layers_already_quantized_in_the_input_are_kept(keras_int8_path, work, o
     assert r.reload["reproduced"]
     dtypes = _dtypes_by_layer(r.output)
     assert "int8" in dtypes["first"] and "int8" in dtypes["last"]  # the input's int8 kernels, untouched
+
+
+def test_a_compiled_in_memory_model_is_written_without_its_optimizer(keras, cnn_path, work):  # noqa: F811
+    model = keras.models.load_model(cnn_path)  # compiled, with Adam's trained state
+    assert model.optimizer is not None and model.optimizer.variables
+    r = kmemopt.shrink(model, work / "in_memory_stripped.keras", samples=4)
+    assert _pass(r, "strip-optimizer").applied[0].action.name == "DROPPED_OPTIMIZER"
+    written = read_model_file(r.output)
+    assert not written.optimizer_weights and not written.compile_config
+    assert r.fidelity.outputs[0].max_abs_error == 0.0
+    assert model.optimizer is not None and model.optimizer.variables  # the caller's model is untouched

@@ -150,6 +150,8 @@ class RewriteContext:
     # whole original is freed before the rebuild and each layer is read back from the file as it is
     # copied, so the original and the rebuilt model never share memory beyond one layer.
     weights_source: Any = None
+    # Rebuild even when no layer changes (a compiled in-memory model whose optimizer must not be saved).
+    force_rebuild: bool = False
 
     @classmethod
     def from_model(cls, model, options: ShrinkOptions, keras) -> RewriteContext:
@@ -163,7 +165,7 @@ class RewriteContext:
 
     @property
     def needs_rebuild(self) -> bool:
-        return any(p.rewrites for p in self.plan.values())
+        return self.force_rebuild or any(p.rewrites for p in self.plan.values())
 
     def rebuild(self) -> Any:
         """Build the edited model and copy every layer's weights into it (transformed as planned)."""

@@ -21,6 +21,9 @@ class StripOptimizer(Pass):
             result.skip(MODEL, "Model", Reason.NOT_COMPILED)
             return
         if ctx.options.strip_optimizer:
+            # A file is loaded without its optimizer; a caller's compiled model still has one, which a
+            # save would write: rebuild it uncompiled (the caller's model is left as it is).
+            ctx.force_rebuild = getattr(ctx.model, "optimizer", None) is not None
             result.apply(MODEL, "Model", Action.DROPPED_OPTIMIZER, optimizer_variables=n_vars, optimizer_bytes=n_bytes)
         elif ctx.will_rewrite:
             result.apply(
