@@ -573,23 +573,31 @@ def shrink(
         before = _side(before_profile, before_bytes)
 
         say("Planning the passes ...")
-        if dry_run:
-            ctx, results = _run_passes(model, options, keras, file_info, rebuild=False)
-            return ShrinkResult(
+
+        def result(**fields) -> ShrinkResult:
+            common = dict(
                 input=str(src) if src else None,
-                output=str(target) if target else None,
+                output=None,
                 written=False,
-                dry_run=True,
+                dry_run=False,
                 options=options,
                 batch_size=batch_size,
                 optimizer=opt_name,
                 before=before,
                 after=None,
+                elapsed_s=time.perf_counter() - started,
+                warnings=warnings,
+            )
+            return ShrinkResult(**{**common, **fields})
+
+        if dry_run:
+            ctx, results = _run_passes(model, options, keras, file_info, rebuild=False)
+            return result(
+                output=str(target) if target else None,
+                dry_run=True,
                 layers=_layer_rows(before_profile, None),
                 passes=results,
                 custom_layers=any(p.int8_class is not None for p in ctx.plan.values()),
-                elapsed_s=time.perf_counter() - started,
-                warnings=warnings,
             )
 
         inputs = fid.load_inputs(model, data, samples=samples, seq_len=seq_len)
@@ -622,23 +630,15 @@ def shrink(
             fidelity.explain = _explain(model, options, keras, results, inputs, ref, names)
 
         def partial(after=None, output=None, written=False, reload=None) -> ShrinkResult:
-            return ShrinkResult(
-                input=str(src) if src else None,
+            return result(
                 output=output,
                 written=written,
-                dry_run=False,
-                options=options,
-                batch_size=batch_size,
-                optimizer=opt_name,
-                before=before,
                 after=after,
                 layers=_layer_rows(before_profile, after_profile),
                 passes=results,
                 fidelity=fidelity,
                 reload=reload,
                 custom_layers=custom,
-                elapsed_s=time.perf_counter() - started,
-                warnings=warnings,
             )
 
         after_profile = None
