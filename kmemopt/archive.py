@@ -625,10 +625,9 @@ class _Window(io.RawIOBase):
         if n <= 0:
             return 0
         self._fh.seek(self._start + self._pos)
-        data = self._fh.read(n)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        got = self._fh.readinto(memoryview(buffer).cast("B")[:n])  # straight into the reader's buffer
+        self._pos += got or 0
+        return got or 0
 
 
 @contextlib.contextmanager
