@@ -12,6 +12,8 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from kmemopt.archive import ModelFile
 from kmemopt.errors import MalformedModelError
 from kmemopt.trust import Allowlist, build_allowlist, check_config
@@ -74,23 +76,80 @@ def assign_initializes() -> Iterator[None]:
     With `unallocated()` this builds a model whose variables come straight from their final values
     (a file's weights, a transformed copy): no initializer runs, so no random values are computed
     and thrown away, and the model never holds its weights twice.
-    """
-    from keras.src.backend import Variable
 
-    original = Variable._direct_assign
+    On TensorFlow a NumPy value (or a `read_into` dataset, read straight from the file) is written
+    once into an aligned array that the variable then uses as its own buffer (DLPack, no copy):
+    TensorFlow's own conversion of a NumPy array allocates twice its size on the way.
+    """
+    from keras.src import backend
+    from keras.src.backend import Variable
+    from keras.src.backend.common.variables import Variable as KerasVariable
+
+    original_direct = Variable._direct_assign
+    original_assign = KerasVariable.assign
+    tensorflow = backend.backend() == "tensorflow"
 
     def direct_assign(self, value):
         if self._value is None:
             self._initialize(value)
             self._initializer = None
         else:
-            original(self, value)
+            original_direct(self, value)
+
+    def assign(self, value):
+        if tensorflow and self._value is None and (isinstance(value, np.ndarray) or hasattr(value, "read_into")):
+            adopted = _adopt_buffer(value, self)
+            if adopted is not None:
+                self._initialize(adopted)
+                self._initializer = None
+                return adopted
+        if hasattr(value, "read_into"):
+            value = np.asarray(value)
+        return original_assign(self, value)
 
     Variable._direct_assign = direct_assign
+    KerasVariable.assign = assign
     try:
         yield
     finally:
-        Variable._direct_assign = original
+        Variable._direct_assign = original_direct
+        KerasVariable.assign = original_assign
+
+
+ADOPTABLE_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"})
+ALIGNMENT = 64  # TensorFlow's tensor alignment (EIGEN_MAX_ALIGN_BYTES)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """An uninitialized array whose data starts on a 64-byte boundary."""
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % ALIGNMENT
+    return raw[offset : offset + nbytes].view(dt).reshape(shape)
+
+
+def _adopt_buffer(value, variable):
+    """A TensorFlow tensor over a new aligned array holding `value` in the variable's dtype, or None when
+    that cannot be done here (the caller then takes Keras's own path, which also reports bad shapes)."""
+    dtype = str(variable._dtype)
+    shape = tuple(int(d) for d in variable.shape)
+    if dtype not in ADOPTABLE_DTYPES or tuple(value.shape) != shape or not shape:
+        return None
+    import tensorflow as tf
+
+    if hasattr(value, "read_into") and np.dtype(value.dtype) != np.dtype(dtype):
+        return None
+    out = aligned_empty(shape, dtype)
+    if hasattr(value, "read_into"):
+        value.read_into(out)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf, as TensorFlow's cast
+            np.copyto(out, value, casting="unsafe")  # equals Keras's cast to the variable's dtype (tested)
+    try:
+        return tf.experimental.dlpack.from_dlpack(out.__dlpack__())
+    except (TypeError, ValueError, RuntimeError, tf.errors.InvalidArgumentError):
+        return None
 
 
 def allocate_rest(variables: list[Any]) -> None:

@@ -19,6 +19,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kmemopt.archive import _open_member
 from kmemopt.build import allocate_rest, assign_initializes, unallocated
 
@@ -162,7 +164,45 @@ def _store_class():
         def close(self):
             self.h5_file.close()  # the stream belongs to the caller
 
+        def __getitem__(self, key):
+            from keras.src.saving.saving_lib import safe_get_h5_dataset
+
+            dataset = safe_get_h5_dataset(self._h5_entry_group, key)  # Keras's own checks (links, external)
+            if (
+                isinstance(dataset, self._h5py.Dataset)
+                and dataset.ndim >= 1
+                and dataset.size * dataset.dtype.itemsize >= LAZY_FROM_BYTES
+                and dataset.dtype.kind in "fiub"
+                and "dtype" not in dataset.attrs  # bfloat16 is stored with a marker Keras converts
+            ):
+                return LazyDataset(dataset)
+            return super().__getitem__(key)
+
     return MemberH5Store
+
+
+LAZY_FROM_BYTES = 1 * 2**20  # datasets this large are read straight into their variable's buffer
+
+
+class LazyDataset:
+    """A weights dataset that `build.assign_initializes` reads straight into the new variable's own buffer
+    (`read_into`), so the file's array and a framework copy never both exist; anything else reads it
+    whole through `__array__`."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+        self.shape = tuple(dataset.shape)
+        self.dtype = dataset.dtype
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        value = self._dataset[()]
+        return value if dtype is None else value.astype(dtype)
+
+    def read_into(self, out: np.ndarray) -> None:
+        if out.dtype != self.dtype:  # a conversion: Keras's own path decides how
+            raise TypeError(f"stored {self.dtype}, variable {out.dtype}")
+        self._dataset.read_direct(out)
 
 
 def _MemberH5Store(stream, h5py):  # noqa: N802  (built lazily: importing kmemopt must not import Keras)

@@ -129,3 +129,22 @@ def test_save_container_writes_weights_through_a_temp_file_not_memory(keras, nes
     assert sorted(p.name for p in out.parent.iterdir()) == ["slim.keras"]  # and nothing left behind
     assert saving_lib.is_memory_sufficient is keras_own  # Keras's own function is back
     _assert_same(keras.models.load_model(out, compile=False), model)
+
+
+def test_weights_read_straight_into_their_variables_match_keras(keras, monkeypatch, nested_path, mlp_path):
+    """Datasets read straight into the variables' own buffers (forced for every size here) give Keras's
+    model, bit for bit."""
+    from kmemopt import loading
+
+    monkeypatch.setattr(loading, "LAZY_FROM_BYTES", 0)
+    seen = []
+    real = loading.LazyDataset.read_into
+
+    def counted(self, out):
+        seen.append(self.shape)
+        return real(self, out)
+
+    monkeypatch.setattr(loading.LazyDataset, "read_into", counted)
+    for path in (nested_path, mlp_path, SAMPLES / "digits_cnn.keras"):
+        _assert_same(*_both(keras, path))
+    assert seen, "the direct path should have been taken"
