@@ -122,11 +122,12 @@ class Quantize(Pass):
             return
         import warnings
 
+        from kmemopt.passes.lean_quantize import keras_quantization
         from kmemopt.passes.rewrite import new_model_config_layers, walk_slots
 
         keras = ctx.keras
         slots = {s.path: s for s in walk_slots(ctx.new_model, new_model_config_layers(ctx.new_model, keras), keras)}
         targets = {id(slots[path].layer) for path in paths}
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), keras_quantization():
             warnings.simplefilter("ignore")
             ctx.new_model.quantize(ctx.options.quantize.value, filters=lambda layer: id(layer) in targets)
