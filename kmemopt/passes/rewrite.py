@@ -220,6 +220,13 @@ class RewriteContext:
             raise RuntimeError(
                 f"Layer {slot.path} has {len(source)} weights but its rebuilt copy has {len(target.weights)}."
             )
+        if self.release_source and plan.int8_class is None and not plan.transforms:
+            if all(_movable(v, t) for v, t in zip(source, target.weights, strict=True)):
+                for v, t in zip(source, target.weights, strict=True):
+                    t._initialize(v._value)  # the original's own backend variable: nothing is copied
+                    t._initializer = None
+                    v._value = None
+                return
         values = []
         for v in source:
             value = self._take(v)
@@ -237,11 +244,27 @@ class RewriteContext:
     def _take(self, variable) -> np.ndarray:
         """The variable's value as an array of its own; with `release_source` the variable is then freed,
         so the framework can reuse its memory for the rebuilt copy."""
-        if not self.release_source:
-            return np.asarray(variable.numpy())
-        value = np.array(variable.numpy(), copy=True)  # .numpy() may be a view of the backend buffer
-        variable._value = None
+        value = np.asarray(variable.numpy())  # a copy (TensorFlow's numpy() always copies)
+        if self.release_source:
+            variable._value = None
         return value
+
+
+def _movable(source, target) -> bool:
+    """The rebuilt variable can take over the original's backend variable as it is (TensorFlow)."""
+    from keras.src import backend
+
+    if backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return (
+        getattr(target, "_value", 0) is None
+        and isinstance(getattr(source, "_value", None), tf.Variable)
+        and source._dtype == target._dtype
+        and tuple(source.shape) == tuple(target.shape)
+        and bool(source.trainable) == bool(target.trainable)
+    )
 
 
 def new_model_config_layers(model, keras) -> list[dict[str, Any]]:
