@@ -58,15 +58,17 @@ def profile(
     )
 
 
-def load_model(path, *, custom_objects=None, compile=False):
-    """Full load with weights, after the static checks (allowlist, archive rules, stored weights)."""
-    model, stored = open_model(path, custom_objects=custom_objects, compile=compile)
+def load_model(path, *, custom_objects=None, compile=False, lean=True):
+    """Full load with weights, after the static checks (allowlist, archive rules, stored weights).
+
+    `lean=False` allocates the weights as Keras's own loader does (see `loading.load_stored_keras`)."""
+    model, stored = open_model(path, custom_objects=custom_objects, compile=compile, lean=lean)
     if stored is not None:
         stored.close()
     return model
 
 
-def open_model(path, *, custom_objects=None, compile=False):
+def open_model(path, *, custom_objects=None, compile=False, lean=True):
     """`load_model`, also answering the open `loading.StoredKeras` (to be closed by the caller) when the
     weights were read in place, so they can be read again; None for other files."""
     model_file: ModelFile = read_model_file(path)
@@ -85,7 +87,7 @@ def open_model(path, *, custom_objects=None, compile=False):
 
     # A stored weights member is read in place (about 1x the weights in memory instead of Keras's 2x+);
     # a compressed member or a legacy .h5 goes through plain Keras.
-    stored = open_stored_keras(path, custom_objects=allow.custom_objects or None, compile=compile)
+    stored = open_stored_keras(path, custom_objects=allow.custom_objects or None, compile=compile, lean=lean)
     if stored is not None:
         return stored.model, stored
     model = keras.models.load_model(path, custom_objects=allow.custom_objects or None, compile=compile, safe_mode=True)

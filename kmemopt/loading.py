@@ -25,16 +25,25 @@ from kmemopt.archive import _open_member
 from kmemopt.build import allocate_rest, assign_initializes, unallocated
 
 
-def load_stored_keras(path: str | Path, *, custom_objects: dict[str, Any] | None, compile: bool) -> Any | None:
-    """The model of a `.keras` zip whose weights member is stored; None when it is not such a file."""
-    stored = open_stored_keras(path, custom_objects=custom_objects, compile=compile)
+def load_stored_keras(
+    path: str | Path, *, custom_objects: dict[str, Any] | None, compile: bool, lean: bool = True
+) -> Any | None:
+    """The model of a `.keras` zip whose weights member is stored; None when it is not such a file.
+
+    `lean` (the default) allocates each variable once, straight from the file (about 1x the weights at
+    any time). Without it the variables are allocated as Keras's own loader does (initializers first,
+    then the file's values through TensorFlow), which is what `--measure` needs: the memory a user's
+    `keras.models.load_model` leaves behind."""
+    stored = open_stored_keras(path, custom_objects=custom_objects, compile=compile, lean=lean)
     if stored is None:
         return None
     stored.close()
     return stored.model
 
 
-def open_stored_keras(path: str | Path, *, custom_objects: dict[str, Any] | None, compile: bool) -> StoredKeras | None:
+def open_stored_keras(
+    path: str | Path, *, custom_objects: dict[str, Any] | None, compile: bool, lean: bool = True
+) -> StoredKeras | None:
     """As `load_stored_keras`, with the file kept open so layers can be read again (`StoredKeras.reload`)."""
     path = Path(path)
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
@@ -59,11 +68,11 @@ def open_stored_keras(path: str | Path, *, custom_objects: dict[str, Any] | None
         # instead of from its initializer first (random values computed only to be overwritten).
         # Not with compile: TensorFlow's optimizer build needs its model's variables allocated.
         config_json = lib._safe_zip_read(zf, lib._CONFIG_FILENAME)
-        with unallocated() if not compile else contextlib.nullcontext([]) as deferred:
+        with unallocated() if lean and not compile else contextlib.nullcontext([]) as deferred:
             model = lib._model_from_config(config_json, custom_objects, compile, True)
         lib._reject_zip_bomb(zf, lib._VARS_FNAME_H5)
         member = stack.enter_context(_open_member(zf, info, path))
-        weights_store = _MemberH5Store(member, h5py)
+        weights_store = _MemberH5Store(member, h5py, lazy=lean)
         stack.callback(weights_store.close)
         asset_store = lib.DiskIOStore(lib._ASSETS_DIRNAME, archive=zf, mode="r") if len(names) > 3 else None
         if asset_store is not None:
@@ -154,8 +163,8 @@ def _store_class():
     class MemberH5Store(H5IOStore):
         """Keras's read-only HDF5 store over an already open, seekable stream (no copy of it)."""
 
-        def __init__(self, stream, h5py):
-            self._stream, self._h5py = stream, h5py
+        def __init__(self, stream, h5py, lazy):
+            self._stream, self._h5py, self._lazy = stream, h5py, lazy
             super().__init__("model.weights.h5", archive=None, mode="r")
 
         def _get_h5_file(self, path_or_io, mode=None):
@@ -169,7 +178,8 @@ def _store_class():
 
             dataset = safe_get_h5_dataset(self._h5_entry_group, key)  # Keras's own checks (links, external)
             if (
-                isinstance(dataset, self._h5py.Dataset)
+                self._lazy
+                and isinstance(dataset, self._h5py.Dataset)
                 and dataset.ndim >= 1
                 and dataset.size * dataset.dtype.itemsize >= LAZY_FROM_BYTES
                 and dataset.dtype.kind in "fiub"
@@ -205,5 +215,5 @@ class LazyDataset:
         self._dataset.read_direct(out)
 
 
-def _MemberH5Store(stream, h5py):  # noqa: N802  (built lazily: importing kmemopt must not import Keras)
-    return _store_class()(stream, h5py)
+def _MemberH5Store(stream, h5py, lazy=True):  # noqa: N802  (built lazily: importing kmemopt must not import Keras)
+    return _store_class()(stream, h5py, lazy)

@@ -148,3 +148,15 @@ def test_weights_read_straight_into_their_variables_match_keras(keras, monkeypat
     for path in (nested_path, mlp_path, SAMPLES / "digits_cnn.keras"):
         _assert_same(*_both(keras, path))
     assert seen, "the direct path should have been taken"
+
+
+def test_the_non_lean_load_is_keras_own_allocation_with_the_same_weights(keras, mlp_path, monkeypatch):
+    """`lean=False` (what --measure uses) builds allocated and assigns through Keras's own path."""
+    from kmemopt import build
+
+    def never(*args, **kwargs):
+        raise AssertionError("lean machinery used by a non-lean load")
+
+    monkeypatch.setattr(build, "_adopt_buffer", never)
+    ours = load_stored_keras(mlp_path, custom_objects=None, compile=False, lean=False)
+    _assert_same(ours, keras.models.load_model(mlp_path, compile=False))
