@@ -1,8 +1,8 @@
 """Shrink: kmemopt's passes against Keras's own int8 quantization and LiteRT export, on real models.
 
 Models: a Dense-heavy MLP and the sample CNN, both trained on scikit-learn's digits (fidelity on the
-held-out digits, with labels); MobileNetV2 and ResNet50 (keras.applications, weights=None: random but
-realistic-sized weights; fidelity on synthetic inputs); a small Transformer classifier (synthetic).
+held-out digits, with labels); MobileNetV2, ResNet50 and VGG16 (keras.applications, weights=None: random
+but realistic-sized weights; fidelity on synthetic inputs); a small Transformer classifier (synthetic).
 Every ratio is against the same model re-saved by plain Keras without its optimizer (the fair float32
 reference). `shrink`'s own peak RSS is measured in a child process (kernel high-water mark above the
 process's RSS after importing Keras and running one tiny predict), for `--quantize int8`.
@@ -119,17 +119,49 @@ def transformer(keras, work: Path):
     return path, None
 
 
+def scaled_cnn(width: int):
+    """A plain convolutional network whose weights grow with the square of `width` and whose graph
+    does not change: shrink's peak memory against weight size with the framework's cost held fixed."""
+
+    def build(keras, work: Path):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((64, 64, 3), name="image")
+        h = inp
+        for block, mult in enumerate((1, 2, 4, 8)):
+            for i in range(2):
+                h = keras.layers.Conv2D(width * mult, 3, padding="same", name=f"conv{block}_{i}")(h)
+                h = keras.layers.BatchNormalization(name=f"bn{block}_{i}")(h)
+                h = keras.layers.ReLU(name=f"relu{block}_{i}")(h)
+            h = keras.layers.MaxPooling2D(name=f"pool{block}")(h)
+        h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+        out = keras.layers.Dense(100, activation="softmax", name="classes")(h)
+        model = keras.Model(inp, out, name=f"cnn_w{width}")
+        calibrate_batchnorm(keras, model, (64, 64, 3))
+        path = work / f"cnn_w{width}.keras"
+        model.save(path)
+        return path, None
+
+    return build
+
+
+# Widths of scaled_cnn: about 4.5, 71, 286 and 643 MiB of float32 weights (1143 x width^2 parameters).
+SCALING_WIDTHS = (32, 128, 256, 384)
+SCALING = "Scaling (plain CNN)"
+
 MODELS = (
     ("Dense MLP (digits)", dense_mlp, 64),
     ("CNN (digits)", digits_cnn, 64),
     ("MobileNetV2", application("MobileNetV2"), 8),
     ("ResNet50", application("ResNet50"), 8),
+    ("VGG16", application("VGG16"), 8),
     ("Transformer (small)", transformer, 64),
 )
 
 
 # --------------------------------------------------------------------------------------------- runs
 
+
+RSS_GOAL = 2.5  # issue 4: shrink's own peak RSS at most 2.5x the float32 weight bytes above the baseline
 
 _RSS_CHILD = r"""
 import json, os, resource, sys
@@ -329,7 +361,55 @@ def run(log) -> list[dict]:
             except Exception as exc:
                 rows.append({**base, "method": "kmemopt int8 (portable): shrink peak RSS", "error": str(exc)[:300]})
             del original
+        if not only or SCALING in only:
+            rows.extend(_scaling_rows(keras, work, log))
+        else:
+            rows.extend(r for r in _previous_rows() if r["model"].startswith(SCALING))
     return rows
+
+
+def _scaling_rows(keras, work: Path, log) -> list[dict]:
+    """shrink's peak RSS on one architecture at several widths (only the weights change)."""
+    rows = []
+    for width in SCALING_WIDTHS:
+        src, _ = scaled_cnn(width)(keras, work)
+        model = keras.models.load_model(src, compile=False)
+        weight_bytes, params = _weights_bytes(model), int(model.count_params())
+        del model
+        base = {"model": f"{SCALING}, width {width}", "params": params, "float32_weight_bytes": weight_bytes}
+        try:
+            rss = measure_rss(src, work / f"{src.stem}.rss.keras", None, 8)
+        except Exception as exc:
+            rows.append({**base, "method": "kmemopt int8 (portable): shrink peak RSS", "error": str(exc)[:300]})
+            continue
+        above = rss["peak"] - rss["baseline"]
+        rows.append(
+            {
+                **base,
+                "method": "kmemopt int8 (portable): shrink peak RSS",
+                "peak_rss_above_baseline": above,
+                "rss_over_weights": above / weight_bytes,
+                "baseline_rss": rss["baseline"],
+                "reload_child_peak_rss": rss["reload_child_peak"],
+            }
+        )
+        log(f"  {base['model']}: {weight_bytes / 2**20:.0f} MiB weights, rss {above / 2**20:.0f} MiB above baseline")
+        src.unlink(missing_ok=True)
+    return rows
+
+
+def scaling_fit(rows: list[dict]) -> tuple[float, float] | None:
+    """Least-squares line through the scaling rows: peak above baseline = fixed + slope x weights."""
+    points = [
+        (r["float32_weight_bytes"], r["peak_rss_above_baseline"])
+        for r in rows
+        if r["model"].startswith(SCALING) and "peak_rss_above_baseline" in r
+    ]
+    if len(points) < 2:
+        return None
+    x, y = np.array(points, dtype=float).T
+    slope, fixed = np.polyfit(x, y, 1)
+    return float(fixed), float(slope)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -352,15 +432,18 @@ def markdown(rows: list[dict]) -> str:
         '`keras.models.load_model`, "custom layers" files after `import kmemopt`. Reproduce: `make bench SUITE=shrink`.',
         "",
         '"Plain Keras": the file reloads with `keras.models.load_model` (checked in a fresh process for kmemopt\'s rows).',
-        "MobileNetV2 and ResNet50 carry random weights (BatchNorm statistics set from one synthetic batch) and are",
+        "MobileNetV2, ResNet50 and VGG16 carry random weights (BatchNorm statistics set from one synthetic batch) and are",
         "compared on 8 synthetic images: their 1000-way outputs are nearly uniform, so top-1 agreement flips on tiny",
         "changes; the relative L2 error is the better measure there. The digits rows use real held-out data.",
         "",
         "| Model | Method | File (MiB) | Ratio | Plain Keras | Top-1 agreement | Rel. L2 | Accuracy before → after |",
         "|---|---|---:|---:|---|---:|---:|---|",
     ]
-    rss_rows = []
+    rss_rows, scaling_rows = [], []
     for r in rows:
+        if r["model"].startswith(SCALING):
+            scaling_rows.append(r)
+            continue
         if "peak_rss_above_baseline" in r or r["method"].endswith("peak RSS"):
             rss_rows.append(r)
             continue
@@ -379,22 +462,54 @@ def markdown(rows: list[dict]) -> str:
     if notes:
         out += [""] + [f"- {r['model']}, {r['method']}: {r['note']}." for r in notes]
     if rss_rows:
+        measured = [r for r in rss_rows if "error" not in r]
+        met = [r for r in measured if r["rss_over_weights"] <= RSS_GOAL]
         out += [
             "",
             "`shrink`'s own peak RSS (`--quantize int8`, fidelity included), above the process's RSS after importing",
             "Keras and one tiny predict, against the model's float32 weight bytes. The fresh-process reload check runs",
-            "in a child (its own peak listed separately). Keras's own `load_model` alone peaks near 3x the float32",
-            "weights (ResNet50: about 300 MiB above baseline for 98 MiB of weights), so the 2.5x goal is not met.",
+            "in a child (its own peak listed separately).",
+            f"Goal: at most {RSS_GOAL}x the float32 weights; met on {len(met)} of {len(measured)} models measured.",
+            "Small models are dominated by the framework's fixed cost (traced functions, kernels), not their weights.",
             "",
-            "| Model | float32 weights (MiB) | shrink peak above baseline (MiB) | × weights | reload child peak, absolute (MiB) |",
-            "|---|---:|---:|---:|---:|",
+            "| Model | float32 weights (MiB) | shrink peak above baseline (MiB) | × weights | "
+            f"≤ {RSS_GOAL}x | reload child peak, absolute (MiB) |",
+            "|---|---:|---:|---:|---|---:|",
         ]
         for r in rss_rows:
             if "error" in r:
-                out.append(f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | failed: {r['error']} | - | - |")
+                out.append(f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | failed: {r['error']} | - | - | - |")
                 continue
             out.append(
                 f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | {_mib(r['peak_rss_above_baseline'])} | "
-                f"{r['rss_over_weights']:.2f}x | {_mib(r['reload_child_peak_rss'])} |"
+                f"{r['rss_over_weights']:.2f}x | {'yes' if r['rss_over_weights'] <= RSS_GOAL else 'no'} | "
+                f"{_mib(r['reload_child_peak_rss'])} |"
+            )
+    if scaling_rows:
+        fit = scaling_fit(scaling_rows)
+        out += [
+            "",
+            "The same measurement on one plain convolutional network at several widths: the graph (and so the",
+            "framework's cost of tracing and running it) stays the same, only the weights grow.",
+        ]
+        if fit is not None:
+            fixed, slope = fit
+            out.append(
+                f"Least-squares fit: peak above baseline = {fixed / 2**20:.0f} MiB + {slope:.2f} x the float32 weights "
+                f"(the part that grows with the model is {'within' if slope <= RSS_GOAL else 'above'} the "
+                f"{RSS_GOAL}x goal)."
+            )
+        out += [
+            "",
+            "| Model | params | float32 weights (MiB) | shrink peak above baseline (MiB) | × weights |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in scaling_rows:
+            if "error" in r:
+                out.append(f"| {r['model']} | {r['params']:,} | {_mib(r['float32_weight_bytes'])} | failed | - |")
+                continue
+            out.append(
+                f"| {r['model']} | {r['params']:,} | {_mib(r['float32_weight_bytes'])} | "
+                f"{_mib(r['peak_rss_above_baseline'])} | {r['rss_over_weights']:.2f}x |"
             )
     return "\n".join(out) + "\n"
