@@ -2,8 +2,10 @@
 
 Keras fixes a layer's dtype policy and variables when it is built, so changing how a layer stores
 its weights means rebuilding the model from an edited config (dtype policy, or a class swap to one of
-kmemopt's layers) and copying the weights across, one layer at a time (so at most one layer's arrays
-exist twice beyond the two models).
+kmemopt's layers) and copying the weights across, one layer at a time. The new model is built
+unallocated, so each of its variables is allocated once, from its copied value. When shrink loaded the
+original itself (`release_source`), the original is freed first and each layer read back from the
+input file as it is copied, so the two models never hold more than one layer twice.
 """
 
 from __future__ import annotations
