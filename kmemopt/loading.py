@@ -3,7 +3,8 @@
 Keras 3.15's loader reads the whole `model.weights.h5` member into an `io.BytesIO` before it assigns
 the weights: a full extra copy on top of the model's own variables. For a member stored without
 compression (what `model.save` writes) the bytes are already plain in the file, so this loader opens
-them through `archive._open_member`'s seekable window and lets h5py read each dataset from there.
+them through `archive._open_member`'s seekable window and lets h5py read each dataset from there; a
+deflated member is inflated once into an unnamed temp file (disk, not memory) and read from there.
 
 Everything else is Keras's own: the model comes from `config.json` through Keras's deserialization
 (`safe_mode=True`), the weights through Keras's own traversal (`saving_lib._load_state`), so the model
@@ -15,6 +16,8 @@ back to plain `keras.models.load_model`.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -61,8 +64,8 @@ def open_stored_keras(
         if lib._VARS_FNAME_H5 not in names:
             return None
         info = zf.getinfo(lib._VARS_FNAME_H5)
-        if info.compress_type != zipfile.ZIP_STORED:
-            return None
+        if info.compress_type != zipfile.ZIP_STORED and not _room_to_inflate(info):
+            return None  # plain Keras then reads it (into memory)
         # As Keras's own _load_model_from_fileobj, with the weights store swapped and the model built
         # unallocated: each variable is then allocated from the file's value as Keras assigns it,
         # instead of from its initializer first (random values computed only to be overwritten).
@@ -71,7 +74,7 @@ def open_stored_keras(
         with unallocated() if lean and not compile else contextlib.nullcontext([]) as deferred:
             model = lib._model_from_config(config_json, custom_objects, compile, True)
         lib._reject_zip_bomb(zf, lib._VARS_FNAME_H5)
-        member = stack.enter_context(_open_member(zf, info, path))
+        member = stack.enter_context(_member_stream(zf, info, path))
         weights_store = _MemberH5Store(member, h5py, lazy=lean)
         stack.callback(weights_store.close)
         asset_store = lib.DiskIOStore(lib._ASSETS_DIRNAME, archive=zf, mode="r") if len(names) > 3 else None
@@ -95,6 +98,31 @@ def open_stored_keras(
             lib._raise_loading_failure(error_msgs)
         stored._stack = stack.pop_all()  # the file stays open until `close`
     return stored
+
+
+INFLATE_HEADROOM_BYTES = 256 * 2**20  # free space left in the temp folder after inflating
+
+
+def _room_to_inflate(info: zipfile.ZipInfo) -> bool:
+    return shutil.disk_usage(tempfile.gettempdir()).free >= info.file_size + INFLATE_HEADROOM_BYTES
+
+
+@contextlib.contextmanager
+def _member_stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
+    """A seekable stream of the weights member. A stored member is read in place; a deflated one (what
+    `kmemopt shrink --compress` writes) is inflated once into an unnamed temp file, which HDF5 can seek
+    in (zipfile's stream re-inflates from the start on every backward seek) and which never sits in
+    memory. The archive checks already capped its size and ratio; zipfile stops at the declared size
+    and checks the CRC."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        with _open_member(zf, info, path) as member:
+            yield member
+        return
+    with tempfile.TemporaryFile(prefix="kmemopt-weights-") as scratch:
+        with zf.open(info) as source:
+            shutil.copyfileobj(source, scratch, 1 << 20)
+        scratch.seek(0)
+        yield scratch
 
 
 class StoredKeras:

@@ -68,11 +68,39 @@ def test_int8_quantized_file_matches_keras(keras, mlp_model, tmp_path):
     assert any(w.dtype == np.int8 for w in ours.get_weights())
 
 
-def test_deflated_member_falls_back_to_keras(keras, nested_path, tmp_path):
-    deflated = tmp_path / "deflated.keras"
-    with zipfile.ZipFile(nested_path) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+def _deflated(source: Path, target: Path) -> Path:
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info))
+    return target
+
+
+def test_deflated_member_is_inflated_to_a_temp_file_and_matches_keras(keras, nested_path, tmp_path, monkeypatch):
+    import tempfile
+
+    from kmemopt import loading
+
+    deflated = _deflated(nested_path, tmp_path / "deflated.keras")
+    inflated = []
+    real = tempfile.TemporaryFile
+
+    def recording(*args, **kwargs):
+        f = real(*args, **kwargs)
+        inflated.append(f)
+        return f
+
+    monkeypatch.setattr(loading.tempfile, "TemporaryFile", recording)
+    ours = load_stored_keras(deflated, custom_objects=None, compile=False)
+    assert ours is not None and len(inflated) == 1 and inflated[0].closed  # inflated once, then freed
+    _assert_same(ours, keras.models.load_model(deflated, compile=False))
+    _assert_same(load_model(deflated), keras.models.load_model(deflated, compile=False))
+
+
+def test_deflated_member_without_room_to_inflate_falls_back_to_keras(keras, nested_path, tmp_path, monkeypatch):
+    from kmemopt import loading
+
+    deflated = _deflated(nested_path, tmp_path / "deflated.keras")
+    monkeypatch.setattr(loading, "INFLATE_HEADROOM_BYTES", 2**62)  # no temp folder is that free
     assert load_stored_keras(deflated, custom_objects=None, compile=False) is None
     _assert_same(load_model(deflated), keras.models.load_model(deflated, compile=False))
 
