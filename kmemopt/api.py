@@ -79,7 +79,7 @@ def open_model(path, *, custom_objects=None, compile=False, lean=True):
     allow = build_allowlist(resolve_custom_objects(custom_objects), keras_hub=mentions_keras_hub(model_file.config))
     # The allowlist check, then the architecture built unallocated: refuse weights the file does not
     # store (HDF5 shape bombs, Dense(units=2**40) over small weights) before Keras allocates them.
-    check_loadable(model_file, build_from_file(model_file, allow=allow))
+    check_loadable(model_file, build_from_file(model_file, allow=allow, require_built=False))
     from kmemopt._keras import import_keras
 
     keras = import_keras()

@@ -167,17 +167,32 @@ def checked_configs(model_file: ModelFile, allow: Allowlist) -> None:
 
 
 def build_from_file(
-    model_file: ModelFile, custom_objects: dict[str, Any] | None = None, allow: Allowlist | None = None
+    model_file: ModelFile,
+    custom_objects: dict[str, Any] | None = None,
+    allow: Allowlist | None = None,
+    *,
+    require_built: bool = True,
 ):
-    """The model's architecture, built without allocating its variables, after the allowlist check."""
+    """The model's architecture, built without allocating its variables, after the allowlist check.
+
+    `require_built=False` accepts a model saved before it was ever built (it has no weights yet):
+    loading it is fine, sizing it is not."""
     allow = allow or build_allowlist(custom_objects)
     checked_configs(model_file, allow)
     config = copy.deepcopy(model_file.config)
     config.pop("compile_config", None)  # the optimizer is built separately, also unallocated
-    return build_from_config(config, legacy=model_file.format == "h5", custom_objects=allow.custom_objects)
+    return build_from_config(
+        config, legacy=model_file.format == "h5", custom_objects=allow.custom_objects, require_built=require_built
+    )
 
 
-def build_from_config(config: dict[str, Any], *, legacy: bool = False, custom_objects: dict[str, Any] | None = None):
+def build_from_config(
+    config: dict[str, Any],
+    *,
+    legacy: bool = False,
+    custom_objects: dict[str, Any] | None = None,
+    require_built: bool = True,
+):
     from kmemopt._keras import import_keras
 
     keras = import_keras()
@@ -212,7 +227,7 @@ def build_from_config(config: dict[str, Any], *, legacy: bool = False, custom_ob
         ) from exc
     if not isinstance(model, keras.Model):
         raise MalformedModelError(f"The file's config describes a {type(model).__name__}, not a Keras model.")
-    if not model.built:
+    if require_built and not model.built:
         raise MalformedModelError(
             "The saved model was never built (no input shape is known), so its weights cannot be sized; "
             "build it (call it on data or give it an Input) before saving."

@@ -188,3 +188,20 @@ def test_the_non_lean_load_is_keras_own_allocation_with_the_same_weights(keras, 
     monkeypatch.setattr(build, "_adopt_buffer", never)
     ours = load_stored_keras(mlp_path, custom_objects=None, compile=False, lean=False)
     _assert_same(ours, keras.models.load_model(mlp_path, compile=False))
+
+
+def test_a_never_built_model_loads_as_with_keras(keras, tmp_path):
+    """Saved before it was built (no input shape, no weights): loads; profiling it is what needs a shape."""
+    from kmemopt.errors import MalformedModelError
+
+    model = keras.Sequential([keras.layers.Dense(3, name="d")], name="unbuilt")
+    path = tmp_path / "unbuilt.keras"
+    model.save(path)
+    ours, theirs = load_model(path), keras.models.load_model(path, compile=False)
+    assert type(ours) is type(theirs) and not ours.built and not ours.weights
+    ours.build((None, 4))
+    assert [tuple(v.shape) for v in ours.weights] == [(4, 3), (3,)]
+    import kmemopt
+
+    with pytest.raises(MalformedModelError, match="never built"):
+        kmemopt.profile(path)
