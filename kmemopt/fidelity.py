@@ -201,7 +201,7 @@ def predict(model, inputs: Inputs) -> list[np.ndarray]:
     if keras.backend.backend() == "tensorflow":
         out = _predict_tf(model, inputs, keras)
     else:
-        out = model.predict(inputs.feed(), batch_size=predict_batch_size(inputs), verbose=0)
+        out = model.predict(_structured_feed(model, inputs, keras), batch_size=predict_batch_size(inputs), verbose=0)
     if isinstance(out, dict):
         out = list(out.values())
     if not isinstance(out, (list, tuple)):
@@ -219,7 +219,7 @@ def _predict_tf(model, inputs: Inputs, keras):
     import tensorflow as tf
 
     call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    feed, size, n = inputs.feed(), predict_batch_size(inputs), inputs.samples
+    feed, size, n = _structured_feed(model, inputs, keras), predict_batch_size(inputs), inputs.samples
     parts = []
     tf_logger = logging.getLogger("tensorflow")
     tf_logger.addFilter(_no_retracing_warning)  # one function per model is traced on purpose
@@ -231,6 +231,15 @@ def _predict_tf(model, inputs: Inputs, keras):
         tf_logger.removeFilter(_no_retracing_warning)
         del call  # its traced graph refers to the model's variables
     return keras.tree.map_structure(lambda *xs: np.concatenate(xs, axis=0), *parts)
+
+
+def _structured_feed(model, inputs: Inputs, keras):
+    """The arrays in the structure the model is called with (a dict for dict-input models such as
+    keras-hub backbones); `inputs.arrays` follow `model.inputs`, which is that structure flattened."""
+    struct = getattr(model, "_inputs_struct", None)
+    if struct is None or len(keras.tree.flatten(struct)) != len(inputs.arrays):
+        return inputs.feed()
+    return keras.tree.pack_sequence_as(struct, list(inputs.arrays))
 
 
 def _no_retracing_warning(record) -> bool:

@@ -276,7 +276,11 @@ import keras
 model = keras.models.load_model(model_path)
 with np.load(inputs_path) as data:
     arrays = [data[f"a{i}"] for i in range(len(data.files))]
-out = model.predict(arrays[0] if len(arrays) == 1 else arrays, batch_size=int(batch_size), verbose=0)
+feed = arrays[0] if len(arrays) == 1 else arrays
+struct = getattr(model, "_inputs_struct", None)  # dict-input models (keras-hub backbones) take a dict
+if struct is not None and len(keras.tree.flatten(struct)) == len(arrays):
+    feed = keras.tree.pack_sequence_as(struct, arrays)
+out = model.predict(feed, batch_size=int(batch_size), verbose=0)
 if isinstance(out, dict):
     out = list(out.values())
 if not isinstance(out, (list, tuple)):
