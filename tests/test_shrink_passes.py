@@ -122,3 +122,38 @@ def test_a_compiled_in_memory_model_is_written_without_its_optimizer(keras, cnn_
     assert not written.optimizer_weights and not written.compile_config
     assert r.fidelity.outputs[0].max_abs_error == 0.0
     assert model.optimizer is not None and model.optimizer.variables  # the caller's model is untouched
+
+
+@pytest.fixture(scope="module")
+def gpt2_path(keras, work):  # noqa: F811
+    """A small keras-hub backbone: its config holds its own arguments, not a list of layers."""
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=2000, num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128, max_sequence_length=32
+    )
+    path = work / "gpt2.keras"
+    backbone.save(path)
+    return path
+
+
+def test_a_model_whose_config_lists_no_layers_is_quantized_in_place(gpt2_path, work):  # noqa: F811
+    r = kmemopt.shrink(gpt2_path, work / "gpt2.slim.keras", quantize="int8", seq_len=16, samples=8)
+    applied = {a.layer: a.action for a in _pass(r, "quantize").applied}
+    skipped = {s.layer: s.reason for s in _pass(r, "quantize").skipped}
+    assert applied["token_embedding"].name == "KERAS_INT8"
+    assert applied["transformer_layer_0/self_attention/query"].name == "KERAS_INT8"
+    assert skipped["layer_norm"] is Reason.NORMALIZATION
+    assert skipped["position_embedding"] is Reason.LAYERS_NOT_IN_CONFIG
+    assert r.reload["reproduced"] and not r.custom_layers
+    assert r.after.file_bytes < 0.5 * r.before.file_bytes
+    assert r.fidelity.outputs[0].cosine_similarity > 0.999
+
+
+def test_a_callers_layerless_model_is_not_quantized_in_place(keras, gpt2_path, work):  # noqa: F811
+    model = keras.models.load_model(gpt2_path)
+    before = [v.numpy().tobytes() for v in model.weights]
+    r = kmemopt.shrink(model, work / "gpt2.memory.keras", quantize="int8", seq_len=16, samples=4)
+    assert not _pass(r, "quantize").applied
+    assert Reason.IN_PLACE_NEEDS_OWN_MODEL in {s.reason for s in _pass(r, "quantize").skipped}
+    assert [v.numpy().tobytes() for v in model.weights] == before  # the caller's model is untouched

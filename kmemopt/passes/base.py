@@ -28,6 +28,13 @@ class Reason(str, Enum):
     CONTAINS_QUANTIZED = "holds sublayers Keras quantizes; its own policy must stay float32"
     QUANTIZED = "quantized weights keep their float32 compute policy (Keras int8/int4 refuses float16)"
     ALREADY_QUANTIZED = "already quantized in the input (its int8/int4 weights are kept as they are)"
+    LAYERS_NOT_IN_CONFIG = (
+        "the model's config does not list its layers (a subclassed model, e.g. a keras-hub backbone), "
+        "so kmemopt cannot rebuild them; only Keras's own in-place int8/int4 applies"
+    )
+    IN_PLACE_NEEDS_OWN_MODEL = (
+        "quantizing in place needs a model kmemopt loaded itself (not an in-memory model, not with --explain)"
+    )
     ALREADY_16BIT = "already stored in 16 bits by --quantize float16/bfloat16"
     NOT_COMPILED = "the input has no optimizer state"
     OPTIMIZER_INVALIDATED = "the weights were rewritten, so the saved optimizer state no longer matches"

@@ -45,6 +45,9 @@ class Quantize(Pass):
         keras = ctx.keras
         from kmemopt.layers import int8_class_for
 
+        if not ctx.slots:
+            self._prepare_in_place(ctx, result)
+            return
         for slot in ctx.slots:
             layer, plan = slot.layer, ctx.plan[slot.path]
             reason = ctx.options.skipped(slot.path)
@@ -116,13 +119,57 @@ class Quantize(Pass):
             else:
                 result.notes.append("Layers Keras cannot quantize are stored as float16 (portable).")
 
+    def _prepare_in_place(self, ctx, result: PassResult) -> None:
+        """A model whose config does not list its layers (keras-hub backbones, subclassed models) cannot be
+        rebuilt layer by layer; Keras's own `model.quantize` still works on it, in place, for int8/int4."""
+        keras, mode = ctx.keras, ctx.options.quantize
+        weighted = [
+            layer
+            for layer in ctx.model._flatten_layers(include_self=False)
+            if layer.weights and not list(layer._flatten_layers(include_self=False))
+        ]
+        in_place = mode in (QuantizeMode.int8, QuantizeMode.int4) and ctx.release_source
+        for layer in weighted:
+            path = getattr(layer, "path", None) or layer.name
+            reason = ctx.options.skipped(path)
+            if reason is None and quantized_in_input(layer):
+                reason = Reason.ALREADY_QUANTIZED
+            if reason is None and is_normalization(layer):
+                reason = Reason.NORMALIZATION
+            if reason is None and not keras_quantizable(layer, keras):
+                reason = Reason.LAYERS_NOT_IN_CONFIG
+            if reason is None and not in_place:
+                reason = (
+                    Reason.IN_PLACE_NEEDS_OWN_MODEL
+                    if mode in (QuantizeMode.int8, QuantizeMode.int4)
+                    else Reason.LAYERS_NOT_IN_CONFIG
+                )
+            if reason is not None:
+                result.skip(path, type(layer).__name__, reason)
+                continue
+            ctx.in_place_quantize.append(layer)
+            params = sum(math.prod(int(d) for d in v.shape) for v in layer.weights)
+            action = Action.KERAS_INT8 if mode is QuantizeMode.int8 else Action.KERAS_INT4
+            result.apply(path, type(layer).__name__, action, params=params)
+        result.notes.append(
+            "The model's config does not list its layers: Keras's model.quantize ran on it in place; other "
+            "layers keep their dtype."
+        )
+
     def finish(self, ctx, result: PassResult) -> None:
-        paths = ctx.keras_quantize_paths
-        if not paths:
-            return
         import warnings
 
         from kmemopt.passes.lean_quantize import keras_quantization
+
+        if ctx.in_place_quantize:
+            ids = {id(layer) for layer in ctx.in_place_quantize}
+            with warnings.catch_warnings(), keras_quantization():
+                warnings.simplefilter("ignore")
+                ctx.new_model.quantize(ctx.options.quantize.value, filters=lambda layer: id(layer) in ids)
+            return
+        paths = ctx.keras_quantize_paths
+        if not paths:
+            return
         from kmemopt.passes.rewrite import new_model_config_layers, walk_slots
 
         keras = ctx.keras

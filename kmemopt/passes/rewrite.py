@@ -154,6 +154,8 @@ class RewriteContext:
     weights_source: Any = None
     # Rebuild even when no layer changes (a compiled in-memory model whose optimizer must not be saved).
     force_rebuild: bool = False
+    # Layers Keras quantizes in place, in a model whose config does not list its layers (no slots).
+    in_place_quantize: list[Any] = field(default_factory=list)
 
     @classmethod
     def from_model(cls, model, options: ShrinkOptions, keras) -> RewriteContext:
