@@ -237,6 +237,16 @@ class LazyDataset:
         value = self._dataset[()]
         return value if dtype is None else value.astype(dtype)
 
+    # What a layer's own load_own_variables may do with a stored value besides assigning it.
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        return self._dataset[key]
+
+    def astype(self, dtype):
+        return np.asarray(self).astype(dtype)
+
     def read_into(self, out: np.ndarray) -> None:
         if out.dtype != self.dtype:  # a conversion: Keras's own path decides how
             raise TypeError(f"stored {self.dtype}, variable {out.dtype}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -205,3 +206,33 @@ def test_a_never_built_model_loads_as_with_keras(keras, tmp_path):
 
     with pytest.raises(MalformedModelError, match="never built"):
         kmemopt.profile(path)
+
+
+def test_a_lazy_dataset_reads_like_the_array_keras_would_get(nested_path):
+    import h5py
+
+    from kmemopt import loading
+
+    with zipfile.ZipFile(nested_path) as zf, h5py.File(io.BytesIO(zf.read("model.weights.h5")), "r") as h5:
+        datasets = []
+        h5.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        kernel = next(d for d in datasets if d.ndim == 2)
+        lazy, full = loading.LazyDataset(kernel), kernel[()]
+        assert lazy.shape == full.shape and lazy.dtype == full.dtype and len(lazy) == len(full)
+        assert np.array_equal(np.asarray(lazy), full) and np.array_equal(lazy[1:], full[1:])
+        assert lazy.astype("float16").dtype == np.float16
+
+
+def test_a_keras_hub_backbone_loads_lean_as_keras_loads_it(keras, monkeypatch, tmp_path):
+    """keras-hub layers' own load_own_variables see the lazily read datasets (forced for every size)."""
+    keras_hub = pytest.importorskip("keras_hub")
+    from kmemopt import loading
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=300, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=8
+    )
+    path = tmp_path / "gpt2.keras"
+    backbone.save(path)
+    monkeypatch.setattr(loading, "LAZY_FROM_BYTES", 0)
+    _assert_same(*_both(keras, path))
