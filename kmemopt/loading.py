@@ -6,11 +6,14 @@ compression (what `model.save` writes) the bytes are already plain in the file, 
 them through `archive._open_member`'s seekable window and lets h5py read each dataset from there; a
 deflated member is inflated once into an unnamed temp file (disk, not memory) and read from there.
 
+The model is built unallocated and each variable allocated once, straight from the file's value
+(`build.assign_initializes`; `lean=False` keeps Keras's own allocation for `--measure`).
+
 Everything else is Keras's own: the model comes from `config.json` through Keras's deserialization
 (`safe_mode=True`), the weights through Keras's own traversal (`saving_lib._load_state`), so the model
-is the one `keras.models.load_model` returns. The caller runs kmemopt's safety checks first; a member
-that is compressed (or anything else this loader does not handle) answers None, and the caller falls
-back to plain `keras.models.load_model`.
+is the one `keras.models.load_model` returns, bit for bit (tested). The caller runs kmemopt's safety
+checks first; a file this loader does not handle (a legacy .h5, a deflated member with no room in the
+temp folder) answers None, and the caller falls back to plain `keras.models.load_model`.
 """
 
 from __future__ import annotations
