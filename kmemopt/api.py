@@ -85,8 +85,8 @@ def open_model(path, *, custom_objects=None, compile=False, lean=True):
     keras = import_keras()
     from kmemopt.loading import open_stored_keras
 
-    # A stored weights member is read in place (about 1x the weights in memory instead of Keras's 2x+);
-    # a compressed member or a legacy .h5 goes through plain Keras.
+    # A .keras file's weights are read in place (about 1x the weights in memory instead of Keras's 2x+);
+    # a legacy .h5 (or a deflated member with no room in the temp folder to inflate it) goes through plain Keras.
     stored = open_stored_keras(path, custom_objects=allow.custom_objects or None, compile=compile, lean=lean)
     if stored is not None:
         return stored.model, stored

@@ -198,7 +198,7 @@ def predict(model, inputs: Inputs) -> list[np.ndarray]:
     from kmemopt._keras import import_keras
 
     keras = import_keras()
-    if keras.backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow" and inputs.samples > 0:
         out = _predict_tf(model, inputs, keras)
     else:
         out = model.predict(_structured_feed(model, inputs, keras), batch_size=predict_batch_size(inputs), verbose=0)
