@@ -157,3 +157,13 @@ def test_a_callers_layerless_model_is_not_quantized_in_place(keras, gpt2_path, w
     assert not _pass(r, "quantize").applied
     assert Reason.IN_PLACE_NEEDS_OWN_MODEL in {s.reason for s in _pass(r, "quantize").skipped}
     assert [v.numpy().tobytes() for v in model.weights] == before  # the caller's model is untouched
+
+
+def test_a_model_whose_config_lists_no_layers_is_pruned_in_place(gpt2_path, work):  # noqa: F811
+    r = kmemopt.shrink(gpt2_path, work / "gpt2.pruned.keras", prune=0.5, seq_len=16, samples=8)
+    applied = {a.layer: a for a in _pass(r, "prune").applied}
+    assert "transformer_layer_0/self_attention/query" in applied
+    assert all(a.detail["sparsity"] >= 0.5 for a in applied.values())
+    assert r.reload["reproduced"]
+    compressed = kmemopt.shrink(gpt2_path, work / "gpt2.deflated.keras", compress=True, seq_len=16, samples=8)
+    assert r.after.file_bytes < compressed.after.file_bytes

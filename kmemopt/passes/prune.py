@@ -37,6 +37,9 @@ class Prune(Pass):
 
     def prepare(self, ctx, result: PassResult) -> None:
         sparsity = float(ctx.options.prune)
+        if not ctx.slots:
+            self._prepare_in_place(ctx, result, sparsity)
+            return
         weighted = [s.path for s in ctx.slots if any(is_kernel(v.name) and len(v.shape) >= 2 for v in s.layer.weights)]
         spared = set() if ctx.options.prune_first_last or len(weighted) < 3 else {weighted[0], weighted[-1]}
         for slot in ctx.slots:
@@ -63,3 +66,45 @@ class Prune(Pass):
 
             ctx.plan[slot.path].transforms.append(transform)
         result.notes.append("--prune writes the container with deflate: zeros only save bytes compressed.")
+
+    def _prepare_in_place(self, ctx, result: PassResult, sparsity: float) -> None:
+        """A model whose config lists no layers is pruned in place (its layers cannot be rebuilt), when
+        shrink loaded it itself."""
+        leaves = [
+            layer
+            for layer in ctx.model._flatten_layers(include_self=False)
+            if layer.weights and not list(layer._flatten_layers(include_self=False))
+        ]
+        weighted = [layer for layer in leaves if any(is_kernel(v.name) and len(v.shape) >= 2 for v in layer.weights)]
+        spared = set() if ctx.options.prune_first_last or len(weighted) < 3 else {id(weighted[0]), id(weighted[-1])}
+        for layer in leaves:
+            path = getattr(layer, "path", None) or layer.name
+            reason = ctx.options.skipped(path)
+            if reason is None and layer not in weighted:
+                reason = Reason.NO_KERNEL
+            if reason is None and quantized_in_input(layer):
+                reason = Reason.ALREADY_QUANTIZED
+            if reason is None and id(layer) in spared:
+                reason = Reason.FIRST_OR_LAST
+            if reason is None and not ctx.release_source:
+                reason = Reason.IN_PLACE_NEEDS_OWN_MODEL
+            if reason is not None:
+                result.skip(path, type(layer).__name__, reason)
+                continue
+            entry = result.apply(path, type(layer).__name__, Action.PRUNED, target_sparsity=sparsity)
+            ctx.in_place_prune.append((layer, entry))
+        result.notes.append("--prune writes the container with deflate: zeros only save bytes compressed.")
+        if ctx.in_place_prune:
+            result.notes.append("The model's config does not list its layers: its kernels were pruned in place.")
+
+    def finish(self, ctx, result: PassResult) -> None:
+        sparsity = float(ctx.options.prune)
+        for layer, entry in ctx.in_place_prune:
+            for v in layer.weights:
+                if not is_kernel(v.name) or len(v.shape) < 2:
+                    continue
+                pruned = magnitude_prune(np.asarray(v.numpy()), sparsity)
+                zeros = entry.detail.get("zeros", 0) + int(np.count_nonzero(pruned == 0))
+                total = entry.detail.get("elements", 0) + int(pruned.size)
+                entry.detail.update(zeros=zeros, elements=total, sparsity=round(zeros / total, 6))
+                v.assign(pruned)

@@ -156,6 +156,8 @@ class RewriteContext:
     force_rebuild: bool = False
     # Layers Keras quantizes in place, in a model whose config does not list its layers (no slots).
     in_place_quantize: list[Any] = field(default_factory=list)
+    # (layer, report entry) pairs pruned in place in such a model.
+    in_place_prune: list[Any] = field(default_factory=list)
 
     @classmethod
     def from_model(cls, model, options: ShrinkOptions, keras) -> RewriteContext:
