@@ -2,7 +2,8 @@
 
 Models: a Dense-heavy MLP and the sample CNN, both trained on scikit-learn's digits (fidelity on the
 held-out digits, with labels); MobileNetV2, ResNet50 and VGG16 (keras.applications, weights=None: random
-but realistic-sized weights; fidelity on synthetic inputs); a small Transformer classifier (synthetic).
+but realistic-sized weights; fidelity on synthetic inputs); a small Transformer classifier (synthetic);
+a Llama-architecture keras-hub backbone (random weights; its config lists no layers).
 Every ratio is against the same model re-saved by plain Keras without its optimizer (the fair float32
 reference). `shrink`'s own peak RSS is measured in a child process (kernel high-water mark above the
 process's RSS after importing Keras and running one tiny predict), for `--quantize int8`.
@@ -119,6 +120,25 @@ def transformer(keras, work: Path):
     return path, None
 
 
+def hub_llama(keras, work: Path):
+    """A Llama-architecture keras-hub backbone (random weights, 110 MiB): its config lists no layers, so
+    shrink quantizes it in place with Keras's own model.quantize."""
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=32000,
+        num_layers=4,
+        num_query_heads=8,
+        num_key_value_heads=2,
+        hidden_dim=512,
+        intermediate_dim=1376,
+    )
+    path = work / "llama_small.keras"
+    backbone.save(path)
+    return path, None
+
+
 def scaled_cnn(width: int):
     """A plain convolutional network whose weights grow with the square of `width` and whose graph
     does not change: shrink's peak memory against weight size with the framework's cost held fixed."""
@@ -155,6 +175,7 @@ MODELS = (
     ("ResNet50", application("ResNet50"), 8),
     ("VGG16", application("VGG16"), 8),
     ("Transformer (small)", transformer, 64),
+    ("Llama-style (keras-hub)", hub_llama, 16),
 )
 
 
@@ -180,6 +201,11 @@ def status(key):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 
+# The model's own library (keras-hub for its models) is framework too: imported before the baseline,
+# its import cost measured and reported on its own.
+before_preload = status("VmRSS:")
+for module in filter(None, sys.argv[5].split(",")):
+    __import__(module)
 baseline = status("VmRSS:")
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")  # reset the high-water mark: the peak below is shrink's own
@@ -188,14 +214,22 @@ result = kmemopt.shrink(src, out, quantize="int8", data=data, samples=samples, f
 peak = status("VmHWM:")
 child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print("RESULT" + json.dumps({"baseline": baseline, "peak": peak, "reload_child_peak": child,
-                             "file_bytes": result.after.file_bytes}))
+                             "file_bytes": result.after.file_bytes, "preload_bytes": baseline - before_preload}))
 """
+
+
+def _model_libraries(src: Path) -> str:
+    """Libraries the model's classes come from, besides Keras (keras-hub), for the RSS child's baseline."""
+    from kmemopt.archive import read_model_file
+    from kmemopt.trust import mentions_keras_hub
+
+    return "keras_hub" if mentions_keras_hub(read_model_file(src).config) else ""
 
 
 def measure_rss(src: Path, out: Path, data, samples: int) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, str(src), str(out), str(data or ""), str(samples)],
+        [sys.executable, "-c", _RSS_CHILD, str(src), str(out), str(data or ""), str(samples), _model_libraries(src)],
         capture_output=True,
         text=True,
         env=env,
@@ -244,7 +278,11 @@ def run(log) -> list[dict]:
                 rows.extend(r for r in _previous_rows() if r["model"] == model_name)
                 continue
             log(f"shrink: {model_name}")
-            src, data = make(keras, work)
+            try:
+                src, data = make(keras, work)
+            except ImportError as exc:  # keras-hub is a dev extra
+                log(f"  skipped: {exc}")
+                continue
             stem = src.stem
             original = keras.models.load_model(src, compile=False)
             reference = work / f"{stem}.reference.keras"
@@ -288,6 +326,9 @@ def run(log) -> list[dict]:
                     "seconds": round(time.perf_counter() - started, 1),
                     **_fidelity_row(r.fidelity),
                 }
+                idle = [q for q in r.passes if q.name in ("quantize", "prune") and not q.applied and q.skipped]
+                if idle:  # say why a method changed nothing (e.g. float16 on a model whose config lists no layers)
+                    row["note"] = f"nothing applied: {idle[0].skipped[0].reason.value}"
                 rows.append(row)
                 log(f"  {method}: {row['ratio']:.3f}x, agreement {row['top1_agreement']}")
                 out.unlink(missing_ok=True)
@@ -355,6 +396,7 @@ def run(log) -> list[dict]:
                         "rss_over_weights": above / weight_bytes,
                         "baseline_rss": rss["baseline"],
                         "reload_child_peak_rss": rss["reload_child_peak"],
+                        "library_import_bytes": rss.get("preload_bytes", 0),
                     }
                 )
                 log(f"  rss: {above / 2**20:.0f} MiB above baseline = {above / weight_bytes:.2f}x the float32 weights")
@@ -468,22 +510,26 @@ def markdown(rows: list[dict]) -> str:
             "",
             "`shrink`'s own peak RSS (`--quantize int8`, fidelity included), above the process's RSS after importing",
             "Keras and one tiny predict, against the model's float32 weight bytes. The fresh-process reload check runs",
-            "in a child (its own peak listed separately).",
+            "in a child (its own peak listed separately). For a keras-hub model the baseline also includes importing",
+            "keras_hub (its import alone is listed in the last column), as it includes importing Keras.",
             f"Goal: at most {RSS_GOAL}x the float32 weights; met on {len(met)} of {len(measured)} models measured.",
             "Small models are dominated by the framework's fixed cost (traced functions, kernels), not their weights.",
             "",
             "| Model | float32 weights (MiB) | shrink peak above baseline (MiB) | × weights | "
-            f"≤ {RSS_GOAL}x | reload child peak, absolute (MiB) |",
-            "|---|---:|---:|---:|---|---:|",
+            f"≤ {RSS_GOAL}x | reload child peak, absolute (MiB) | library import in the baseline (MiB) |",
+            "|---|---:|---:|---:|---|---:|---:|",
         ]
         for r in rss_rows:
             if "error" in r:
-                out.append(f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | failed: {r['error']} | - | - | - |")
+                out.append(
+                    f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | failed: {r['error']} | - | - | - | - |"
+                )
                 continue
+            library = r.get("library_import_bytes") or 0
             out.append(
                 f"| {r['model']} | {_mib(r['float32_weight_bytes'])} | {_mib(r['peak_rss_above_baseline'])} | "
                 f"{r['rss_over_weights']:.2f}x | {'yes' if r['rss_over_weights'] <= RSS_GOAL else 'no'} | "
-                f"{_mib(r['reload_child_peak_rss'])} |"
+                f"{_mib(r['reload_child_peak_rss'])} | {_mib(library) if library else '-'} |"
             )
     if scaling_rows:
         fit = scaling_fit(scaling_rows)
