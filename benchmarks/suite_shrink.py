@@ -385,23 +385,12 @@ def run(log) -> list[dict]:
                 rows.append({**base, "method": LITERT, "error": f"{type(exc).__name__}: {exc}"[:300]})
                 log(f"  litert: FAILED {exc}")
             # shrink's own peak RSS, in a child process
-            try:
-                rss = measure_rss(src, work / f"{stem}.rss.keras", data, samples)
-                above = rss["peak"] - rss["baseline"]
-                rows.append(
-                    {
-                        **base,
-                        "method": "kmemopt int8 (portable): shrink peak RSS",
-                        "peak_rss_above_baseline": above,
-                        "rss_over_weights": above / weight_bytes,
-                        "baseline_rss": rss["baseline"],
-                        "reload_child_peak_rss": rss["reload_child_peak"],
-                        "library_import_bytes": rss.get("preload_bytes", 0),
-                    }
+            row = _rss_row(base, src, work / f"{stem}.rss.keras", data, samples)
+            rows.append(row)
+            if "error" not in row:
+                log(
+                    f"  rss: {row['peak_rss_above_baseline'] / 2**20:.0f} MiB above baseline = {row['rss_over_weights']:.2f}x"
                 )
-                log(f"  rss: {above / 2**20:.0f} MiB above baseline = {above / weight_bytes:.2f}x the float32 weights")
-            except Exception as exc:
-                rows.append({**base, "method": "kmemopt int8 (portable): shrink peak RSS", "error": str(exc)[:300]})
             del original
         if not only or SCALING in only:
             rows.extend(_scaling_rows(keras, work, log))
@@ -419,25 +408,33 @@ def _scaling_rows(keras, work: Path, log) -> list[dict]:
         weight_bytes, params = _weights_bytes(model), int(model.count_params())
         del model
         base = {"model": f"{SCALING}, width {width}", "params": params, "float32_weight_bytes": weight_bytes}
-        try:
-            rss = measure_rss(src, work / f"{src.stem}.rss.keras", None, 8)
-        except Exception as exc:
-            rows.append({**base, "method": "kmemopt int8 (portable): shrink peak RSS", "error": str(exc)[:300]})
-            continue
-        above = rss["peak"] - rss["baseline"]
-        rows.append(
-            {
-                **base,
-                "method": "kmemopt int8 (portable): shrink peak RSS",
-                "peak_rss_above_baseline": above,
-                "rss_over_weights": above / weight_bytes,
-                "baseline_rss": rss["baseline"],
-                "reload_child_peak_rss": rss["reload_child_peak"],
-            }
-        )
-        log(f"  {base['model']}: {weight_bytes / 2**20:.0f} MiB weights, rss {above / 2**20:.0f} MiB above baseline")
+        row = _rss_row(base, src, work / f"{src.stem}.rss.keras", None, 8)
+        rows.append(row)
+        if "error" not in row:
+            log(
+                f"  {base['model']}: {weight_bytes / 2**20:.0f} MiB weights, rss {row['peak_rss_above_baseline'] / 2**20:.0f} MiB"
+            )
         src.unlink(missing_ok=True)
     return rows
+
+
+def _rss_row(base: dict, src: Path, out: Path, data, samples: int) -> dict:
+    """The peak-RSS row of `kmemopt shrink --quantize int8` on `src` (measured in a child process)."""
+    method = "kmemopt int8 (portable): shrink peak RSS"
+    try:
+        rss = measure_rss(src, out, data, samples)
+    except Exception as exc:  # a row that says why beats a suite that stops
+        return {**base, "method": method, "error": str(exc)[:300]}
+    above = rss["peak"] - rss["baseline"]
+    return {
+        **base,
+        "method": method,
+        "peak_rss_above_baseline": above,
+        "rss_over_weights": above / base["float32_weight_bytes"],
+        "baseline_rss": rss["baseline"],
+        "reload_child_peak_rss": rss["reload_child_peak"],
+        "library_import_bytes": rss.get("preload_bytes", 0),
+    }
 
 
 def scaling_fit(rows: list[dict]) -> tuple[float, float] | None:
