@@ -181,12 +181,6 @@ class StoredKeras:
             stack, self._stack = self._stack, None
             stack.close()
 
-    def __enter__(self) -> StoredKeras:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def _store_class():
     from keras.src.saving.saving_lib import H5IOStore
@@ -205,12 +199,13 @@ def _store_class():
             self.h5_file.close()  # the stream belongs to the caller
 
         def __getitem__(self, key):
+            if not self._lazy:
+                return super().__getitem__(key)
             from keras.src.saving.saving_lib import safe_get_h5_dataset
 
             dataset = safe_get_h5_dataset(self._h5_entry_group, key)  # Keras's own checks (links, external)
             if (
-                self._lazy
-                and isinstance(dataset, self._h5py.Dataset)
+                isinstance(dataset, self._h5py.Dataset)
                 and dataset.ndim >= 1
                 and dataset.size * dataset.dtype.itemsize >= LAZY_FROM_BYTES
                 and dataset.dtype.kind in "fiub"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from kmemopt.passes.base import Action, Pass, PassResult, Reason, ShrinkOptions
-from kmemopt.passes.rewrite import quantized_in_input
+from kmemopt.passes.rewrite import leaf_layers, quantized_in_input
 
 
 def is_kernel(name: str) -> bool:
@@ -70,15 +70,10 @@ class Prune(Pass):
     def _prepare_in_place(self, ctx, result: PassResult, sparsity: float) -> None:
         """A model whose config lists no layers is pruned in place (its layers cannot be rebuilt), when
         shrink loaded it itself."""
-        leaves = [
-            layer
-            for layer in ctx.model._flatten_layers(include_self=False)
-            if layer.weights and not list(layer._flatten_layers(include_self=False))
-        ]
-        weighted = [layer for layer in leaves if any(is_kernel(v.name) and len(v.shape) >= 2 for v in layer.weights)]
+        leaves = leaf_layers(ctx.model)
+        weighted = [layer for _, layer in leaves if any(is_kernel(v.name) and len(v.shape) >= 2 for v in layer.weights)]
         spared = set() if ctx.options.prune_first_last or len(weighted) < 3 else {id(weighted[0]), id(weighted[-1])}
-        for layer in leaves:
-            path = getattr(layer, "path", None) or layer.name
+        for path, layer in leaves:
             reason = ctx.options.skipped(path)
             if reason is None and layer not in weighted:
                 reason = Reason.NO_KERNEL

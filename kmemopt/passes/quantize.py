@@ -17,6 +17,7 @@ from kmemopt.passes.rewrite import (
     float_weights,
     is_normalization,
     keras_quantizable,
+    leaf_layers,
     quantizable_sublayers,
     quantized_in_input,
 )
@@ -123,14 +124,8 @@ class Quantize(Pass):
         """A model whose config does not list its layers (keras-hub backbones, subclassed models) cannot be
         rebuilt layer by layer; Keras's own `model.quantize` still works on it, in place, for int8/int4."""
         keras, mode = ctx.keras, ctx.options.quantize
-        weighted = [
-            layer
-            for layer in ctx.model._flatten_layers(include_self=False)
-            if layer.weights and not list(layer._flatten_layers(include_self=False))
-        ]
         in_place = mode in (QuantizeMode.int8, QuantizeMode.int4) and ctx.release_source
-        for layer in weighted:
-            path = getattr(layer, "path", None) or layer.name
+        for path, layer in leaf_layers(ctx.model):
             reason = ctx.options.skipped(path)
             if reason is None and quantized_in_input(layer):
                 reason = Reason.ALREADY_QUANTIZED

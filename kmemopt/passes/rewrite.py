@@ -105,6 +105,16 @@ def quantized_in_input(layer) -> bool:
     return False
 
 
+def leaf_layers(model) -> list[tuple[str, Any]]:
+    """(path, layer) for every layer with weights and no sublayers, found by walking the model itself:
+    for models whose config does not list their layers (no slots)."""
+    return [
+        (getattr(layer, "path", None) or layer.name, layer)
+        for layer in model._flatten_layers(include_self=False)
+        if layer.weights and not list(layer._flatten_layers(include_self=False))
+    ]
+
+
 def float_weights(layer) -> list[Any]:
     return [v for v in layer.weights if "float" in str(v.dtype)]
 
