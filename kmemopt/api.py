@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -70,7 +71,12 @@ def load_model(path, *, custom_objects=None, compile=False, lean=True):
 
 def open_model(path, *, custom_objects=None, compile=False, lean=True):
     """`load_model`, also answering the open `loading.StoredKeras` (to be closed by the caller) when the
-    weights were read in place, so they can be read again; None for other files."""
+    weights were read in place, so they can be read again; None for other files.
+
+    The model is loaded from exactly the bytes that were checked, by the format of those bytes (never
+    by the file's name, which is how Keras's own `load_model` picks a loader): a zip is read as a
+    `.keras` archive and an HDF5 file as a legacy model, through the handle `archive.open_verified`
+    gives. Anything Keras or h5py raises on a file that passed the checks is a malformed file (exit 3)."""
     model_file: ModelFile = read_model_file(path)
     from kmemopt.build import build_from_file
     from kmemopt.trust import build_allowlist, check_loadable, mentions_keras_hub, precheck_file
@@ -80,15 +86,59 @@ def open_model(path, *, custom_objects=None, compile=False, lean=True):
     # The allowlist check, then the architecture built unallocated: refuse weights the file does not
     # store (HDF5 shape bombs, Dense(units=2**40) over small weights) before Keras allocates them.
     check_loadable(model_file, build_from_file(model_file, allow=allow, require_built=False))
-    from kmemopt._keras import import_keras
+    custom = allow.custom_objects or None
+    with loading_errors(model_file):
+        return _load_checked(model_file, custom, compile=compile, lean=lean)
 
-    keras = import_keras()
+
+def _load_checked(model_file: ModelFile, custom, *, compile: bool, lean: bool):
+    from kmemopt._keras import import_keras
+    from kmemopt.archive import open_verified
     from kmemopt.loading import open_stored_keras
 
+    import_keras()
     # A .keras file's weights are read in place (about 1x the weights in memory instead of Keras's 2x+);
-    # a legacy .h5 (or a deflated member with no room in the temp folder to inflate it) goes through plain Keras.
-    stored = open_stored_keras(path, custom_objects=allow.custom_objects or None, compile=compile, lean=lean)
+    # a deflated member with no room in the temp folder to inflate it goes through Keras's own reader.
+    stored = open_stored_keras(
+        model_file.path, custom_objects=custom, compile=compile, lean=lean, model_file=model_file
+    )
     if stored is not None:
         return stored.model, stored
-    model = keras.models.load_model(path, custom_objects=allow.custom_objects or None, compile=compile, safe_mode=True)
-    return model, None
+    with open_verified(model_file) as fh:
+        if model_file.format == "keras":
+            from keras.src.saving import saving_lib
+
+            return saving_lib.load_model(fh, custom_objects=custom, compile=compile, safe_mode=True), None
+        import h5py
+        from keras.src.legacy.saving import legacy_h5_format
+
+        with h5py.File(fh, "r") as h5:
+            model = legacy_h5_format.load_model_from_hdf5(h5, custom_objects=custom, compile=compile, safe_mode=True)
+        return model, None
+
+
+@contextlib.contextmanager
+def loading_errors(model_file: ModelFile):
+    """Keras's and h5py's own errors while loading a checked file, as one kmemopt error (exit 3)."""
+    from kmemopt.archive import RULE_LOAD_FAILED
+    from kmemopt.errors import KmemoptError, MalformedModelError
+
+    try:
+        yield
+    except KmemoptError:
+        raise
+    except MemoryError:
+        from kmemopt.errors import UnsafeModelError
+
+        raise UnsafeModelError(
+            f"Loading {model_file.path} ran out of memory; kmemopt refuses it.", rule="RUN-MEMORY"
+        ) from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError, RuntimeError, NotImplementedError,
+            OverflowError, RecursionError, UnicodeError, ZeroDivisionError, AssertionError) as exc:
+        from kmemopt.errors import clip
+
+        raise MalformedModelError(
+            f"Keras could not load {model_file.path} ({type(exc).__name__}: {clip(str(exc), 200)}); the file is damaged "
+            "or not a model this Keras can read.",
+            rule=RULE_LOAD_FAILED,
+        ) from exc

@@ -9,6 +9,7 @@ storage are refused, and the zip is never extracted to disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -40,6 +41,10 @@ RULE_HDF5_LINK = "HDF5-LINK"
 RULE_HDF5_EXTERNAL = "HDF5-EXTERNAL"
 RULE_HDF5_DTYPE = "HDF5-DTYPE"
 RULE_HDF5_LIMITS = "HDF5-LIMITS"
+RULE_HDF5_RATIO = "HDF5-RATIO"  # a filtered dataset declaring far more bytes than it stores (a compression bomb)
+RULE_FORMAT = "FORMAT-AMBIGUOUS"  # a file that parses as both a zip and an HDF5 file
+RULE_CHANGED = "FILE-CHANGED"  # the file changed between kmemopt's checks and the load
+RULE_LOAD_FAILED = "LOAD-FAILED"  # Keras or h5py failed on a file that passed every check
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,11 @@ class StoredArray:
     declared_bytes: int
     stored_bytes: int
     filtered: bool  # compressed in HDF5; then stored < declared is legitimate
+    # Chunked datasets: how many chunks the shape needs and how many the file really holds. A chunk
+    # never written reads as the fill value, so a filtered dataset can declare gigabytes, store
+    # nothing and still look "compressed"; its chunk count tells the truth. 0 and 0 when contiguous.
+    chunks_needed: int = 0
+    chunks_stored: int = 0
 
     @property
     def size(self) -> int:
@@ -85,7 +95,15 @@ class StoredArray:
 
     @property
     def fully_stored(self) -> bool:
+        """Every byte loading will allocate is backed by data in the file (a written chunk or plain bytes)."""
+        if self.chunks_stored < self.chunks_needed:
+            return False
         return self.filtered or self.stored_bytes >= self.declared_bytes
+
+    @property
+    def inflation(self) -> float:
+        """Declared bytes per stored byte (1.0 for plain storage; above 1 when HDF5 filters compress)."""
+        return self.declared_bytes / max(self.stored_bytes, 1)
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,7 @@ class ModelFile:
     optimizer_weights: tuple[StoredArray, ...]
     composition: FileComposition
     members: tuple[str, ...] = field(default=())
+    identity: tuple[int, ...] = field(default=())  # file_identity() of the bytes that were checked
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -251,6 +270,12 @@ def read_hdf5_arrays(h5file, limits: Limits = DEFAULT_LIMITS) -> list[StoredArra
             for d in shape:
                 n *= d
             filtered = bool(obj.compression) or obj.chunks is not None and bool(obj.id.get_create_plist().get_nfilters())
+            needed = stored_chunks = 0
+            if obj.chunks is not None and n:
+                needed = 1
+                for d, c in zip(shape, obj.chunks):
+                    needed *= -(-d // max(int(c), 1))
+                stored_chunks = int(obj.id.get_num_chunks())  # walks the chunk index, reads no data
             found.append(
                 StoredArray(
                     path=path,
@@ -259,6 +284,8 @@ def read_hdf5_arrays(h5file, limits: Limits = DEFAULT_LIMITS) -> list[StoredArra
                     declared_bytes=n * dt.itemsize,
                     stored_bytes=int(obj.id.get_storage_size()),
                     filtered=filtered,
+                    chunks_needed=needed,
+                    chunks_stored=stored_chunks,
                 )
             )
     found.sort(key=lambda a: a.path)
@@ -316,17 +343,124 @@ def _check_path(path: Path) -> int:
 
 
 def read_model_file(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> ModelFile:
-    """Read and validate a `.keras` or legacy `.h5` model file's metadata. Never reads weight values."""
+    """Read and validate a `.keras` or legacy `.h5` model file's metadata. Never reads weight values.
+
+    The format is decided by the content alone, never by the file name, and a file that parses as
+    both a zip and an HDF5 file is refused (`FORMAT-AMBIGUOUS`): Keras picks the format from the
+    name, so such a file would be checked as one format and loaded as the other. Whatever kmemopt
+    later loads goes through `open_verified`, which hands Keras the same bytes by their format.
+    """
     path = Path(path)
     size = _check_path(path)
     if size == 0:
         raise MalformedModelError(f"{path} is empty; it is not a Keras model file.")
     with open(path, "rb") as fh:
+        identity = file_identity(fh)
+    return _bounded(path, limits, lambda: _read_by_content(path, size, limits, identity))
+
+
+def file_identity(fh) -> tuple[int, ...]:
+    """What identifies the bytes of an open file: device, inode, size and modification time (ns)."""
+    st = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def open_verified(model_file: ModelFile) -> Iterator[io.BufferedReader]:
+    """The checked file, opened again for loading, refused if it is no longer the file that was checked.
+
+    A file replaced (renamed over, rewritten) between the checks and the load would otherwise be
+    loaded unchecked; comparing device, inode, size and mtime closes that gap for every writer but
+    one that rewrites the file in place within the same nanosecond and at the same size.
+    """
+    try:
+        fh = open(model_file.path, "rb")
+    except OSError as exc:
+        raise UsageError(f"Cannot read {model_file.path}: {exc.strerror}.") from None
+    with fh:
+        if model_file.identity and file_identity(fh) != model_file.identity:
+            raise UnsafeModelError(
+                f"{model_file.path} changed while kmemopt was reading it; run the command again once "
+                "nothing writes to the file.",
+                rule=RULE_CHANGED,
+            )
+        yield fh
+
+
+def hdf5_signature_offsets(fh, size: int) -> list[int]:
+    """Where an HDF5 superblock signature sits at an offset the HDF5 library searches: 0, 512, 1024,
+    2048, ... (a file may start with a 'user block' of any such size that HDF5 skips)."""
+    found = []
+    offset = 0
+    while offset + len(HDF5_MAGIC) <= size:
+        fh.seek(offset)
+        if fh.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
+            found.append(offset)
+        offset = 512 if offset == 0 else offset * 2
+    return found
+
+
+def _opens_as_zip(fh) -> tuple[bool, int, int | None]:
+    """Whether zipfile (and so Keras) reads the file as a zip archive, where its first member starts,
+    and where the data of a stored `model.weights.h5` member starts (None without one)."""
+    fh.seek(0)
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            infos = zf.infolist()
+            first = min((i.header_offset for i in infos), default=0)
+            weights_at = None
+            for info in infos:
+                if info.filename == "model.weights.h5" and info.compress_type == zipfile.ZIP_STORED:
+                    fh.seek(info.header_offset)
+                    header = fh.read(30)
+                    if len(header) == 30 and header[:4] == ZIP_MAGIC:
+                        name_len, extra_len = struct.unpack("<HH", header[26:30])
+                        weights_at = info.header_offset + 30 + name_len + extra_len
+            return True, first, weights_at
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, OverflowError, struct.error):
+        return False, 0, None
+
+
+def _read_by_content(path: Path, size: int, limits: Limits, identity: tuple[int, ...]) -> ModelFile:
+    """Decide the format from the bytes (runs in the bounded reader) and read the file as that format."""
+    with open(path, "rb") as fh:
+        if identity and file_identity(fh) != identity:
+            raise UnsafeModelError(f"{path} changed while kmemopt was reading it; run the command again.",
+                                   rule=RULE_CHANGED)
         head = fh.read(8)
-    if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
-        return _bounded(path, limits, lambda: _read_keras_zip(path, size, limits))
-    if head == HDF5_MAGIC:
-        return _bounded(path, limits, lambda: _read_legacy_h5(path, size, limits))
+        hdf5_at = hdf5_signature_offsets(fh, size)
+        zip_seen = head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06")
+        opens_as_zip, first_member, weights_at = _opens_as_zip(fh)
+        fh.seek(0)
+        return dataclasses.replace(
+            _read_format(path, size, limits, fh, zip_seen, opens_as_zip, first_member, weights_at, hdf5_at),
+            identity=identity,
+        )
+
+
+def _read_format(path, size, limits, fh, zip_seen, opens_as_zip, first_member, weights_at, hdf5_at) -> ModelFile:
+    """Read the open file `fh` (the one whose identity was checked) as the one format its bytes have."""
+    is_zip = zip_seen or opens_as_zip
+    # A stored weights member that happens to start at 512, 1024, ... makes the whole archive readable
+    # as that same HDF5 file: not a second model (the member is checked, and refused if it holds a
+    # model_config), so only other signatures make the file ambiguous.
+    hdf5_at = [at for at in hdf5_at if at != weights_at]
+    if is_zip and hdf5_at:
+        raise UnsafeModelError(
+            f"{path} is both a zip archive and an HDF5 file (HDF5 signature at byte {hdf5_at[0]:,}); a "
+            "Keras model is one or the other, and such a file could be checked as one and loaded as the "
+            "other, so kmemopt refuses it.",
+            rule=RULE_FORMAT,
+        )
+    if opens_as_zip and not zip_seen:
+        raise MalformedModelError(
+            f"{path} holds a zip archive that starts at byte {first_member:,}, after other data; a .keras "
+            "file starts with its archive. kmemopt refuses it."
+        )
+    if is_zip:
+        return _read_keras_zip(path, size, limits, fh)
+    if hdf5_at:
+        return _read_legacy_h5(path, size, limits, fh)
     if path.name.endswith(".weights.h5"):
         raise MalformedModelError(f"{path} is not an HDF5 file.")
     raise MalformedModelError(
@@ -343,7 +477,7 @@ def _model_file_to_json(mf: ModelFile) -> dict[str, Any]:
         "path": str(mf.path), "format": mf.format, "file_bytes": mf.file_bytes, "config": mf.config,
         "compile_config": mf.compile_config, "keras_version": mf.keras_version,
         "weights": [a.__dict__ for a in mf.weights], "optimizer_weights": [a.__dict__ for a in mf.optimizer_weights],
-        "composition": mf.composition.to_dict(), "members": list(mf.members),
+        "composition": mf.composition.to_dict(), "members": list(mf.members), "identity": list(mf.identity),
     }
 
 
@@ -355,7 +489,7 @@ def _model_file_from_json(d: dict[str, Any]) -> ModelFile:
         path=Path(d["path"]), format=d["format"], file_bytes=d["file_bytes"], config=d["config"],
         compile_config=d["compile_config"], keras_version=d["keras_version"], weights=arrays(d["weights"]),
         optimizer_weights=arrays(d["optimizer_weights"]), composition=FileComposition(**d["composition"]),
-        members=tuple(d["members"]),
+        members=tuple(d["members"]), identity=tuple(d.get("identity", ())),
     )
 
 
@@ -427,8 +561,8 @@ def _bounded(path: Path, limits: Limits, read) -> ModelFile:
         _, status = os.waitpid(pid, 0)
     if timed_out:
         raise UnsafeModelError(
-            f"Reading {path}'s metadata did not finish within {seconds:g} s; its HDF5 structures may loop. "
-            "kmemopt refuses it.",
+            f"Reading {path}'s metadata did not finish within {seconds:g} s (set KMEMOPT_MAX_READ_SECONDS "
+            "to allow longer); kmemopt refuses it.",
             rule=RULE_READ_LIMITS,
         )
     try:
@@ -539,9 +673,9 @@ def _read_member(zf: zipfile.ZipFile, name: str, cap: int) -> bytes:
     return data
 
 
-def _read_keras_zip(path: Path, size: int, limits: Limits) -> ModelFile:
+def _read_keras_zip(path: Path, size: int, limits: Limits, raw=None) -> ModelFile:
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipfile.ZipFile(raw if raw is not None else path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, OverflowError, struct.error) as exc:
         raise MalformedModelError(
             f"{path} is not a readable zip archive ({_first_line(exc)}); it may be truncated."
@@ -570,7 +704,15 @@ def _read_keras_zip(path: Path, size: int, limits: Limits) -> ModelFile:
             if "model.weights.h5" in names:
                 info = zf.getinfo("model.weights.h5")
                 h5_member = info.compress_size
-                with _damaged_hdf5(path), _open_member(zf, info, path) as fh, _open_h5(fh) as h5:
+                with _damaged_hdf5(path), _open_member(zf, info, path, raw) as fh, _open_h5(fh) as h5:
+                    if "model_config" in h5.attrs:
+                        # A weights member never holds an architecture; one that does is a legacy model
+                        # hiding inside the archive (readable as HDF5 from the archive's own bytes).
+                        raise UnsafeModelError(
+                            f"{path}: its weights member holds a whole legacy model (model_config); "
+                            "kmemopt refuses a file that carries two models.",
+                            rule=RULE_FORMAT,
+                        )
                     arrays = read_hdf5_arrays(h5, limits)
                 for a in arrays:
                     (optimizer if a.path.startswith("optimizer/") else weights).append(a)
@@ -631,13 +773,16 @@ class _Window(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
-    """A seekable stream of a member: a window on the archive when stored, zipfile's stream otherwise."""
+def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, raw=None):
+    """A seekable stream of a member: a window on the archive when stored, zipfile's stream otherwise.
+
+    `raw`, an already open handle on the archive (the verified one the loader holds), is read instead
+    of opening `path` again."""
     if info.compress_type != zipfile.ZIP_STORED:
         with zf.open(info) as fh:
             yield fh
         return
-    with open(path, "rb") as raw:
+    with contextlib.nullcontext(raw) if raw is not None else open(path, "rb") as raw:
         raw.seek(info.header_offset)
         header = raw.read(30)
         if len(header) != 30 or header[:4] != ZIP_MAGIC:
@@ -656,8 +801,10 @@ def zlib_error():
     return zlib.error
 
 
-def _read_legacy_h5(path: Path, size: int, limits: Limits) -> ModelFile:
-    with _damaged_hdf5(path), open(path, "rb") as fh, _open_h5(fh) as h5:
+def _read_legacy_h5(path: Path, size: int, limits: Limits, raw=None) -> ModelFile:
+    with _damaged_hdf5(path), contextlib.nullcontext(raw) if raw is not None else open(path, "rb") as fh, _open_h5(
+        fh
+    ) as h5:
         raw = h5.attrs.get("model_config")
         if raw is None:
             if "layers" in h5 or "vars" in h5 or "layer_names" in h5.attrs:

@@ -68,3 +68,12 @@ class GateFailed(KmemoptError):
     """A budget or fidelity gate failed (exit 1)."""
 
     exit_code = ExitCode.GATE_FAILED
+
+
+def clip(text: str, limit: int = 240) -> str:
+    """`text` on one line and at most about `limit` characters, cut at a word boundary (never mid-word)."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat.rfind(" ", 0, limit)
+    return (flat[: cut if cut > limit // 2 else limit]).rstrip(" ,;:") + " ..."

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kmemopt.archive import _open_member
+from kmemopt.archive import _open_member, open_verified
 from kmemopt.build import allocate_rest, assign_initializes, unallocated
 
 
@@ -48,11 +48,17 @@ def load_stored_keras(
 
 
 def open_stored_keras(
-    path: str | Path, *, custom_objects: dict[str, Any] | None, compile: bool, lean: bool = True
+    path: str | Path, *, custom_objects: dict[str, Any] | None, compile: bool, lean: bool = True, model_file=None
 ) -> StoredKeras | None:
-    """As `load_stored_keras`, with the file kept open so layers can be read again (`StoredKeras.reload`)."""
+    """As `load_stored_keras`, with the file kept open so layers can be read again (`StoredKeras.reload`).
+
+    With `model_file` (what `archive.read_model_file` checked), the file is the one that was checked
+    (`archive.open_verified`) and read as a zip whatever its name; without it, only a `.keras` zip is."""
     path = Path(path)
-    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+    if model_file is not None:
+        if model_file.format != "keras":
+            return None
+    elif path.suffix != ".keras" or not zipfile.is_zipfile(path):
         return None
     import h5py
 
@@ -62,7 +68,8 @@ def open_stored_keras(
     from keras.src.saving import saving_lib as lib
 
     with contextlib.ExitStack() as stack:
-        zf = stack.enter_context(zipfile.ZipFile(stack.enter_context(open(path, "rb")), "r"))
+        raw = stack.enter_context(open_verified(model_file) if model_file is not None else open(path, "rb"))
+        zf = stack.enter_context(zipfile.ZipFile(raw, "r"))
         names = zf.namelist()
         if lib._VARS_FNAME_H5 not in names:
             return None
@@ -77,7 +84,7 @@ def open_stored_keras(
         with unallocated() if lean and not compile else contextlib.nullcontext([]) as deferred:
             model = lib._model_from_config(config_json, custom_objects, compile, True)
         lib._reject_zip_bomb(zf, lib._VARS_FNAME_H5)
-        member = stack.enter_context(_member_stream(zf, info, path))
+        member = stack.enter_context(_member_stream(zf, info, path, raw))
         weights_store = _MemberH5Store(member, h5py, lazy=lean)
         stack.callback(weights_store.close)
         asset_store = lib.DiskIOStore(lib._ASSETS_DIRNAME, archive=zf, mode="r") if len(names) > 3 else None
@@ -111,14 +118,14 @@ def _room_to_inflate(info: zipfile.ZipInfo) -> bool:
 
 
 @contextlib.contextmanager
-def _member_stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
+def _member_stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, raw=None):
     """A seekable stream of the weights member. A stored member is read in place; a deflated one (what
     `kmemopt shrink --compress` writes) is inflated once into an unnamed temp file, which HDF5 can seek
     in (zipfile's stream re-inflates from the start on every backward seek) and which never sits in
     memory. The archive checks already capped its size and ratio; zipfile stops at the declared size
     and checks the CRC."""
     if info.compress_type == zipfile.ZIP_STORED:
-        with _open_member(zf, info, path) as member:
+        with _open_member(zf, info, path, raw) as member:
             yield member
         return
     with tempfile.TemporaryFile(prefix="kmemopt-weights-") as scratch:

@@ -73,6 +73,10 @@ _TRUSTED_PACKAGES = ("keras", "keras_hub", "kmemopt")
 _PATH_KEYS = frozenset({"vocabulary", "vocabulary_file", "merges", "proto"})
 # Slack allowed between the bytes the architecture needs and the bytes the file stores.
 _SIZE_SLACK_BYTES = 1024**2
+# Declared bytes per stored byte above which a filtered (compressed) HDF5 dataset over the slack is a
+# bomb: deflate tops out near 1,000x on runs of one value, real weights compress a few times at most, and
+# the cap bounds what a file can make kmemopt allocate to 100x its size.
+_MAX_INFLATION = 100.0
 
 
 @dataclass
@@ -338,9 +342,28 @@ def check_loadable(model_file, model) -> None:
     or whose config asks for more weight bytes than the file holds (Dense(units=2**40) over a small
     weights file), is refused with exit 3.
     """
+    from kmemopt.archive import RULE_HDF5_RATIO
     from kmemopt.profiling.dtypes import nbytes
 
     comp = model_file.composition
+    for array in (*model_file.weights, *model_file.optimizer_weights):
+        if array.chunks_stored < array.chunks_needed:
+            raise UnsafeModelError(
+                f"{model_file.path}: the weights dataset {array.path!r} declares {array.declared_bytes:,} bytes "
+                f"in {array.chunks_needed:,} chunks but only {array.chunks_stored:,} were ever written; kmemopt "
+                "will not load it (loading would allocate what the file does not hold). `kmemopt profile` "
+                "still reports it statically.",
+                rule=RULE_SHAPE_BOMB,
+                where=array.path,
+            )
+        if array.filtered and array.declared_bytes > _SIZE_SLACK_BYTES and array.inflation > _MAX_INFLATION:
+            raise UnsafeModelError(
+                f"{model_file.path}: the weights dataset {array.path!r} would inflate {array.inflation:,.0f}x "
+                f"({array.stored_bytes:,} stored bytes to {array.declared_bytes:,}); kmemopt refuses it as a "
+                "compression bomb. `kmemopt profile` still reports it statically.",
+                rule=RULE_HDF5_RATIO,
+                where=array.path,
+            )
     if not comp.weights_fully_stored:
         raise UnsafeModelError(
             f"{model_file.path} declares {comp.weights_declared_bytes:,} bytes of weights but stores only "
