@@ -162,22 +162,30 @@ class ModelFile:
 # JSON
 
 
-def _json_depth_ok(text: str, max_depth: int) -> bool:
-    """Nesting depth of JSON text, ignoring brackets inside strings, without recursion."""
-    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
-    depth = 0
-    for ch in stripped:
-        if ch in "[{":
-            depth += 1
-            if depth > max_depth:
-                return False
-        elif ch in "]}":
-            depth -= 1
+def _json_depth_ok(value: Any, max_depth: int) -> bool:
+    """Whether parsed JSON nests at most `max_depth` arrays/objects deep. Iterative and linear: one
+    iterator a level, and it stops at the first level too deep."""
+    if not isinstance(value, (dict, list)):
+        return True
+    stack = [iter(value.values() if isinstance(value, dict) else value)]
+    while stack:
+        for child in stack[-1]:
+            if isinstance(child, (dict, list)):
+                if len(stack) >= max_depth:
+                    return False
+                if child:
+                    stack.append(iter(child.values() if isinstance(child, dict) else child))
+                    break
+        else:
+            stack.pop()
     return True
 
 
 def load_json(raw: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Parse JSON from an untrusted file with size and depth caps; errors are MalformedModelError."""
+    """Parse JSON from an untrusted file with size and depth caps; errors are MalformedModelError.
+
+    A leading UTF-8 byte-order mark is accepted, as Keras's own loader accepts it.
+    """
     if len(raw) > limits.max_config_bytes:
         raise UnsafeModelError(
             f"The {what} is {len(raw):,} bytes, over the {limits.max_config_bytes:,}-byte limit; "
@@ -188,15 +196,21 @@ def load_json(raw: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS) -> A
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError:
         raise MalformedModelError(f"The {what} is not UTF-8 text; the file is not a valid Keras model.") from None
-    if not _json_depth_ok(text, limits.max_json_depth):
-        raise UnsafeModelError(
-            f"The {what} is nested deeper than {limits.max_json_depth} levels; kmemopt refuses it.",
-            rule=RULE_JSON,
-        )
+    too_deep = UnsafeModelError(
+        f"The {what} is nested deeper than {limits.max_json_depth} levels; kmemopt refuses it.", rule=RULE_JSON
+    )
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        # json's C scanner bounds its own nesting by the interpreter's recursion limit (1,000 unless
+        # raised; kmemopt never raises it): hostile nesting ends in RecursionError, not a stack overflow,
+        # and parsing is linear in the text, whatever the text is.
+        value = json.loads(text.removeprefix("\ufeff"))
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as exc:
         raise MalformedModelError(f"The {what} is not valid JSON ({exc}); the file is not a valid Keras model.") from None
+    if not _json_depth_ok(value, limits.max_json_depth):
+        raise too_deep
+    return value
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,12 +26,15 @@ RULE_MODULE = "TRUST-MODULE"  # a module outside Keras
 RULE_FUNCTION = "TRUST-FUNCTION"  # a function outside the allowlist
 RULE_MALFORMED = "TRUST-MALFORMED"  # an object entry of the wrong shape
 RULE_FILE = "TRUST-FILE"  # a config value that makes Keras read a file the model names
+RULE_MARKER = "CONFIG-MARKER"  # a config value that would make Keras build an array beyond the caps
 RULE_SHAPE_BOMB = "HDF5-SHAPE-BOMB"  # weights declared (by the HDF5 file or the config) but not stored
 
 # Built-in Keras classes that execute code carried in (or referenced by) the file.
 CODE_RUNNING = frozenset({"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer"})
 # Serialization markers that carry plain data and are safe to deserialize.
-DATA_MARKERS = frozenset({"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__slice__", "__ellipsis__", "__tuple__"})
+DATA_MARKERS = frozenset(
+    {"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__slice__", "__ellipsis__", "__tuple__"}
+)
 # Markers that carry code or resolve arbitrary types.
 CODE_MARKERS = frozenset({"__lambda__", "__typespec__"})
 
@@ -71,6 +74,21 @@ _FUNCTION_SOURCES = ("keras.src.activations", "keras.src.losses", "keras.src.met
 _TRUSTED_PACKAGES = ("keras", "keras_hub", "kmemopt")
 # Config keys whose string value Keras treats as a path to read (lookup vocabularies, tokenizer files).
 _PATH_KEYS = frozenset({"vocabulary", "vocabulary_file", "merges", "proto"})
+# What a config alone may make Keras build while it rebuilds the architecture (arrays serialized in
+# node arguments, lookup tables sized by a number): far above any real model's constants, far below
+# what hurts a machine. `kmemopt profile` must never allocate weights-sized memory.
+MAX_CONFIG_ARRAY_ELEMENTS = 2**22
+MAX_CONFIG_ARRAY_BYTES = 64 * 1024**2
+# Markers Keras turns into arrays (serialization_lib.deserialize_keras_object), and the dtypes an
+# array of numbers may have, with their item sizes. Anything else (strings, void, structured or
+# sub-array dtypes) can declare gigabytes an element: "S2000000000".
+_ARRAY_MARKERS = frozenset({"__numpy__", "__tensor__"})
+_ARRAY_DTYPES = {
+    "bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "bfloat16": 2, "int32": 4,
+    "uint32": 4, "float32": 4, "int64": 8, "uint64": 8, "float64": 8, "complex64": 8, "complex128": 16,
+}  # fmt: skip
+# Lookup layers whose tables Keras builds from numbers in their config (IndexLookup.set_vocabulary).
+_LOOKUP_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization"})
 # Slack allowed between the bytes the architecture needs and the bytes the file stores.
 _SIZE_SLACK_BYTES = 1024**2
 # Declared bytes per stored byte above which a filtered (compressed) HDF5 dataset over the slack is a
@@ -92,24 +110,21 @@ class Allowlist:
         return obj in self.classes or obj in self.functions
 
     def __repr__(self) -> str:  # short: it shows up in test reports
-        return (f"Allowlist({len(self.classes)} classes, {len(self.functions)} functions, "
-                f"custom={sorted(self.custom_objects)})")
+        return (
+            f"Allowlist({len(self.classes)} classes, {len(self.functions)} functions, "
+            f"custom={sorted(self.custom_objects)})"
+        )
 
 
 def mentions_keras_hub(config: Any) -> bool:
     """Whether a config names a keras-hub object (then, and only then, keras-hub is worth importing)."""
-    stack = [config]
-    while stack:
-        node = stack.pop()
+    for node, _ in _walk(config):
         if isinstance(node, dict):
             module, registered = node.get("module"), node.get("registered_name")
             if (isinstance(module, str) and module.startswith("keras_hub")) or (
                 isinstance(registered, str) and registered.startswith("keras_hub>")
             ):
                 return True
-            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, (dict, list)))
     return False
 
 
@@ -244,30 +259,73 @@ def _in_trusted_package(module: str | None) -> bool:
     return module is None or module.split(".", 1)[0] in _TRUSTED_PACKAGES
 
 
-def _entries(config: Any, root: str) -> Iterator[tuple[dict, str]]:
-    """Every object entry (a dict with class_name) of a config, with its JSON path. Iterative."""
-    stack: list[tuple[Any, str]] = [(config, root)]
+class _Where:
+    """The JSON path of the container a walk is at, formatted only when a refusal reports it.
+
+    The keys list is the walk's own and changes as it goes on: read it (str) before the walk resumes.
+    """
+
+    __slots__ = ("keys", "root")
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.keys: list[Any] = []
+
+    def __str__(self) -> str:
+        return self.at()
+
+    def at(self, *more: Any) -> str:
+        return self.root + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in (*self.keys, *more))
+
+
+def _children(node: dict | list) -> Iterator[tuple[Any, Any]]:
+    return iter(node.items()) if isinstance(node, dict) else enumerate(node)
+
+
+def _walk(config: Any, root: str = "$") -> Iterator[tuple[dict | list, _Where]]:
+    """Every non-empty dict and list of a config, in document order, with its JSON path.
+
+    Iterative, and its memory is one iterator a level of nesting (at most the JSON depth cap): a
+    config holding one list of millions of numbers costs nothing more than the list itself. The
+    path is kept as a list of keys and only formatted when a refusal reports it.
+    """
+    if not isinstance(config, (dict, list)):
+        return
+    where = _Where(root)
+    keys = where.keys
+    yield config, where
+    stack = [_children(config)]
     while stack:
-        node, path = stack.pop()
-        if isinstance(node, list):
-            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(node))))
-            continue
-        if not isinstance(node, dict):
-            continue
-        stack.extend((v, f"{path}.{k}") for k, v in reversed(list(node.items())) if isinstance(v, (dict, list)))
-        if "class_name" in node:
-            yield node, path
+        for key, value in stack[-1]:
+            if isinstance(value, (dict, list)) and value:
+                keys.append(key)
+                yield value, where
+                stack.append(_children(value))
+                break
+        else:
+            stack.pop()
+            if keys:
+                keys.pop()
 
 
-def _check_entry_shape(node: dict, path: str) -> None:
+def _entries(config: Any, root: str) -> Iterator[tuple[dict, _Where]]:
+    """Every object entry (a dict with class_name) of a config, with its JSON path. Iterative."""
+    for node, where in _walk(config, root):
+        if isinstance(node, dict) and "class_name" in node:
+            yield node, where
+
+
+def _check_entry_shape(node: dict, path: _Where) -> None:
     class_name, module, registered = node.get("class_name"), node.get("module"), node.get("registered_name")
-    if not isinstance(class_name, str) or not isinstance(module, (str, type(None))) or not isinstance(
-        registered, (str, type(None))
+    if (
+        not isinstance(class_name, str)
+        or not isinstance(module, (str, type(None)))
+        or not isinstance(registered, (str, type(None)))
     ):
         raise UnsafeModelError(
             "The config holds an object entry whose class_name, module or registered_name is not a string.",
             rule=RULE_MALFORMED,
-            where=path,
+            where=str(path),
         )
     if class_name in CODE_MARKERS or class_name in CODE_RUNNING:
         raise UnsafeModelError(
@@ -275,7 +333,7 @@ def _check_entry_shape(node: dict, path: str) -> None:
             "kmemopt never executes code from a model file. Re-save the model without it, or profile "
             "the model in memory with kmemopt.profile(model).",
             rule=RULE_CODE,
-            where=path,
+            where=str(path),
         )
     inner = node.get("config")
     if isinstance(inner, dict):
@@ -286,22 +344,111 @@ def _check_entry_shape(node: dict, path: str) -> None:
                     "machine; kmemopt refuses configs that name files. Re-save the model so the "
                     f"{key} is stored in the file.",
                     rule=RULE_FILE,
-                    where=f"{path}.config.{key}",
+                    where=path.at("config", key),
                 )
+
+
+def _refuse_array(what: str, where: str) -> UnsafeModelError:
+    return UnsafeModelError(
+        f"The config holds {what}, which Keras would build in memory while rebuilding the architecture; "
+        f"kmemopt refuses configs that build more than {MAX_CONFIG_ARRAY_ELEMENTS:,} elements or "
+        f"{MAX_CONFIG_ARRAY_BYTES:,} bytes, or arrays that are not plain numbers.",
+        rule=RULE_MARKER,
+        where=where,
+    )
+
+
+def _count_numbers(value: Any, cap: int) -> int | None:
+    """How many numbers a nested list holds (Keras's `tolist()` of an array), stopping past `cap`;
+    None when it holds anything but numbers and lists (NumPy would infer strings or objects)."""
+    if not isinstance(value, list):
+        return 1 if isinstance(value, (int, float)) else None
+    count = 0
+    stack = [iter(value)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            if not isinstance(item, (int, float)):
+                return None
+            count += 1
+            if count > cap:
+                return count
+        else:
+            stack.pop()
+    return count
+
+
+def _array_bytes(node: dict, where: _Where) -> int:
+    """Bytes Keras would allocate for one serialized array (`__numpy__`, `__tensor__`, `__bytes__`)."""
+    inner = node.get("config")
+    if node["class_name"] == "__bytes__":
+        value = inner.get("value") if isinstance(inner, dict) else None
+        if not isinstance(value, str):
+            raise _refuse_array("a __bytes__ value that is not a string", str(where))
+        return len(value) if value.isascii() else 4 * len(value)
+    dtype = inner.get("dtype") if isinstance(inner, dict) else None
+    if not isinstance(dtype, str) or dtype not in _ARRAY_DTYPES:
+        raise _refuse_array(f"a serialized array of dtype {str(dtype)[:40]!r} (not a plain number type)", str(where))
+    count = _count_numbers(inner.get("value"), MAX_CONFIG_ARRAY_ELEMENTS)
+    if count is None:
+        raise _refuse_array("a serialized array holding values that are not numbers", str(where))
+    if count > MAX_CONFIG_ARRAY_ELEMENTS:
+        raise _refuse_array(f"a serialized array of more than {MAX_CONFIG_ARRAY_ELEMENTS:,} elements", str(where))
+    return count * _ARRAY_DTYPES[dtype]
+
+
+def _holds_keras_tensor(value: Any) -> bool:
+    return any(isinstance(node, dict) and node.get("class_name") == "__keras_tensor__" for node, _ in _walk(value))
+
+
+def _check_allocations(node: dict, where: _Where) -> int:
+    """Refuse what would make Keras allocate, from this entry alone, memory sized by a number in the
+    config rather than by the config's own size. Returns the array bytes the entry builds."""
+    class_name, inner = node["class_name"], node.get("config")
+    if class_name in _ARRAY_MARKERS or class_name == "__bytes__":
+        return _array_bytes(node, where) if "config" in node else 0  # without "config" Keras keeps a dict
+    if class_name in _LOOKUP_LAYERS and isinstance(inner, dict):
+        # set_vocabulary builds a list of num_oov_indices tokens, and a tf-idf table padded to max_tokens.
+        sizes = {"num_oov_indices": inner.get("num_oov_indices")}
+        if inner.get("pad_to_max_tokens") and inner.get("output_mode") == "tf_idf":
+            sizes["max_tokens"] = inner.get("max_tokens")
+        for key, size in sizes.items():
+            if isinstance(size, (int, float)) and size > MAX_CONFIG_ARRAY_ELEMENTS:
+                raise _refuse_array(f"a {class_name} whose {key} is {size:,}", where.at("config", key))
+    nodes = node.get("inbound_nodes")
+    if isinstance(nodes, list):
+        # Keras runs a node whose arguments hold no symbolic tensor on its constants right away while
+        # it rebuilds the graph (`ops.full((2**20, 2**20), 1.0)`, a RepeatVector of an array). Keras
+        # never writes such a node: every node of a functional graph takes a tensor of the graph.
+        for i, call in enumerate(nodes):
+            if isinstance(call, dict) and not _holds_keras_tensor([call.get("args"), call.get("kwargs")]):
+                raise _refuse_array(
+                    f"a call of {class_name[:60]} on constants only (no tensor of the graph)",
+                    where.at("inbound_nodes", i),
+                )
+    return 0
 
 
 def precheck_config(config: Any, root: str = "$", *, custom_objects: bool = False) -> int:
     """The part of the allowlist check that needs no Keras: run before Keras is even imported.
 
     Refuses code-running classes and markers, file-reading values, malformed entries and (unless the
-    user gave --custom-objects) any module or function outside Keras, keras-hub and kmemopt. It refuses
-    nothing that `check_config` would accept, so a hostile file is turned away in a fraction of a second
+    user gave --custom-objects) any module or function outside Keras, keras-hub and kmemopt; and, with
+    or without --custom-objects, whatever would make Keras build memory sized by a number in the config
+    (serialized arrays over the caps or of non-numeric dtypes, lookup tables, nodes run on constants).
+    Apart from those caps it refuses nothing that `check_config` would accept, so a hostile file is turned away in a fraction of a second
     and nothing (not even keras-hub) is imported on its behalf. Returns the number of entries seen.
     """
     seen = 0
+    array_bytes = 0
     for node, path in _entries(config, root):
         seen += 1
         _check_entry_shape(node, path)
+        array_bytes += _check_allocations(node, path)
+        if array_bytes > MAX_CONFIG_ARRAY_BYTES:
+            raise _refuse_array(f"serialized arrays of {array_bytes:,} bytes in all", str(path))
         if custom_objects or node["class_name"] in DATA_MARKERS:
             continue
         module, class_name = node.get("module"), node["class_name"]
@@ -311,7 +458,7 @@ def precheck_config(config: Any, root: str = "$", *, custom_objects: bool = Fals
                     f"The model names the function {_describe(str(node.get('config')), module)}, which is not a "
                     "built-in Keras function; pass your own code with --custom-objects if you trust it.",
                     rule=RULE_FUNCTION,
-                    where=path,
+                    where=str(path),
                 )
             continue
         registered = node.get("registered_name")
@@ -322,7 +469,7 @@ def precheck_config(config: Any, root: str = "$", *, custom_objects: bool = Fals
                 f"The model names {_describe(class_name, module)}, from outside Keras; kmemopt does not "
                 "import modules named by a file. Pass your own code with --custom-objects if you trust it.",
                 rule=RULE_MODULE,
-                where=path,
+                where=str(path),
             )
     return seen
 
@@ -414,7 +561,7 @@ def check_config(config: Any, allow: Allowlist, root: str = "$") -> int:
                     f"The model names the function {_describe(str(fn_name), module)}, which is not a "
                     "built-in Keras function; pass your own code with --custom-objects if you trust it.",
                     rule=RULE_FUNCTION,
-                    where=path,
+                    where=str(path),
                 )
             continue
         obj = None
@@ -431,7 +578,7 @@ def check_config(config: Any, allow: Allowlist, root: str = "$") -> int:
                 f"The model names {_describe(class_name, module)}, from outside Keras; kmemopt does not "
                 "import modules named by a file. Pass your own code with --custom-objects if you trust it.",
                 rule=RULE_MODULE,
-                where=path,
+                where=str(path),
             )
         # A class entry must resolve to an allowed *class*: Keras returns a function found this way as
         # is (it would then run, e.g. as an activation), so registered functions such as
@@ -441,6 +588,6 @@ def check_config(config: Any, allow: Allowlist, root: str = "$") -> int:
                 f"The model names {_describe(registered or class_name, module)}, which is not on kmemopt's "
                 "allowlist of Keras classes; pass your own code with --custom-objects if you trust it.",
                 rule=RULE_UNKNOWN,
-                where=path,
+                where=str(path),
             )
     return checked
