@@ -101,11 +101,14 @@ def guarded():
 
 @contextlib.contextmanager
 def progress(message: str):
-    """A spinner on stderr while slow work runs (only on a terminal)."""
+    """A spinner on stderr while slow work runs (only on a terminal). Messages quote paths and names:
+    shown as text, never as markup."""
+    from kmemopt.report.safe import markup
+
     console = _stderr_console()
     if console.is_terminal:
-        with console.status(message) as status:
-            yield status.update
+        with console.status(markup(message)) as status:
+            yield lambda text: status.update(markup(text))
     else:
         yield lambda _message: None
 
@@ -134,7 +137,9 @@ def write_output(text: str, output: Path | None) -> None:
     from kmemopt.fileio import atomic_write_text
 
     atomic_write_text(output, text)
-    _stderr_console().print(f"wrote {output}")
+    from kmemopt.report.safe import markup
+
+    _stderr_console().print(f"wrote {markup(output)}", highlight=False)
 
 
 ModelArg = Annotated[Path, typer.Argument(help="A .keras or legacy .h5 model file.", show_default=False)]

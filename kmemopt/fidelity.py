@@ -2,18 +2,29 @@
 
 Real data (`--data FILE`: .npy, or .npz keyed by input name or `x`, labels under `y`) is better than
 synthetic inputs (random values of the right shape and dtype), and the report says which was used.
+
+Each output is named as the model names it: the key of a dict-output model (keras-hub backbones:
+`sequence_output`, `pooled_output`), else the output's name in `model.output_names`. Every output gets
+the maximum absolute error, the relative L2 error and the cosine similarity. Top-1 agreement (and
+accuracy against labels) is reported only for an output of class scores: rank 2, (batch, classes) with
+more than one class, and, where the model says how it was made, made by a softmax, log-softmax or
+sigmoid, or by a Dense/EinsumDense with no activation (logits). A rank-2 output made with another
+activation (the tanh of a BERT pooler, a ReLU embedding) is a vector of features, not class scores: the
+index of its largest value means nothing, so it gets no agreement. Its `kind` in the JSON says which:
+"class_scores" or "values".
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kmemopt.errors import GateFailed, UsageError
+from kmemopt.errors import GateFailed, MalformedModelError, UsageError
 
 DEFAULT_SYNTHETIC_SAMPLES = 64
 DEFAULT_SEQ_LEN = 16
@@ -41,13 +52,29 @@ class Inputs:
         return self.arrays[0] if len(self.arrays) == 1 else list(self.arrays)
 
 
+CLASS_SCORES = "class_scores"
+VALUES = "values"
+# Activations whose rank-2 output is class scores (probabilities, log-probabilities, logits).
+_SCORE_ACTIVATIONS = frozenset({"softmax", "log_softmax", "sigmoid"})
+_LOGIT_LAYERS = frozenset({"Dense", "EinsumDense"})
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """A model output's name, and whether the model says it is class scores (None: it does not say)."""
+
+    name: str
+    class_scores: bool | None = None
+
+
 @dataclass(frozen=True)
 class OutputFidelity:
     name: str
     max_abs_error: float
     relative_l2_error: float
     cosine_similarity: float
-    top1_agreement: float | None  # classifier-like outputs only (rank 2, several classes)
+    top1_agreement: float | None  # class-score outputs only (see the module docstring)
+    kind: str = VALUES  # CLASS_SCORES or VALUES
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -198,15 +225,41 @@ def predict(model, inputs: Inputs) -> list[np.ndarray]:
     from kmemopt._keras import import_keras
 
     keras = import_keras()
+    if keras.backend.backend() == "tensorflow":
+        _check_tensorflow_names(model)
     if keras.backend.backend() == "tensorflow" and inputs.samples > 0:
         out = _predict_tf(model, inputs, keras)
     else:
         out = model.predict(_structured_feed(model, inputs, keras), batch_size=predict_batch_size(inputs), verbose=0)
     if isinstance(out, dict):
-        out = list(out.values())
+        struct = _outputs_dict(model)  # in the model's own order, the order `output_specs` names them
+        out = [out[k] for k in struct] if struct is not None and set(struct) == set(out) else list(out.values())
     if not isinstance(out, (list, tuple)):
         out = [out]
     return [np.asarray(o, dtype=np.float32) for o in out]
+
+
+# TensorFlow's name scopes accept only these names (tf.function, and so Keras's own `predict`, opens one
+# per layer); Keras accepts any name without "/", so a saved model can hold a layer TensorFlow cannot run.
+_TF_ROOT_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
+_TF_SCOPE = re.compile(r"[A-Za-z0-9_.\\/>-]*")
+
+
+def _check_tensorflow_names(model) -> None:
+    """Refuse, with the name, a model TensorFlow would fail to run deep inside tf.function."""
+    named = [("model", model.name, _TF_ROOT_SCOPE)]
+    named += [
+        ("layer", layer.name, _TF_SCOPE)
+        for layer in model._flatten_layers(include_self=False)
+        if type(layer).__name__ != "InputLayer"  # never called: its name opens no scope
+    ]
+    for what, name, pattern in named:
+        if not pattern.fullmatch(str(name)):
+            raise MalformedModelError(
+                f"TensorFlow cannot run this model: the {what} name {str(name)!r} is not a valid TensorFlow name "
+                "scope (letters, digits and _ . - > / \\ only), and Keras's own predict fails on it the same way; "
+                "rename it, or run with another Keras backend (KERAS_BACKEND=jax or torch)."
+            )
 
 
 def _predict_tf(model, inputs: Inputs, keras):
@@ -246,11 +299,55 @@ def _no_retracing_warning(record) -> bool:
     return "triggered tf.function retracing" not in record.getMessage()
 
 
-def _classifier_like(a: np.ndarray) -> bool:
-    return a.ndim == 2 and a.shape[1] >= 2
+def _outputs_dict(model) -> dict[str, Any] | None:
+    struct = getattr(model, "_outputs_struct", None)
+    if isinstance(struct, dict) and all(not isinstance(v, (dict, list, tuple)) for v in struct.values()):
+        return struct
+    return None
 
 
-def compare_output(name: str, ref: np.ndarray, new: np.ndarray) -> OutputFidelity:
+def output_specs(model) -> list[OutputSpec]:
+    """The model's outputs in the order `predict` returns them: names, and class scores or not."""
+    struct = _outputs_dict(model)
+    if struct is not None:
+        return [OutputSpec(str(k), _made_class_scores(t)) for k, t in struct.items()]
+    tensors = list(getattr(model, "outputs", None) or [])
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != len(tensors):
+        names = [f"output_{i}" for i in range(len(tensors))]
+    return [OutputSpec(str(n), _made_class_scores(t)) for n, t in zip(names, tensors, strict=True)]
+
+
+def _made_class_scores(tensor, depth: int = 0) -> bool | None:
+    """What the layer that made `tensor` says: class scores (True), features (False), or nothing (None)."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None or depth > 16:
+        return None
+    layer = history.operation
+    inner = getattr(layer, "outputs", None)
+    if inner and history.tensor_index < len(inner) and hasattr(layer, "layers"):  # a nested model's output
+        return _made_class_scores(inner[history.tensor_index], depth + 1)
+    kind = type(layer).__name__
+    if kind == "Softmax":
+        return True
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    name = getattr(activation, "__name__", "")
+    if name in _SCORE_ACTIVATIONS:
+        return True
+    if name == "linear":
+        return True if kind in _LOGIT_LAYERS else None
+    return False
+
+
+def _is_class_scores(a: np.ndarray, declared: bool | None) -> bool:
+    return a.ndim == 2 and a.shape[1] >= 2 and declared is not False
+
+
+def compare_output(name: str, ref: np.ndarray, new: np.ndarray, *, class_scores: bool | None = None) -> OutputFidelity:
+    """Errors of `new` against `ref`; top-1 agreement only for class scores (`class_scores`: what the
+    model says about this output, see `output_specs`; None decides by shape alone)."""
     ref = np.asarray(ref, dtype=np.float64)
     new = np.asarray(new, dtype=np.float64)
     diff = new - ref
@@ -263,7 +360,8 @@ def compare_output(name: str, ref: np.ndarray, new: np.ndarray) -> OutputFidelit
         else (1.0 if ref_norm == new_norm else 0.0)
     )
     agreement = None
-    if _classifier_like(ref):
+    scores = _is_class_scores(ref, class_scores)
+    if scores:
         agreement = float(np.mean(np.argmax(ref, axis=1) == np.argmax(new, axis=1)))
     return OutputFidelity(
         name=name,
@@ -271,21 +369,37 @@ def compare_output(name: str, ref: np.ndarray, new: np.ndarray) -> OutputFidelit
         relative_l2_error=rel,
         cosine_similarity=cos,
         top1_agreement=agreement,
+        kind=CLASS_SCORES if scores else VALUES,
     )
 
 
-def accuracy(outputs: list[np.ndarray], labels: np.ndarray | None) -> float | None:
-    if labels is None or not outputs or not _classifier_like(outputs[0]):
+def accuracy(
+    outputs: list[np.ndarray], labels: np.ndarray | None, declared: list[bool | None] | None = None
+) -> float | None:
+    """Top-1 accuracy of the first class-score output against `labels` (None without either)."""
+    if labels is None:
+        return None
+    declared = declared or [None] * len(outputs)
+    scores = next((o for o, d in zip(outputs, declared, strict=False) if _is_class_scores(o, d)), None)
+    if scores is None:
         return None
     y = np.asarray(labels)
     if y.ndim == 2 and y.shape[1] > 1:
         y = np.argmax(y, axis=1)
     y = y.reshape(-1)
-    return float(np.mean(np.argmax(outputs[0], axis=1) == y))
+    return float(np.mean(np.argmax(scores, axis=1) == y))
 
 
-def compare(model_output_names: list[str], ref: list[np.ndarray], new: list[np.ndarray], inputs: Inputs) -> Fidelity:
-    outputs = [compare_output(name, r, n) for name, r, n in zip(model_output_names, ref, new, strict=True)]
+def compare(
+    model_outputs: list[OutputSpec] | list[str], ref: list[np.ndarray], new: list[np.ndarray], inputs: Inputs
+) -> Fidelity:
+    """Every output of `new` against `ref`. `model_outputs`: `output_specs(model)` (plain names decide
+    class scores by shape alone)."""
+    specs = [o if isinstance(o, OutputSpec) else OutputSpec(str(o)) for o in model_outputs]
+    declared = [s.class_scores for s in specs]
+    outputs = [
+        compare_output(s.name, r, n, class_scores=s.class_scores) for s, r, n in zip(specs, ref, new, strict=True)
+    ]
     note = None
     if inputs.source == "synthetic":
         note = (
@@ -296,8 +410,8 @@ def compare(model_output_names: list[str], ref: list[np.ndarray], new: list[np.n
         source=inputs.source,
         samples=inputs.samples,
         outputs=outputs,
-        accuracy_before=accuracy(ref, inputs.labels),
-        accuracy_after=accuracy(new, inputs.labels),
+        accuracy_before=accuracy(ref, inputs.labels, declared),
+        accuracy_after=accuracy(new, inputs.labels, declared),
         note=note,
     )
 
@@ -307,7 +421,10 @@ def apply_gates(fidelity: Fidelity, *, min_agreement: float | None, max_accuracy
     if min_agreement is not None:
         value = fidelity.top1_agreement
         if value is None:
-            raise UsageError("--min-agreement needs a classifier-like output (batch x classes); this model has none.")
+            raise UsageError(
+                "--min-agreement needs an output of class scores (batch x classes, from a softmax, sigmoid or "
+                "logits layer); this model has none: use its relative error or cosine similarity instead."
+            )
         fidelity.gates.append(
             {"gate": "min_agreement", "threshold": min_agreement, "value": value, "passed": value >= min_agreement}
         )

@@ -392,9 +392,11 @@ def _has_unknown_dims(model) -> bool:
     return any(d is None for t in model.inputs for d in tuple(t.shape)[1:])
 
 
-def _output_names(model) -> list[str]:
-    names = getattr(model, "output_names", None)
-    return list(names) if names else [f"output_{i}" for i in range(len(model.outputs))]
+def _output_names(model):
+    """The outputs as fidelity names them (dict keys for keras-hub backbones), with their kind."""
+    from kmemopt import fidelity as fid
+
+    return fid.output_specs(model)
 
 
 def _run_passes(

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from kmemopt.budgets import format_value, uses_si
+from kmemopt.report.safe import github_data, github_property, markdown, markdown_code, markup, visible
 
 _STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "error": "bold magenta"}
 _STATUS_MARK = {"pass": "✅ pass", "fail": "❌ fail", "warn": "⚠️ warn", "error": "⛔ error"}
@@ -70,12 +71,15 @@ def _summary(data: dict[str, Any]) -> str:
 
 
 def _headline(data: dict[str, Any]) -> str:
-    return {"pass": "passed", "fail": "FAILED", "error": "ERROR (a model was rejected)"}[data["verdict"]]
+    if data["verdict"] != "error":
+        return {"pass": "passed", "fail": "FAILED"}[data["verdict"]]
+    if any(e.get("exit_code", 3) == 3 for e in data.get("errors") or [{}]):
+        return "ERROR (a model was rejected)"
+    return "ERROR (a budget could not be evaluated)"
 
 
 def render_check(data: dict[str, Any], console) -> None:
     """The terminal table: one row a budget."""
-    from rich.markup import escape
     from rich.table import Table
 
     show_baseline = data.get("baseline") is not None
@@ -91,18 +95,18 @@ def render_check(data: dict[str, Any], console) -> None:
     table.add_column("status")
     table.add_column("level")
     for row in data["budgets"]:
-        cells = [escape(row["model"]), _what(row), _fmt(row, "value"), _limit(row)]
+        cells = [markup(row["model"]), markup(_what(row)), _fmt(row, "value"), markup(_limit(row))]
         if show_baseline:
             cells += [_fmt(row, "baseline"), _delta(row)]
         style = _STATUS_STYLE[row["status"]]
-        cells += [f"[{style}]{row['status']}[/{style}]", row["level"]]
+        cells += [f"[{style}]{row['status']}[/{style}]", markup(row["level"])]
         table.add_row(*cells)
     console.print(table)
     for row in data["budgets"]:
         if row["status"] != "pass":
             style = _STATUS_STYLE[row["status"]]
             console.print(
-                f"[{style}]{row['status']}[/{style}] {escape(row['model'])} {_what(row)}: {escape(_reason(row))}",
+                f"[{style}]{row['status']}[/{style}] {markup(row['model'])} {markup(_what(row))}: {markup(_reason(row))}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -110,16 +114,12 @@ def render_check(data: dict[str, Any], console) -> None:
     console.print(f"[{style}]check {_headline(data)}[/{style}]: {_summary(data)}.", highlight=False)
 
 
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def check_markdown(data: dict[str, Any]) -> str:
     """For pull-request comments and $GITHUB_STEP_SUMMARY."""
     mark = {"pass": "✅", "fail": "❌", "error": "⛔"}[data["verdict"]]
     lines = [f"## {mark} kmemopt check {_headline(data)}", "", f"{_summary(data)}."]
     if data.get("baseline"):
-        lines.append(f"Baseline: `{data['baseline']}`.")
+        lines.append(f"Baseline: {markdown_code(data['baseline'], table=False)}.")
     lines.append("")
     head = ["model", "metric", "value", "limit"]
     if data.get("baseline"):
@@ -128,23 +128,15 @@ def check_markdown(data: dict[str, Any]) -> str:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---:" if h in ("value", "limit", "baseline", "delta") else "---" for h in head) + "|")
     for row in data["budgets"]:
-        cells = [f"`{row['model']}`", _what(row), _fmt(row, "value"), _limit(row)]
+        cells = [markdown_code(row["model"]), markdown(_what(row)), _fmt(row, "value"), markdown(_limit(row))]
         if data.get("baseline"):
             cells += [_fmt(row, "baseline"), _delta(row)]
-        cells += [_STATUS_MARK[row["status"]], row["level"], _reason(row)]
-        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+        cells += [_STATUS_MARK[row["status"]], markdown(row["level"]), markdown(_reason(row))]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     how = "Static estimates" if data.get("estimate") == "static" else "Measured"
-    lines.append(f"_{how} by kmemopt {data.get('kmemopt_version', '')}._")
+    lines.append(f"_{how} by kmemopt {markdown(data.get('kmemopt_version', ''))}._")
     return "\n".join(lines) + "\n"
-
-
-def _gh_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _gh_prop(text: str) -> str:
-    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def check_github(data: dict[str, Any]) -> str:
@@ -159,15 +151,19 @@ def check_github(data: dict[str, Any]) -> str:
         if row["status"] == "error":
             message = _reason(row)
         lines.append(
-            f"::{command[row['status']]} file={_gh_prop(row['model'])},title={_gh_prop(title)}::{_gh_data(message)}"
+            f"::{command[row['status']]} file={github_property(row['model'])},title={github_property(title)}::"
+            + github_data(message)
         )
     notice = f"kmemopt check {_headline(data)}: {_summary(data)}"
-    lines.append(f"::{'notice' if data['passed'] else 'error'} title=kmemopt check::{_gh_data(notice)}")
+    lines.append(f"::{'notice' if data['passed'] else 'error'} title=kmemopt check::{github_data(notice)}")
     return "\n".join(lines) + "\n"
 
 
 def check_junit(data: dict[str, Any]) -> str:
-    """JUnit XML: one testcase a budget; a failure element for each failing one (warn-level: system-out)."""
+    """JUnit XML: one testcase a budget; a failure element for each failing one (warn-level: system-out).
+
+    ElementTree quotes &, <, > and quotes; `visible` removes what XML 1.0 cannot hold at all (control
+    characters, surrogates, U+FFFE/U+FFFF) and what a reader would take for a new line."""
     s = data["summary"]
     failures, errors = str(s["failed"]), str(s["errors"])
     suites = ET.Element("testsuites", name="kmemopt check", tests=str(s["total"]), failures=failures, errors=errors)
@@ -175,19 +171,20 @@ def check_junit(data: dict[str, Any]) -> str:
         suites, "testsuite", name="kmemopt check", tests=str(s["total"]), failures=failures, errors=errors, skipped="0"
     )
     for row in data["budgets"]:
-        case = ET.SubElement(suite, "testcase", classname=row["model"], name=_what(row), file=row["model"])
+        model, what, reason = visible(row["model"]), visible(_what(row)), visible(_reason(row))
+        case = ET.SubElement(suite, "testcase", classname=model, name=what, file=model)
         detail = (
-            f"{_what(row)} = {_fmt(row, 'value')} (limit {_limit(row)}, "
+            f"{what} = {_fmt(row, 'value')} (limit {visible(_limit(row))}, "
             f"baseline {_fmt(row, 'baseline')}, delta {_delta(row)})"
         )
         if row["status"] == "fail":
-            failure = ET.SubElement(case, "failure", message=_reason(row), type="BudgetExceeded")
+            failure = ET.SubElement(case, "failure", message=reason, type="BudgetExceeded")
             failure.text = detail
         elif row["status"] == "error":
-            error = ET.SubElement(case, "error", message=_reason(row), type="ModelRejected")
-            error.text = _reason(row)
+            error = ET.SubElement(case, "error", message=reason, type="ModelRejected")
+            error.text = reason
         else:
             out = ET.SubElement(case, "system-out")
-            out.text = detail + (f"\nwarning: {_reason(row)}" if row["status"] == "warn" else "")
+            out.text = detail + (f"\nwarning: {reason}" if row["status"] == "warn" else "")
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

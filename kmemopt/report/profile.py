@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kmemopt.report.safe import markdown, markdown_code, markup, visible
 from kmemopt.units import format_bytes, format_count
 
 
@@ -50,13 +51,15 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
     def u(n: int) -> str:  # one unit for the whole table, named in the headers
         return f"{n / factor:,.1f}" if n else "0"
 
-    title = f"{model['name']}  ·  {model['format']}"
+    title = f"{markup(model['name'])}  ·  {markup(model['format'])}"
     if model.get("file_bytes") is not None:
         title += f"  ·  file {format_bytes(model['file_bytes'])}"
-    title += f"  ·  batch {b}  ·  optimizer {data['optimizer']['name']} ({data['optimizer']['source']})"
+    title += f"  ·  batch {b}  ·  optimizer {markup(data['optimizer']['name'])} ({data['optimizer']['source']})"
     table = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
     table.add_column("Layer", overflow="fold")
-    table.add_column("Class", no_wrap=True, min_width=max((len(r["class_name"]) for r in data["layers"]), default=5))
+    table.add_column(
+        "Class", no_wrap=True, min_width=max((len(visible(r["class_name"])) for r in data["layers"]), default=5)
+    )
     table.add_column("Output shape")
     table.add_column("Params", justify="right")
     table.add_column("Dtype")
@@ -91,11 +94,11 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         share = mine / denominator
         style = "bold red" if mine == heaviest and mine > 0 else ("yellow" if share >= 0.10 else "")
         table.add_row(
-            row["path"] + (f" ×{row['calls']}" if row["calls"] > 1 else ""),
-            row["class_name"],
+            markup(row["path"]) + (f" ×{row['calls']}" if row["calls"] > 1 else ""),
+            markup(row["class_name"]),
             _shape(row["output_shape"]),
             f"{row['params']:,}",
-            "+".join(row["param_dtypes"]) or "-",
+            markup("+".join(row["param_dtypes"])) or "-",
             u(row["param_bytes"]),
             u(row["activation_bytes"]),
             u(row["gradient_bytes"]),
@@ -182,9 +185,9 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         "(see README, 'Memory model'). Units: KiB/MiB/GiB = 1024-based.[/dim]"
     )
     for line in measured_lines(data):
-        console.print(line, highlight=False)
+        console.print(markup(line), highlight=False)
     for warning in data.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {markup(warning)}", highlight=False)
 
 
 def _error(estimated: int | None, measured: int | None) -> str:
@@ -238,10 +241,13 @@ def measured_lines(data: dict[str, Any]) -> list[str]:
 def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
     totals = data["totals"]
     model = data["model"]
-    out = [f"## kmemopt profile: {model['name']}", ""]
-    out.append(f"- File: `{model.get('path')}` ({model['format']}, {format_bytes(model.get('file_bytes'))})")
+    out = [f"## kmemopt profile: {markdown(model['name'])}", ""]
     out.append(
-        f"- Batch size: {data['batch_size']}; optimizer: {data['optimizer']['name']} ({data['optimizer']['source']})"
+        f"- File: {markdown_code(model.get('path'), table=False)} ({markdown(model['format'])}, {format_bytes(model.get('file_bytes'))})"
+    )
+    out.append(
+        f"- Batch size: {data['batch_size']}; optimizer: {markdown(data['optimizer']['name'])} "
+        f"({data['optimizer']['source']})"
     )
     out.append(f"- Parameters: {totals['params']:,} ({totals['trainable_params']:,} trainable)")
     out.append(f"- **Inference peak: {format_bytes(totals['inference_peak_bytes'])}** (static estimate)")
@@ -260,7 +266,7 @@ def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
     layers, hidden = _top_layers(data["layers"], top)
     for row in layers:
         out.append(
-            f"| `{row['path']}` | {row['class_name']} | {_shape(row['output_shape'])} | {row['params']:,} | "
+            f"| {markdown_code(row['path'])} | {markdown(row['class_name'])} | {_shape(row['output_shape'])} | {row['params']:,} | "
             f"{format_bytes(row['param_bytes'])} | {format_bytes(row['activation_bytes'])} | "
             f"{format_bytes(row['gradient_bytes'])} | {format_bytes(row['optimizer_bytes'])} |"
         )
@@ -273,7 +279,7 @@ def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
     )
     measured = measured_lines(data)
     if measured:
-        out += ["", measured[0], ""] + [f"- {line.strip()}" for line in measured[1:]]
+        out += ["", markdown(measured[0]), ""] + [f"- {markdown(line.strip())}" for line in measured[1:]]
     for warning in data.get("warnings", []):
-        out.append(f"\n> warning: {warning}")
+        out.append(f"\n> warning: {markdown(warning)}")
     return "\n".join(out) + "\n"

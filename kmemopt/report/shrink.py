@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kmemopt.report.safe import markdown, markdown_code, markup
 from kmemopt.units import format_bytes
 
 SIDE_ROWS = (
@@ -32,12 +33,13 @@ def _dtypes(values: list[str] | None) -> str:
     return "-" if values is None else ("/".join(values) or "-")
 
 
-def _headline(data: dict[str, Any]) -> str:
+def _headline(data: dict[str, Any], quote=markup) -> str:
+    """The last line; `quote` makes the output path safe for the format (rich markup or Markdown)."""
     if data["dry_run"]:
         return "Dry run: nothing was written."
     if not data["written"]:
         return "Nothing was written (a fidelity gate failed)."
-    text = f"Wrote {data['output']}"
+    text = f"Wrote {quote(data['output'])}"
     if data.get("file_ratio") is not None:
         text += f" ({data['file_ratio']:.3f}x the input file)"
     if data["needs_import_kmemopt"]:
@@ -65,7 +67,7 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
 
     before, after = data["before"], data["after"] or {}
     table = Table(
-        title=f"{data['input'] or 'model'}  ·  batch {data['batch_size']}  ·  optimizer {data['optimizer']}",
+        title=f"{markup(data['input'] or 'model')}  ·  batch {data['batch_size']}  ·  optimizer {markup(data['optimizer'])}",
         title_justify="left",
         header_style="bold",
     )
@@ -88,24 +90,24 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
             lt.add_column(col, justify="right" if col.startswith("Bytes") else "left", overflow="fold")
         for r in rows:
             cls = (
-                r["class_name"]
+                markup(r["class_name"])
                 if r["class_name_after"] in (None, r["class_name"])
-                else f"{r['class_name']} → {r['class_name_after']}"
+                else f"{markup(r['class_name'])} → {markup(r['class_name_after'])}"
             )
             lt.add_row(
-                r["layer"],
+                markup(r["layer"]),
                 cls,
-                _dtypes(r["dtypes_before"]),
-                _dtypes(r["dtypes_after"]),
+                markup(_dtypes(r["dtypes_before"])),
+                markup(_dtypes(r["dtypes_after"])),
                 format_bytes(r["param_bytes_before"]),
                 format_bytes(r["param_bytes_after"]),
             )
         console.print(lt)
 
     for p in data["passes"]:
-        applied = ", ".join(f"{a['layer']} ({a['action']})" for a in p["applied"][:12])
+        applied = ", ".join(f"{markup(a['layer'])} ({markup(a['action'])})" for a in p["applied"][:12])
         more = len(p["applied"]) - 12
-        line = f"[bold]{p['name']}[/bold]: applied {len(p['applied'])}"
+        line = f"[bold]{markup(p['name'])}[/bold]: applied {len(p['applied'])}"
         if applied:
             line += f": {applied}" + (f", … {more} more" if more > 0 else "")
         console.print(line, highlight=False)
@@ -113,20 +115,22 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
         for s in p["skipped"]:
             reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
         for reason, n in reasons.items():
-            console.print(f"    skipped {n}: {reason}", highlight=False)
+            console.print(f"    skipped {n}: {markup(reason)}", highlight=False)
         for note in p["notes"]:
-            console.print(f"    note: {note}", highlight=False)
+            console.print(f"    note: {markup(note)}", highlight=False)
 
     fid = data.get("fidelity")
     if fid:
         ft = Table(
-            title=f"Fidelity ({fid['source']}, {fid['samples']} samples)", title_justify="left", header_style="bold"
+            title=f"Fidelity ({markup(fid['source'])}, {fid['samples']} samples)",
+            title_justify="left",
+            header_style="bold",
         )
         for col in ("Output", "Max abs error", "Relative L2", "Cosine", "Top-1 agreement"):
             ft.add_column(col, justify="left" if col == "Output" else "right")
         for o in fid["outputs"]:
             ft.add_row(
-                o["name"],
+                markup(o["name"]),
                 _num(o["max_abs_error"]),
                 _num(o["relative_l2_error"]),
                 _num(o["cosine_similarity"]),
@@ -144,24 +148,29 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
                 et.add_column(col, justify="left" if col == "Layer" else "right")
             for e in fid["explain"][:15]:
                 et.add_row(
-                    e["layer"], _num(e["relative_l2_error"]), _pct(e["top1_agreement"]), _pct(e["accuracy_after"])
+                    markup(e["layer"]),
+                    _num(e["relative_l2_error"]),
+                    _pct(e["top1_agreement"]),
+                    _pct(e["accuracy_after"]),
                 )
             console.print(et)
         if fid.get("note"):
-            console.print(f"[dim]{fid['note']}[/dim]", highlight=False)
+            console.print(f"[dim]{markup(fid['note'])}[/dim]", highlight=False)
     for warning in data.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {markup(warning)}", highlight=False)
     if data.get("reload"):
-        console.print(f"Verified: reloaded with {data['reload']['loaded_with']}, outputs reproduced.", highlight=False)
+        console.print(
+            f"Verified: reloaded with {markup(data['reload']['loaded_with'])}, outputs reproduced.", highlight=False
+        )
     console.print(_headline(data) + f"  ({data['elapsed_s']:.1f} s)", highlight=False)
 
 
 def shrink_markdown(data: dict[str, Any]) -> str:
     before, after = data["before"], data["after"] or {}
     out = [
-        f"## kmemopt shrink: {data['input'] or 'model'}",
+        f"## kmemopt shrink: {markdown(data['input'] or 'model')}",
         "",
-        _headline(data),
+        _headline(data, markdown),
         "",
         "| | Before | After | Ratio |",
         "|---|---:|---:|---:|",
@@ -180,32 +189,35 @@ def shrink_markdown(data: dict[str, Any]) -> str:
         ]
         for r in rows:
             out.append(
-                f"| {r['layer']} | {r['class_name']} | {_dtypes(r['dtypes_before'])} | {_dtypes(r['dtypes_after'])} "
+                f"| {markdown_code(r['layer'])} | {markdown(r['class_name'])} | {markdown(_dtypes(r['dtypes_before']))} "
+                f"| {markdown(_dtypes(r['dtypes_after']))} "
                 f"| {format_bytes(r['param_bytes_before'])} | {format_bytes(r['param_bytes_after'])} |"
             )
     out += ["", "### Passes", ""]
     for p in data["passes"]:
-        out.append(f"- **{p['name']}**: applied {len(p['applied'])}, skipped {len(p['skipped'])}")
+        out.append(f"- **{markdown(p['name'])}**: applied {len(p['applied'])}, skipped {len(p['skipped'])}")
         for s in p["skipped"]:
-            out.append(f"  - skipped {s['layer']}: {s['reason']}")
+            out.append(f"  - skipped {markdown_code(s['layer'], table=False)}: {markdown(s['reason'])}")
         for note in p["notes"]:
-            out.append(f"  - note: {note}")
+            out.append(f"  - note: {markdown(note)}")
     fid = data.get("fidelity")
     if fid:
         out += [
             "",
-            f"### Fidelity ({fid['source']}, {fid['samples']} samples)",
+            f"### Fidelity ({markdown(fid['source'])}, {fid['samples']} samples)",
             "",
             "| Output | Max abs error | Relative L2 | Cosine | Top-1 agreement |",
             "|---|---:|---:|---:|---:|",
         ]
         for o in fid["outputs"]:
             out.append(
-                f"| {o['name']} | {_num(o['max_abs_error'])} | {_num(o['relative_l2_error'])} | "
+                f"| {markdown_code(o['name'])} | {_num(o['max_abs_error'])} | {_num(o['relative_l2_error'])} | "
                 f"{_num(o['cosine_similarity'])} | {_pct(o['top1_agreement'])} |"
             )
         if fid["accuracy_before"] is not None:
             out += ["", f"Accuracy: {_pct(fid['accuracy_before'])} → {_pct(fid['accuracy_after'])}"]
         if fid.get("note"):
-            out += ["", fid["note"]]
+            out += ["", markdown(fid["note"])]
+    for warning in data.get("warnings", []):
+        out += ["", f"> warning: {markdown(warning)}"]
     return "\n".join(out) + "\n"
