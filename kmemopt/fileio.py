@@ -46,9 +46,38 @@ def _name_anonymous(fd: int, name: Path) -> None:
         os.close(root)
 
 
+def refuse_same_file(output: str | os.PathLike | None, source: str | os.PathLike | None, what: str = "output") -> None:
+    """Usage error (exit 2) when `output` is `source` itself: the same path, or the same file reached
+    through a symlink or a hard link (same device and inode)."""
+    if output is None or source is None:
+        return
+    out, src = Path(output), Path(source)
+    same = out.resolve() == src.resolve()
+    if not same and out.exists() and src.exists():
+        try:
+            same = os.path.samefile(out, src)
+        except OSError:
+            same = False
+    if same:
+        raise UsageError(
+            f"The {what} {out} is the input file; kmemopt never overwrites its input. Choose another path."
+        )
+
+
+def _exists_error(target: Path) -> UsageError:
+    return UsageError(
+        f"{target} appeared while kmemopt was writing it (another process?); it was left alone. "
+        "Pass --force to replace it, or choose another output."
+    )
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, suffix: str = "", *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `target` in one rename, else vanishes.
+
+    With `replace=False` the finished file is linked to `target` exclusively (link(2) fails if the
+    name exists): a file that appeared meanwhile, such as another kmemopt's output, is never replaced
+    (UsageError, exit 2).
 
     On Linux the temporary is an unnamed file in the target's folder, reachable through
     /proc/<pid>/fd/<n> (also from a child process of ours): a crash, Ctrl-C or SIGKILL leaves neither a
@@ -66,6 +95,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         try:
             yield Path(f"/proc/{os.getpid()}/fd/{fd}")
             os.fsync(fd)
+            if not replace:
+                try:
+                    _name_anonymous(fd, target)  # exclusive: fails if the name exists
+                except FileExistsError:
+                    raise _exists_error(target) from None
+                return
             _name_anonymous(fd, named)
             os.replace(named, target)
         finally:
@@ -80,6 +115,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        if not replace:
+            try:
+                os.link(tmp_path, target)  # exclusive: fails if the name exists
+            except FileExistsError:
+                raise _exists_error(target) from None
+            return
         os.replace(tmp_path, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -15,8 +15,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -166,12 +164,11 @@ def default_output(path: Path) -> Path:
 
 
 def check_output(src: Path | None, out: Path, force: bool) -> Path:
-    from kmemopt.fileio import check_writable_dir
+    from kmemopt.fileio import check_writable_dir, refuse_same_file
 
     if out.suffix != ".keras":
         raise UsageError(f"The output must be a .keras file. Received: {out}.")
-    if src is not None and (out.resolve() == src.resolve() or (out.exists() and os.path.samefile(out, src))):
-        raise UsageError(f"The output {out} is the input; kmemopt never overwrites its input.")
+    refuse_same_file(out, src)
     if out.exists() and not force:
         raise UsageError(f"{out} already exists; pass --force to overwrite it, or choose another -o.")
     if out.exists() and out.is_dir():
@@ -265,76 +262,98 @@ def save_container(model, target: Path, *, compress: bool) -> None:
     os.chmod(target, 0o666 & ~umask)
 
 
-_RELOAD_SCRIPT = r"""
-import os, sys
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-model_path, inputs_path, outputs_path, import_kmemopt, batch_size = sys.argv[1:6]
-if import_kmemopt == "1":
-    import kmemopt  # registers kmemopt's layers once keras is imported
-import numpy as np
-import keras
-model = keras.models.load_model(model_path)
-with np.load(inputs_path) as data:
-    arrays = [data[f"a{i}"] for i in range(len(data.files))]
-feed = arrays[0] if len(arrays) == 1 else arrays
-struct = getattr(model, "_inputs_struct", None)  # dict-input models (keras-hub backbones) take a dict
-if struct is not None and len(keras.tree.flatten(struct)) == len(arrays):
-    feed = keras.tree.pack_sequence_as(struct, arrays)
-out = model.predict(feed, batch_size=int(batch_size), verbose=0)
-if isinstance(out, dict):
-    out = list(out.values())
-if not isinstance(out, (list, tuple)):
-    out = [out]
-np.savez(outputs_path, **{f"o{i}": np.asarray(o, dtype="float32") for i, o in enumerate(out)})
-"""
+RELOAD_TARGET = "kmemopt.shrinking:reload_in_child"
 
 
-def reload_command(
-    model_path: Path, inputs_path: Path, outputs_path: Path, import_kmemopt: bool, batch_size: int
-) -> list[str]:
-    """The fresh process that loads the written file with plain Keras (a function so tests can swap it)."""
-    return [
-        sys.executable,
-        "-c",
-        _RELOAD_SCRIPT,
-        str(model_path),
-        str(inputs_path),
-        str(outputs_path),
-        "1" if import_kmemopt else "0",
-        str(batch_size),
-    ]
+def reload_in_child(request: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The reload check's child (run by `kmemopt.sandbox`): plain `keras.models.load_model`, then predict.
+
+    The written file is the parent's unnamed temp file, reachable as /proc/<pid>/fd/<n>; Keras wants a
+    name ending in `.keras`, so a symlink in the child's scratch folder points at it for as long as
+    `load_model` runs, and is removed right after (the folder also goes if either process dies).
+    """
+    import sys
+
+    from kmemopt import sandbox
+
+    if not request["import_kmemopt"]:
+        # `python -m kmemopt.sandbox` imported kmemopt, whose hook would register kmemopt's layers as
+        # Keras is imported: without it, the load below is what a user's plain Keras does.
+        from kmemopt._layers_hook import KerasImportHook
+
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, KerasImportHook)]
+    import keras
+
+    custom_objects = None
+    if request.get("custom_objects"):
+        from kmemopt.trust import load_custom_objects
+
+        custom_objects = load_custom_objects(request["custom_objects"])
+    link = sandbox.scratch_dir() / "model.keras"
+    os.symlink(request["model"], link)  # not resolved: an unnamed temp is only reachable via /proc
+    try:
+        model = keras.models.load_model(link, custom_objects=custom_objects)
+    finally:
+        shutil.rmtree(link.parent, ignore_errors=True)
+    feed = arrays[0] if len(arrays) == 1 else list(arrays)
+    struct = getattr(model, "_inputs_struct", None)  # dict-input models (keras-hub backbones) take a dict
+    if struct is not None and len(keras.tree.flatten(struct)) == len(arrays):
+        feed = keras.tree.pack_sequence_as(struct, list(arrays))
+    out = model.predict(feed, batch_size=int(request["batch_size"]), verbose=0)
+    if isinstance(out, dict):
+        out = list(out.values())
+    if not isinstance(out, (list, tuple)):
+        out = [out]
+    return {}, [np.asarray(o, dtype="float32") for o in out]
 
 
 def verify_reload(
-    tmp: Path, inputs, expected: list[np.ndarray], *, custom_layers: bool
+    tmp: Path,
+    inputs,
+    expected: list[np.ndarray],
+    *,
+    custom_layers: bool,
+    custom_objects: str | os.PathLike | None = None,
+    max_memory_bytes: int | None = None,
+    timeout_s: float | None = None,
 ) -> tuple[list[np.ndarray], dict]:
-    """Load the written file with `keras.models.load_model` in a fresh process and rerun the inputs."""
-    from kmemopt import fidelity as fid
+    """Load the written file with `keras.models.load_model` in a fresh process and rerun the inputs.
 
-    with tempfile.TemporaryDirectory(prefix="kmemopt-reload-") as scratch:
-        scratch = Path(scratch)
-        link = scratch / "model.keras"  # Keras wants the .keras suffix; the temp file has .tmp
-        os.symlink(os.path.abspath(tmp), link)  # not resolved: an unnamed temp is only reachable via /proc
-        np.savez(scratch / "inputs.npz", **{f"a{i}": a for i, a in enumerate(inputs.arrays)})
-        outputs_path = scratch / "outputs.npz"
-        env = dict(os.environ)
-        env.setdefault("KERAS_BACKEND", os.environ.get("KERAS_BACKEND", "tensorflow"))
-        started = time.perf_counter()
-        proc = subprocess.run(
-            reload_command(link, scratch / "inputs.npz", outputs_path, custom_layers, fid.predict_batch_size(inputs)),
-            capture_output=True,
-            text=True,
-            env=env,
+    The child runs under kmemopt's memory limit and timeout (see `kmemopt.sandbox`) and dies with this
+    process; `custom_objects` (the user's file) is run in the child too, so it loads what this one did.
+    """
+    from kmemopt import fidelity as fid
+    from kmemopt import sandbox
+
+    request = {
+        "model": os.path.abspath(tmp),
+        "import_kmemopt": custom_layers,
+        "custom_objects": str(Path(custom_objects).resolve()) if custom_objects is not None else None,
+        "batch_size": fid.predict_batch_size(inputs),
+    }
+    started = time.perf_counter()
+    try:
+        done = sandbox.run_child(
+            RELOAD_TARGET,
+            request,
+            list(inputs.arrays),
+            max_memory_bytes=max_memory_bytes or sandbox.default_max_memory(),
+            timeout_s=timeout_s or sandbox.DEFAULT_TIMEOUT_S,
+            what="the reload check",
         )
-        if proc.returncode != 0:
-            tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-            raise ReloadFailed(
-                f"The written model did not reload in a fresh process with plain Keras ({tail[0][:300]}); "
-                "nothing was written."
-            )
-        with np.load(outputs_path) as data:
-            got = [data[f"o{i}"] for i in range(len(data.files))]
-        seconds = time.perf_counter() - started
+    except sandbox.RunLimitExceeded:
+        raise
+    except KmemoptError as exc:
+        from kmemopt.errors import clip
+
+        failed = ReloadFailed(
+            f"The written model did not reload in a fresh process with plain Keras ({clip(exc.message, 300)}); "
+            "nothing was written."
+        )
+        failed.child_type = getattr(exc, "child_type", None)
+        raise failed from exc
+    got = done.arrays
+    seconds = time.perf_counter() - started
     if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected, strict=False)):
         raise ReloadFailed("The reloaded model's outputs do not have the shrunk model's shapes; nothing was written.")
     diff = max((float(np.max(np.abs(g - e))) if g.size else 0.0) for g, e in zip(got, expected, strict=True))
@@ -350,6 +369,7 @@ def verify_reload(
         "max_abs_diff_vs_in_process": diff,
         "reproduced": reproduced,
         "seconds": round(seconds, 3),
+        "peak_rss_bytes": done.peak_rss_bytes,
     }
     return got, info
 
@@ -386,6 +406,90 @@ def _layer_rows(before, after) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# Bytes shrink holds for every output element of every sample: the reference, shrunk and reloaded
+# outputs (float32, 3 x 4) and, while `fidelity.compare_output` runs, float64 copies of two of them,
+# their difference and its absolute value (4 x 8).
+HELD_BYTES_PER_OUTPUT_ELEMENT = 3 * 4 + 4 * 8
+
+
+def _data_rows(path: Path, names: list[str]) -> tuple[int, int] | None:
+    """(rows, elements per row over the model's inputs) from a --data file's array headers, reading no
+    data; None when the file does not fit (reading it later says why, exit 2)."""
+    try:
+        if path.suffix == ".npy":
+            shapes = [np.load(path, mmap_mode="r", allow_pickle=False).shape]
+        elif path.suffix == ".npz":
+            with zipfile.ZipFile(path) as zf:
+                members = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+                keys = [n if n in members else "x" for n in names] if len(names) == 1 else list(names)
+                shapes = []
+                for key in keys:
+                    with zf.open(members[key]) as fh:
+                        version = np.lib.format.read_magic(fh)
+                        read_header = (
+                            np.lib.format.read_array_header_1_0
+                            if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0
+                        )
+                        shapes.append(read_header(fh)[0])
+        else:
+            return None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if not shapes or any(len(sh) < 1 for sh in shapes):
+        return None
+    return min(int(sh[0]) for sh in shapes), sum(int(np.prod(sh[1:], dtype=np.int64)) for sh in shapes)
+
+
+def _per_sample_elements(graph, tensors) -> int:
+    total = 0
+    for t in tensors:
+        info = graph.tensors[t]
+        total += int(np.prod([int(d) for d in info.shape[1:]], dtype=np.int64))
+    return total
+
+
+def run_memory_estimate(profile, *, data=None, samples: int | None = None) -> tuple[int, int, int]:
+    """(bytes, batch, samples): the static estimate of what shrink's fidelity run and reload check hold.
+
+    The model runs at the batch size the fidelity check uses (`fidelity.predict_batch_size`, from the
+    inputs' sizes); on top of its static inference peak at that batch, the inputs of every sample
+    (float32) and HELD_BYTES_PER_OUTPUT_ELEMENT for each element of every sample's outputs.
+    """
+    from types import SimpleNamespace
+
+    from kmemopt import fidelity as fid
+    from kmemopt.profiling.static import peaks_at
+
+    graph = profile._graph
+    in_elements = _per_sample_elements(graph, graph.inputs)
+    n = samples or fid.DEFAULT_SYNTHETIC_SAMPLES
+    if data is not None:
+        rows = _data_rows(Path(data), [i.name for i in profile.inputs])
+        if rows is not None:
+            n = min(rows[0], samples) if samples else rows[0]
+            in_elements = rows[1]
+    # The same function the run uses, on zero-sample arrays of the per-sample size (no memory).
+    probe = SimpleNamespace(arrays=[np.empty((0, max(in_elements, 1)), dtype=np.uint8)])
+    batch = min(fid.predict_batch_size(probe), max(n, 1))
+    out_elements = _per_sample_elements(graph, graph.outputs)
+    held = n * (4 * in_elements + HELD_BYTES_PER_OUTPUT_ELEMENT * out_elements)
+    return peaks_at(profile, batch)[0] + held, batch, n
+
+
+def check_run_memory(profile, *, data=None, samples: int | None = None, max_memory_bytes: int) -> None:
+    """Refuse (exit 3, RUN-MEMORY) before anything runs when the fidelity run would pass the limit."""
+    from kmemopt import sandbox
+
+    estimate, batch, n = run_memory_estimate(profile, data=data, samples=samples)
+    sandbox.refuse_over_limit(
+        estimate,
+        max_memory_bytes,
+        f"fidelity check on {n:,} samples at batch {batch}",
+        "Give --max-memory to raise the limit, or fewer --samples.",
+    )
 
 
 def _has_unknown_dims(model) -> bool:
@@ -491,9 +595,18 @@ def shrink(
     seq_len: int | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     progress: Callable[[str], None] | None = None,
+    max_memory: int | str | None = None,
+    timeout: float | None = None,
 ) -> ShrinkResult:
-    """Write a slimmer copy of a model and report what changed and how faithful it stays."""
+    """Write a slimmer copy of a model and report what changed and how faithful it stays.
+
+    `max_memory` (bytes or a size such as "8GiB"; default: half the physical memory, see
+    `kmemopt.sandbox`) caps what running the model may take: the fidelity run is refused before it
+    starts when the static estimate is over it (exit 3, RUN-MEMORY), and the reload check's child runs
+    under it; `timeout` (seconds, default 900) bounds that child.
+    """
     from kmemopt import fidelity as fid
+    from kmemopt import sandbox
     from kmemopt._keras import import_keras
     from kmemopt.api import open_model, profile
     from kmemopt.fileio import atomic_path
@@ -515,6 +628,9 @@ def shrink(
         raise UsageError(f"The batch size must be at least 1. Received: batch_size={batch_size}.")
     if samples is not None and samples < 1:
         raise UsageError(f"--samples must be at least 1. Received: {samples}.")
+    limit = sandbox.resolve_max_memory(max_memory)
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds. Received: {timeout!r}.")
     keras = import_keras()
     src: Path | None = None
     if isinstance(path_or_model, (str, os.PathLike)):
@@ -532,13 +648,14 @@ def shrink(
     stored = None  # the open input file while the original may still be read back from it
     try:
         warnings: list[str] = []
-        say("Loading the model (after the safety checks) ...")
+        say("Profiling the model (after the safety checks) ...")
         if src is not None:
-            from kmemopt.archive import read_model_file
+            from kmemopt.api import open_checked
 
-            model_file = read_model_file(src)
+            # The architecture, built without its weights: the static profile, and the memory check
+            # below, come before anything is allocated or run.
+            model_file, static_model, _ = open_checked(src, custom_objects)
             compiled = bool(model_file.compile_config)
-            model, stored = open_model(src, custom_objects=custom_objects, compile=keep_optimizer and compiled)
             file_info = {
                 "compiled": compiled,
                 "optimizer_variables": len(model_file.optimizer_weights),
@@ -547,15 +664,15 @@ def shrink(
             opt_ident = optimizer if optimizer is not None else _optimizer_identifier(model_file, None)[0]
             before_bytes = model_file.file_bytes
         else:
-            model, model_file = path_or_model, None
+            static_model, model_file = path_or_model, None
             file_info = {
-                "compiled": getattr(model, "optimizer", None) is not None and model.optimizer.built,
+                "compiled": getattr(static_model, "optimizer", None) is not None and static_model.optimizer.built,
                 "optimizer_variables": 0,
                 "optimizer_bytes": 0,
             }
             opt_ident = optimizer if optimizer is not None else "adam"
             before_bytes = None
-        if seq_len is None and not input_shapes and _has_unknown_dims(model):
+        if seq_len is None and not input_shapes and _has_unknown_dims(static_model):
             # Peaks need every dimension; shrink's job is the file, so pick one and say so.
             seq_len = fid.DEFAULT_SEQ_LEN
             warnings.append(
@@ -563,12 +680,17 @@ def shrink(
                 "(set --seq-len or --input-shape)."
             )
         shapes = {"seq_len": seq_len, "input_shapes": input_shapes}
+        before_profile = profile_model(
+            static_model, model_file=model_file, batch_size=batch_size, optimizer=opt_ident, **shapes
+        )
+        del static_model
+        if not dry_run:
+            check_run_memory(before_profile, data=data, samples=samples, max_memory_bytes=limit)
+        say("Loading the model ...")
         if src is not None:
-            before_profile = profile(
-                src, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes
-            )
+            model, stored = open_model(src, custom_objects=custom_objects, compile=keep_optimizer and compiled)
         else:
-            before_profile = profile_model(model, batch_size=batch_size, optimizer=opt_ident, **shapes)
+            model = path_or_model
         opt_name = (
             opt_ident
             if isinstance(opt_ident, str)
@@ -657,10 +779,18 @@ def shrink(
         release_memory()
 
         say(f"Writing {target} ...")
-        with atomic_path(target) as tmp:
+        with atomic_path(target, replace=force) as tmp:
             save_container(new_model, tmp, compress=ctx.compress)
             say("Reloading the written file in a fresh process with plain Keras ...")
-            reloaded, reload_info = verify_reload(tmp, inputs, new_out, custom_layers=custom)
+            reloaded, reload_info = verify_reload(
+                tmp,
+                inputs,
+                new_out,
+                custom_layers=custom,
+                custom_objects=custom_objects if isinstance(custom_objects, (str, os.PathLike)) else None,
+                max_memory_bytes=limit,
+                timeout_s=timeout,
+            )
             fidelity_reloaded = fid.compare(names, ref, reloaded, inputs)
             fidelity_reloaded.gates = fidelity.gates
             fidelity_reloaded.explain = fidelity.explain

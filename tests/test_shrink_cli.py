@@ -85,10 +85,10 @@ def test_ctrl_c_while_writing_leaves_nothing(cli, folder, monkeypatch):
 def test_killed_reload_process_leaves_nothing(cli, folder, monkeypatch):
     import sys
 
-    def killed(*args, **kwargs):
-        return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    from kmemopt import sandbox
 
-    monkeypatch.setattr(shrinking, "reload_command", killed)
+    killed = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    monkeypatch.setattr(sandbox, "CHILD_COMMAND", killed)
     result = cli("shrink", folder / "mlp.keras", "--samples", "4")
     assert result.exit_code == 4
     assert "did not reload" in result.stderr

@@ -30,7 +30,7 @@ def test_sigkill_during_the_reload_check_leaves_nothing(tmp_path):
     def reloading() -> bool:
         for child in parent.children():
             try:
-                if any("load_model" in part for part in child.cmdline()):
+                if any("reload_in_child" in part for part in child.cmdline()):
                     return True
             except psutil.Error:
                 pass

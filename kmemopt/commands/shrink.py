@@ -151,6 +151,17 @@ def shrink(
     custom_objects: Annotated[
         Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
     ] = None,
+    max_memory: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-memory",
+            help="Memory running the model may use, e.g. 8GiB: over it by the static estimate, exit 3 "
+            "before anything runs (default: half the physical memory).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds the fresh-process reload check may run.")
+    ] = 900,
     fmt: Annotated[ShrinkFormat, typer.Option("--format", "-f", help="Report format.")] = ShrinkFormat.table,
     report: Annotated[
         Optional[Path], typer.Option("--report", help="Write the report to this file instead of stdout.")
@@ -182,6 +193,10 @@ def shrink(
             else:
                 render_shrink(data, _stdout_console(), all_layers=all_layers)
 
+        from kmemopt.fileio import refuse_same_file
+
+        refuse_same_file(report, model, "report")
+        refuse_same_file(report, out, "report")
         with progress("Shrinking ...") as update:
             try:
                 result = run_shrink(
@@ -207,6 +222,8 @@ def shrink(
                     seq_len=seq_len,
                     input_shapes=parse_input_shapes(input_shape) or None,
                     progress=update,
+                    max_memory=max_memory,
+                    timeout=timeout,
                 )
             except GateFailed as exc:
                 if getattr(exc, "result", None) is not None:

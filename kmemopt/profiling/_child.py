@@ -1,8 +1,8 @@
-"""The measuring child: `python -m kmemopt.profiling._child SPEC.json RESULT.json`.
+"""The measuring child: `measure_in_child`, run by `kmemopt.sandbox` (memory limit, timeout, parent death).
 
 Runs in its own process (started by measure.py) so that kmemopt's own process and the user's shell stay
-small, and so the framework's memory can be measured from a clean start. It reads a JSON spec, runs the
-phases one after another and writes one JSON result; progress goes to stdout as `phase <name>` lines.
+small, and so the framework's memory can be measured from a clean start. It takes a JSON spec, runs the
+phases one after another and returns one JSON result; progress goes to the parent as phase lines.
 
 Phases, each measured on its own:
   baseline   import the framework, start its runtime, warm it up on a tiny model (one-time costs)
@@ -20,13 +20,9 @@ leftovers do not hide the next phase's growth.
 from __future__ import annotations
 
 import gc
-import json
 import os
-import resource
-import sys
 import threading
 import time
-import traceback
 
 PROC_STATUS = "/proc/self/status"
 CLEAR_REFS = "/proc/self/clear_refs"
@@ -245,20 +241,63 @@ def make_inputs(model, specs: list[dict], batch: int, data, seed: int = 0) -> di
 
 
 def _as_model_input(model, arrays: dict):
+    """The arrays in the structure the model is called with: a dict for dict-input models (keras-hub
+    backbones), by name; a list, in the model's input order, for several inputs; else the one array."""
+    from keras import tree
+
     values = list(arrays.values())
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict) and set(struct) == set(arrays):
+        return {name: arrays[name] for name in struct}
+    if struct is not None and not isinstance(struct, dict) and len(tree.flatten(struct)) == len(values) > 1:
+        return tree.pack_sequence_as(struct, values)
     return values[0] if len(values) == 1 else values
 
 
 def _compiled_loss(keras, config):
-    """The file's compiled loss (already allowlist-checked by load_model), or None if unusable."""
+    """One loss from the file's compile config (already allowlist-checked by load_model), or None."""
     if config is None:
         return None
-    if isinstance(config, (list, dict)) and not (isinstance(config, dict) and "class_name" in config):
-        return None  # per-output losses: use the default rule
     try:
         return keras.losses.get(config)
     except (ValueError, TypeError, KeyError):
         return None
+
+
+def _is_single(config) -> bool:
+    return not isinstance(config, (list, tuple, dict)) or (isinstance(config, dict) and "class_name" in config)
+
+
+def output_losses(keras, model, outputs, config) -> tuple[list, list[str]]:
+    """One loss per flattened output, and where each came from ("compiled" or "default").
+
+    The compile config's loss may be one loss for every output, a list (in output order) or a dict
+    keyed by output name; an output it gives no usable loss gets the default for its own last layer.
+    """
+    from keras import tree
+
+    flat = tree.flatten(outputs)
+    if isinstance(outputs, dict):
+        names = tree.flatten({k: k for k in outputs})
+    else:
+        names = list(getattr(model, "output_names", None) or [])
+        names = names if len(names) == len(flat) else [str(i) for i in range(len(flat))]
+    if _is_single(config):
+        given = [config] * len(flat)
+    elif isinstance(config, dict):
+        given = [config.get(name) for name in names]
+    else:
+        given = list(config) + [None] * (len(flat) - len(config)) if len(config) <= len(flat) else list(config)
+    losses, sources = [], []
+    for i, _ in enumerate(flat):
+        loss = _compiled_loss(keras, given[i]) if i < len(given) else None
+        if loss is None:
+            losses.append(default_loss(model, output_index=i, output_count=len(flat)))
+            sources.append("default")
+        else:
+            losses.append(loss)
+            sources.append("compiled")
+    return losses, sources
 
 
 def _loss_name(loss) -> str:
@@ -269,14 +308,21 @@ def _loss_name(loss) -> str:
     return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
 
 
-def default_loss(model) -> str:
-    """A loss that fits the last layer: softmax -> categorical CE, sigmoid -> binary CE, else MSE."""
-    layers = [layer for layer in model._flatten_layers(include_self=False) if not layer._layers]
-    last = layers[-1] if layers else None
+def _output_layer(model, index: int):
+    try:
+        return model.outputs[index]._keras_history.operation
+    except (AttributeError, IndexError, TypeError):
+        return None
+
+
+def default_loss(model, output_index: int | None = None, output_count: int = 1) -> str:
+    """A loss that fits an output's last layer: softmax -> categorical CE, sigmoid -> binary CE, else MSE."""
+    last = _output_layer(model, output_index) if output_index is not None and output_count > 1 else None
+    if last is None:
+        layers = [layer for layer in model._flatten_layers(include_self=False) if not layer._layers]
+        last = layers[-1] if layers else None
     activation = getattr(getattr(last, "activation", None), "__name__", "")
     if type(last).__name__ == "Softmax" or activation == "softmax":
-        return "categorical_crossentropy"
-    if type(last).__name__ == "Activation" and getattr(last, "activation", None).__name__ == "softmax":
         return "categorical_crossentropy"
     if activation == "sigmoid":
         return "binary_crossentropy"
@@ -284,14 +330,17 @@ def default_loss(model) -> str:
 
 
 def make_targets(model, outputs, loss, seed: int = 1):
-    """Random targets shaped for `loss` from the model's real outputs."""
+    """Random targets shaped for each output's loss (`loss`: one loss, or one per flattened output),
+    in the outputs' own structure."""
     import numpy as np
     from keras import tree
 
     rng = np.random.default_rng(seed)
-    name = _loss_name(loss).lower()
+    flat = tree.flatten(outputs)
+    losses = list(loss) if isinstance(loss, (list, tuple)) else [loss] * len(flat)
     targets = []
-    for y in tree.flatten(outputs):
+    for y, one in zip(flat, losses, strict=True):
+        name = _loss_name(one).lower()
         shape = tuple(y.shape)
         if "sparse" in name:
             targets.append(rng.integers(0, max(shape[-1], 1), size=shape[:-1]).astype("int32"))
@@ -302,6 +351,8 @@ def make_targets(model, outputs, loss, seed: int = 1):
             targets.append(rng.integers(0, 2, size=shape).astype("float32"))
         else:
             targets.append(rng.standard_normal(shape).astype("float32"))
+    if isinstance(outputs, dict):
+        return tree.pack_sequence_as(outputs, targets)
     return targets[0] if len(targets) == 1 else targets
 
 
@@ -402,30 +453,14 @@ def _itemsize(dtype) -> int:
     return itemsize(getattr(dtype, "name", dtype))
 
 
-def _limit_memory(max_bytes: int | None, cpu_seconds: int | None) -> None:
-    """Backstops: RLIMIT_AS above today's address space by the allowed resident bytes; RLIMIT_CPU."""
-    if max_bytes:
-        size = _status_kib("VmSize") or 0
-        # Address space grows without resident memory (thread stacks, malloc arenas): leave slack.
-        limit = size + int(max_bytes) + 2 * 1024**3
-        try:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        except (ValueError, OSError):
-            pass
-    if cpu_seconds:
-        try:
-            resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_seconds), int(cpu_seconds) + 5))
-        except (ValueError, OSError):
-            pass
-
-
 def _phase(name: str) -> None:
-    print(f"phase {name}", flush=True)
+    from kmemopt.sandbox import phase
+
+    phase(name)
 
 
 def run(spec: dict) -> dict:
     device = spec.get("device", "cpu")
-    _limit_memory(None, spec.get("cpu_seconds"))
     hwm = HighWaterMark()
     result: dict = {"device": device, "method": hwm.method, "pid": os.getpid(), "seconds": {}}
 
@@ -449,7 +484,6 @@ def run(spec: dict) -> dict:
     result["baseline_bytes"] = baseline
     result["baseline_peak_bytes"] = hwm.peak()
     result["seconds"]["baseline"] = time.perf_counter() - t0
-    _limit_memory(spec.get("max_memory_bytes"), None)
     gpu_base = 0
     if gpu is not None:
         gpu_base = gpu.allocator()[0]
@@ -504,10 +538,9 @@ def run(spec: dict) -> dict:
             outputs = model.predict_on_batch(x)
         if "training" in spec.get("phases", ["inference", "training"]):
             _phase(f"training b={batch}")
-            loss, loss_source = _compiled_loss(keras, spec.get("loss")), "compiled"
-            if loss is None:
-                loss, loss_source = default_loss(model), "default"
-            y = make_targets(model, outputs, loss)
+            losses, sources = output_losses(keras, model, outputs, spec.get("loss"))
+            y = make_targets(model, outputs, losses)
+            loss = keras.tree.pack_sequence_as(outputs, losses) if len(losses) > 1 else losses[0]
             del outputs
             from kmemopt.build import make_optimizer
 
@@ -519,8 +552,10 @@ def run(spec: dict) -> dict:
             model.train_on_batch(x, y)
             row["training_peak_bytes"] = hwm.peak() - baseline
             row["training_seconds"] = time.perf_counter() - t0
-            row["loss"] = _loss_name(loss)
-            row["loss_source"] = loss_source
+            names = [_loss_name(one) for one in losses]
+            row["loss"] = names[0] if len(set(names)) == 1 else ", ".join(names)
+            row["losses"] = names
+            row["loss_source"] = sources[0] if len(set(sources)) == 1 else "mixed"
             gpu_phase(f"training b={batch}")
             del y
         else:
@@ -538,44 +573,9 @@ def run(spec: dict) -> dict:
     return result
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this child if kmemopt's process dies (no orphaned measurement)."""
-    try:
-        import ctypes
-        import signal
+def measure_in_child(request: dict, arrays: list) -> tuple[dict, list]:
+    """The sandbox entry point: run the phases in the child's scratch folder (the warm-up writes a file)."""
+    from kmemopt.sandbox import scratch_dir
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def main(argv: list[str]) -> int:
-    _die_with_parent()
-    spec_path, result_path = argv[1], argv[2]
-    with open(spec_path) as fh:
-        spec = json.load(fh)
-    # The parent starts this process in a temporary directory of its own (and removes it afterwards);
-    # the warm-up's scratch file goes there.
-    try:
-        result = run(spec)
-        status = 0
-    except MemoryError:
-        result, status = {"error": "memory", "message": "MemoryError"}, 3
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent as data
-        text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ''}"
-        kind = "memory" if "ResourceExhausted" in type(exc).__name__ or "OOM" in str(exc)[:2000] else "error"
-        result = {"error": kind, "message": text, "traceback": traceback.format_exc()[-4000:]}
-        from kmemopt.errors import KmemoptError
-
-        if isinstance(exc, KmemoptError):
-            result["exit_code"] = int(exc.exit_code)
-        status = 3 if kind == "memory" else 1
-    tmp = result_path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh)
-    os.replace(tmp, result_path)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    os.chdir(scratch_dir())
+    return run(request), []

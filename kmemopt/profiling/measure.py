@@ -1,9 +1,11 @@
 """Real peak memory, measured in a child process and set beside the static estimate.
 
-The parent (this module) never imports the framework: it writes a JSON spec, starts
-`python -m kmemopt.profiling._child` with a temporary working directory and KERAS_HOME, watches the
-child's resident memory and wall time, and reads back one JSON result. A child that passes
-`--max-memory` or `--timeout` is stopped and reported as exceeding, not as a crash.
+The parent (this module) never imports the framework: it hands a JSON spec to
+`kmemopt.profiling._child.measure_in_child` through `kmemopt.sandbox` (a child with a scratch folder and
+its own KERAS_HOME, a memory limit, a timeout, killed with its parent) and gets one JSON result back.
+Before any child starts, the static training peak at each batch size is compared with the memory
+limit (over it: exit 3, RUN-MEMORY). A child that still passes `--max-memory` or `--timeout` is
+stopped and reported as exceeding, not as a crash; its other failures come back by type.
 
 Every `*_peak_bytes` counts the model's memory above the framework baseline (the child's resident
 memory after the framework has started and warmed up on a tiny model): the same quantity the static
@@ -12,12 +14,7 @@ memory after the framework has started and warmed up on a tiny model): the same 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +22,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kmemopt.errors import KmemoptError, UsageError
+from kmemopt.errors import UsageError
 
-POLL_S = 0.02
-DEFAULT_TIMEOUT_S = 900
+DEFAULT_TIMEOUT_S = 900  # kmemopt.sandbox.DEFAULT_TIMEOUT_S
 GPU_MISSING = "no NVIDIA GPU is visible"
 
 
@@ -177,10 +173,10 @@ def resolve_device(device: Device | str, gpu_index: int = 0) -> str:
 
 
 def default_max_memory() -> int:
-    """Three quarters of the memory available now: a runaway child cannot take the machine down."""
-    import psutil
+    """The shared default limit (half of physical memory; see kmemopt.sandbox)."""
+    from kmemopt.sandbox import default_max_memory as default
 
-    return int(psutil.virtual_memory().available * 0.75)
+    return default()
 
 
 # --------------------------------------------------------------------------------------------- fitting
@@ -203,22 +199,6 @@ def fit_line(points: Sequence[tuple[int, int]]) -> Fit | None:
 # --------------------------------------------------------------------------------------------- child
 
 
-def _rss_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return psutil.Process(pid).memory_info().rss
-    except Exception:
-        return 0
-
-
 def run_child(
     spec: dict[str, Any],
     *,
@@ -227,82 +207,35 @@ def run_child(
     on_phase: Callable[[str], None] | None = None,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run one child; return its JSON result, or {"error": "memory"|"timeout"|..., "message": ...}."""
-    workdir = Path(tempfile.mkdtemp(prefix="kmemopt-measure-"))
+    """Run one measuring child; return its JSON result, or {"error": "memory"|"timeout", "message": ...}
+    when it passed a limit. Any other failure is raised, by type (a kmemopt error keeps its exit code)."""
+    from kmemopt import sandbox
+
+    child_env = dict(env or {})
+    if spec.get("device") == "cpu":
+        child_env["CUDA_VISIBLE_DEVICES"] = ""
+    elif spec.get("device") == "gpu":
+        # The framework then sees the chosen card as GPU:0; NVML ignores this variable and keeps
+        # the machine's numbering, so the child's NVML queries use gpu_index unchanged.
+        child_env["CUDA_VISIBLE_DEVICES"] = str(spec.get("gpu_index", 0))
     try:
-        spec = dict(
-            spec, max_memory_bytes=max_memory_bytes, cpu_seconds=int(timeout_s * max(os.cpu_count() or 1, 1)) + 30
+        done = sandbox.run_child(
+            "kmemopt.profiling._child:measure_in_child",
+            spec,
+            max_memory_bytes=max_memory_bytes,
+            timeout_s=timeout_s,
+            what="the measuring child",
+            env=child_env,
+            on_phase=on_phase,
+            data_limit=spec.get("device") != "gpu",
+            private_keras_home=True,
         )
-        spec_path, result_path = workdir / "spec.json", workdir / "result.json"
-        spec_path.write_text(json.dumps(spec))
-        child_env = dict(os.environ)
-        child_env.update(env or {})
-        child_env["KERAS_HOME"] = str(workdir / "keras_home")
-        child_env.setdefault("KERAS_BACKEND", "tensorflow")
-        child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        if spec.get("device") == "cpu":
-            child_env["CUDA_VISIBLE_DEVICES"] = ""
-        elif spec.get("device") == "gpu":
-            # The framework then sees the chosen card as GPU:0; NVML ignores this variable and keeps
-            # the machine's numbering, so the child's NVML queries use gpu_index unchanged.
-            child_env["CUDA_VISIBLE_DEVICES"] = str(spec.get("gpu_index", 0))
-        stderr_path = workdir / "stderr.txt"
-        with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "kmemopt.profiling._child", str(spec_path), str(result_path)],
-                cwd=workdir,
-                env=child_env,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                bufsize=1,
-            )
-            os.set_blocking(proc.stdout.fileno(), False)
-            started = time.monotonic()
-            peak_rss = 0
-            verdict = None
-            buffer = ""
-            while proc.poll() is None:
-                rss = _rss_of(proc.pid)
-                peak_rss = max(peak_rss, rss)
-                if rss > max_memory_bytes:
-                    verdict = (
-                        "memory",
-                        f"the child passed --max-memory ({rss:,} > {max_memory_bytes:,} bytes resident)",
-                    )
-                elif time.monotonic() - started > timeout_s:
-                    verdict = ("timeout", f"the child ran past --timeout ({timeout_s:g} s)")
-                if verdict:
-                    proc.kill()
-                    proc.wait()
-                    break
-                try:
-                    chunk = proc.stdout.read()
-                except (OSError, TypeError):
-                    chunk = None
-                if chunk:
-                    buffer += chunk
-                    *lines, buffer = buffer.split("\n")
-                    for line in lines:
-                        if line.startswith("phase ") and on_phase is not None:
-                            on_phase(line[6:].strip())
-                time.sleep(POLL_S)
-            proc.stdout.close()
-        if verdict:
-            return {"error": verdict[0], "message": verdict[1], "peak_rss_bytes": peak_rss}
-        if result_path.exists():
-            result = json.loads(result_path.read_text())
-            result["child_peak_rss_bytes"] = peak_rss
-            return result
-        tail = stderr_path.read_text(errors="replace")[-2000:]
-        rc = proc.returncode
-        if rc is not None and rc < 0 and -rc in (6, 9, 11):  # abort / kill: bad_alloc under RLIMIT_AS, OOM killer
-            return {"error": "memory", "message": f"the child died with signal {-rc} (out of memory?)", "stderr": tail}
-        if rc is not None and rc < 0 and -rc == 24:  # SIGXCPU from RLIMIT_CPU
-            return {"error": "timeout", "message": "the child used up its CPU-time limit", "stderr": tail}
-        return {"error": "error", "message": f"the child exited with code {rc}", "stderr": tail}
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    except sandbox.RunLimitExceeded as exc:
+        kind = "timeout" if exc.rule == sandbox.RULE_TIME else "memory"
+        return {"error": kind, "message": exc.message, "peak_rss_bytes": exc.peak_rss_bytes}
+    result = dict(done.value)
+    result["child_peak_rss_bytes"] = done.peak_rss_bytes
+    return result
 
 
 def measure(
@@ -366,17 +299,8 @@ def measure(
         result = run_child(spec, timeout_s=timeout_s, max_memory_bytes=max_memory, on_phase=on_phase)
         seconds = time.monotonic() - started
         if "error" in result:
-            if result.get("exit_code") is not None:
-                # The child refused the model (unsafe, malformed): the same error the parent would raise.
-                raise _child_error(result)
-            status = {"memory": Status.exceeded_memory, "timeout": Status.timeout}.get(result["error"], Status.failed)
+            status = Status.timeout if result["error"] == "timeout" else Status.exceeded_memory
             runs.append(Run(b, None, None, status=status, message=result.get("message", ""), seconds=seconds))
-            if status is Status.failed and not runs[:-1]:
-                detail = result.get("stderr") or result.get("traceback") or ""
-                raise KmemoptError(
-                    f"The measuring child failed: {result.get('message', 'no result')}."
-                    + (f" Last output: {detail.strip().splitlines()[-1][:300]}" if detail.strip() else "")
-                )
             continue
         method = result.get("method", method)
         row = (result.get("runs") or [{}])[0]
@@ -426,20 +350,6 @@ def measure(
     )
 
 
-def _child_error(result: dict[str, Any]) -> KmemoptError:
-    from kmemopt.errors import MalformedModelError, UnsafeModelError
-
-    code = result.get("exit_code")
-    message = result.get("message", "").split(": ", 1)[-1]
-    if code == 3:
-        err = UnsafeModelError if "Unsafe" in result.get("message", "") else MalformedModelError
-        try:
-            return err(message)
-        except TypeError:
-            return MalformedModelError(message)
-    return UsageError(message) if code == 2 else KmemoptError(message)
-
-
 def compare(estimated: int | None, measured: int | None) -> float | None:
     """Error of an estimate in percent of the measurement: +10.0 means 10 % too high."""
     if not estimated or not measured or measured <= 0:
@@ -477,6 +387,7 @@ def measure_profile(
                 "config": result.optimizer.get("config", {}),
                 "module": "keras.optimizers",
             }
+    check_run_memory(result, batch_sizes or [result.batch_size], max_memory_bytes)
     loss = None
     if Path(path).exists():
         from kmemopt.archive import read_model_file
@@ -517,6 +428,25 @@ def measure_profile(
     if measured.get("fit"):
         measured["static_line"] = {"inference": result.inference.to_dict(), "training": result.training.to_dict()}
     return dataclasses.replace(result, measured=measured)
+
+
+def check_run_memory(result, batch_sizes: Sequence[int], max_memory_bytes: int | None) -> None:
+    """Refuse (exit 3, RUN-MEMORY) before any child starts when a measured step would pass the limit.
+
+    Each child runs an inference and a training step at its batch size: the static training peak (the
+    larger) at each batch size is compared with the limit the child will run under.
+    """
+    from kmemopt.profiling.static import peaks_at
+    from kmemopt.sandbox import refuse_over_limit, resolve_max_memory
+
+    limit = resolve_max_memory(max_memory_bytes)
+    for b in sorted(set(batch_sizes)):
+        refuse_over_limit(
+            max(peaks_at(result, b)),
+            limit,
+            f"a measured training step at batch {b}",
+            "Give --max-memory to raise the limit, or a smaller --batch-size / --batch-sizes.",
+        )
 
 
 def parse_batch_sizes(text: str | None) -> list[int] | None:
