@@ -198,7 +198,11 @@ def profile(
     ] = 900,
     max_memory: Annotated[
         Optional[str],
-        typer.Option("--max-memory", help="Resident memory the measuring child may use (default: 3/4 of available)."),
+        typer.Option(
+            "--max-memory",
+            help="Memory running the model may use, e.g. 8GiB: over it by the static estimate, exit 3 "
+            "before anything runs; the child is stopped past it (default: half the physical memory).",
+        ),
     ] = None,
 ) -> None:
     """Show where a saved model's memory goes, layer by layer, without loading its weights.
@@ -208,7 +212,10 @@ def profile(
     """
     with guarded():
         from kmemopt.api import profile as run_profile
+        from kmemopt.fileio import refuse_same_file
         from kmemopt.units import parse_size
+
+        refuse_same_file(output, model, "report")
 
         budget_bytes = parse_size(budget) if budget is not None else None
         shapes = parse_input_shapes(input_shape)

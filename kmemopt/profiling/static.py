@@ -504,4 +504,24 @@ def _max_batch(peak, budget: int) -> int:
             lo = mid
         else:
             hi = mid
+def peaks_at(result: ProfileResult, batch_size: int) -> tuple[int, int]:
+    """(inference, training) static peaks at any batch size, computed as `totals` are at `result.batch_size`.
+
+    The batch lines are exact only at the profiled batch size (the peak may move to another layer at
+    another batch); code that is about to run the model at another batch size asks here.
+    """
+    graph = result._graph
+    t = result.totals
+    if graph is None or batch_size == result.batch_size:
+        return (result.inference.at(batch_size), result.training.at(batch_size))
+    costs = runtime_costs(graph, t.param_bytes)
+    run_inf = costs["loader_residue"] + costs["inference_graph"] + costs["input_copy"]
+    run_train = costs["loader_residue"] + costs["training_graph"] + costs["input_copy"]
+    inference = t.param_bytes + g.inference_peak(graph, batch_size)[0].at(batch_size) + run_inf.at(batch_size)
+    fixed_train = t.param_bytes + t.gradient_bytes + t.optimizer_bytes
+    saved = g.saved_for_backward(graph)
+    back = g.backward_transient(graph, batch_size)
+    return inference, fixed_train + saved.at(batch_size) + back.at(batch_size) + run_train.at(batch_size)
+
+
     return lo
