@@ -542,18 +542,29 @@ def not_checked(budget: Budget, model: str, error: str) -> BudgetResult:
 
 @dataclass(frozen=True)
 class ModelError:
+    """A model (or some of its budgets) not checked: rejected (exit 3), or an argument it needs is
+    missing, such as --seq-len for a memory budget on a text model (exit 2)."""
+
     model: str
     message: str
     rule: str | None = None
     where: str | None = None
+    exit_code: int = int(ExitCode.UNSAFE)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "message": self.message, "rule": self.rule, "where": self.where}
+        return {
+            "model": self.model,
+            "message": self.message,
+            "rule": self.rule,
+            "where": self.where,
+            "exit_code": self.exit_code,
+        }
 
 
 @dataclass(frozen=True)
 class CheckReport:
-    """Every budget's result. The verdict: a rejected model (3) > an error-level failure (1) > pass (0)."""
+    """Every budget's result. The exit code: a rejected model (3) > a budget that needs an argument (2) >
+    an error-level failure (1) > pass (0)."""
 
     results: tuple[BudgetResult, ...]
     errors: tuple[ModelError, ...] = ()
@@ -574,9 +585,10 @@ class CheckReport:
         return "pass" if self.passed else "fail"
 
     def exit_code(self, exit_zero: bool = False) -> int:
-        """0 pass, 1 an error-level budget failed (0 with exit_zero), 3 a model was rejected."""
+        """0 pass, 1 an error-level budget failed (0 with exit_zero), 2 a budget needs an argument (such as
+        --seq-len), 3 a model was rejected."""
         if self.verdict == "error":
-            return int(ExitCode.UNSAFE)
+            return max((e.exit_code for e in self.errors), default=int(ExitCode.UNSAFE))
         if self.verdict == "fail" and not exit_zero:
             return int(ExitCode.GATE_FAILED)
         return int(ExitCode.OK)

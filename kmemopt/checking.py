@@ -1,9 +1,10 @@
 """`kmemopt check`: find the config, expand the globs, profile each model once, hold it against its budgets.
 
 The glue between files and the pure budget logic in `kmemopt.budgets`. Models are profiled statically
-(no weight is read, so a check takes seconds) once per (batch size, optimizer, input shapes); a model
-rejected as unsafe or malformed is recorded and the other models are still checked, and the report's
-exit code is then 3.
+(no weight is read, so a check takes seconds) once per (batch size, optimizer, input shapes); parameter
+budgets need no shapes (the unallocated build's weights). A model rejected as unsafe or malformed is
+recorded and the other models are still checked, and the report's exit code is then 3; a budget that
+needs an argument not given (--seq-len) is recorded the same way, with exit code 2.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kmemopt.budgets import Budget, CheckReport, Config, Metric, Overrides
 from kmemopt.errors import MalformedModelError, UnsafeModelError, UsageError
 
 CONFIG_NAME = "pyproject.toml"
+_WEIGHT_METRICS = (Metric.params, Metric.param_memory)  # exact from the unallocated build: no shapes needed
 _GLOB_CHARS = set("*?[")
 
 
@@ -196,19 +198,39 @@ def _load_baseline(path: Path, name: str) -> bg.Baseline:
     return bg.baseline_from_json(data, name)
 
 
-def _needed(b: Budget, static: dict[tuple, Any]) -> tuple:
-    """The profile a budget reads: params and param_memory do not depend on the batch or optimizer."""
-    return b.key() if b.metric.needs_batch else next(iter(static), b.key())
+def _weight_totals(model) -> tuple[int, int]:
+    """(parameters, bytes) of a built, unallocated model's weights: exact, and needing no input shape.
+
+    The same variables, deduplicated the same way, as the profile's per-layer rows sum to."""
+    from kmemopt.profiling.dtypes import nbytes
+
+    params = size = 0
+    seen: set[int] = set()
+    for v in model.weights:
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        n = 1
+        for d in v.shape:
+            n *= int(d)
+        params += n
+        size += nbytes(v.shape, v.dtype)
+    return params, size
 
 
 def _profile_value(metric: Metric, result) -> int:
     t = result.totals
     return {
-        Metric.params: t.params,
-        Metric.param_memory: t.param_bytes,
         Metric.inference_memory: t.inference_peak_bytes,
         Metric.training_memory: t.training_peak_bytes,
     }[metric]
+
+
+def _not_evaluated(check: Check, exc: UsageError) -> str:
+    """Why one budget of a model could not be evaluated (an argument it needs is missing), with the fix."""
+    in_config = check.budget.source != check.budget.metric.flag
+    hint = " (in [[tool.kmemopt.budget]]: seq_len = N or input_shapes = {name = [...]})"
+    return f"{exc.message}{hint if in_config and '--seq-len' in exc.message else ''}"
 
 
 def measurement() -> Callable[..., Any]:
@@ -248,11 +270,16 @@ def evaluate_checks(
 ) -> CheckReport:
     """Profile each model once per budget key and hold every value against its budget.
 
+    Only memory budgets need input shapes (and a batch size): the parameter budgets count the
+    weights of the unallocated build, the file size reads the file. A budget that cannot be evaluated
+    because an argument it needs is missing (--seq-len on a text model) gets an error verdict and the
+    report exit code 2; the model's other budgets, and the other models, are still checked.
+
     With `measure` (see `measurement()`), inference and training memory are measured in a child
     process instead of estimated; a budget whose model could not be measured (over the child's memory
     or time limit, or a crash) fails, with the reason, rather than passing on a guess.
     """
-    from kmemopt.api import profile
+    from kmemopt.api import open_checked, profile
     from kmemopt.archive import read_model_file
 
     results: list[bg.BudgetResult] = []
@@ -266,45 +293,67 @@ def evaluate_checks(
             on_model(model)
         static: dict[tuple, Any] = {}  # budget key -> ProfileResult
         measured: dict[tuple, dict[str, Any]] = {}  # budget key -> measured profile's to_dict()
+        unusable: dict[tuple, UsageError] = {}  # budget key -> why its profile could not be made
+        weights: tuple[int, int] | None = None  # (parameters, bytes)
+        not_evaluated: dict[int, str] = {}  # index in group -> why (a missing argument)
 
         try:
             file_bytes = read_model_file(path).file_bytes  # bounded archive checks first, even for file_size
-            for c in group:
+            for i, c in enumerate(group):  # memory budgets first: their profiles also count the parameters
                 b = c.budget
-                if not b.metric.needs_profile:
+                if not b.metric.needs_batch:
                     continue
-                key = _needed(b, static)
-                if key not in static:
-                    batch, optimizer, seq_len, shapes = key
-                    static[key] = profile(
-                        path,
-                        batch_size=batch,
-                        optimizer=optimizer,
-                        seq_len=seq_len,
-                        input_shapes=dict(shapes) or None,
-                        custom_objects=custom_objects,
-                    )
-                if measure is not None and b.metric.needs_batch and key not in measured:
-                    measured[key] = measure(
-                        static[key], path, optimizer=key[1], custom_objects=custom_objects_file
-                    ).to_dict()
-        except UsageError as exc:
-            hint = " (in [[tool.kmemopt.budget]]: seq_len = N or input_shapes = {name = [...]})"
-            needs_shape = "--seq-len" in exc.message and any(c.budget.source != c.budget.metric.flag for c in group)
-            raise UsageError(f"{model}: {exc.message}{hint if needs_shape else ''}") from None
+                key = b.key()
+                try:
+                    if key in unusable:
+                        raise unusable[key]
+                    if key not in static:
+                        batch, optimizer, seq_len, shapes = key
+                        static[key] = profile(
+                            path,
+                            batch_size=batch,
+                            optimizer=optimizer,
+                            seq_len=seq_len,
+                            input_shapes=dict(shapes) or None,
+                            custom_objects=custom_objects,
+                        )
+                    if measure is not None and key not in measured:
+                        measured[key] = measure(
+                            static[key], path, optimizer=key[1], custom_objects=custom_objects_file
+                        ).to_dict()
+                except UsageError as exc:
+                    unusable.setdefault(key, exc)
+                    not_evaluated[i] = _not_evaluated(c, exc)
+            counted = [i for i, c in enumerate(group) if c.budget.metric in _WEIGHT_METRICS]
+            if counted and static:
+                t = next(iter(static.values())).totals
+                weights = (t.params, t.param_bytes)
+            elif counted:
+                try:
+                    weights = _weight_totals(open_checked(path, custom_objects)[1])
+                except UsageError as exc:
+                    not_evaluated.update({i: _not_evaluated(group[i], exc) for i in counted})
         except (UnsafeModelError, MalformedModelError) as exc:
             errors.append(bg.ModelError(model, exc.message, exc.rule, exc.where))
             results += [bg.not_checked(c.budget, model, str(exc)) for c in group]
             continue
-        for c in group:
+        for why in dict.fromkeys(not_evaluated.values()):  # each reason once, in order
+            errors.append(bg.ModelError(model, why, exit_code=int(UsageError.exit_code)))
+        for i, c in enumerate(group):
             b = c.budget
+            if i in not_evaluated:
+                results.append(bg.not_checked(b, model, not_evaluated[i]))
+                continue
+            optimizer = None
             if b.metric is Metric.file_size:
-                value, optimizer = file_bytes, None
+                value = file_bytes
+            elif b.metric in _WEIGHT_METRICS:
+                value = weights[0] if b.metric is Metric.params else weights[1]
             else:
-                result = static[_needed(b, static)]
+                result = static[b.key()]
                 value, optimizer = _profile_value(b.metric, result), result.optimizer.get("name")
-                if measure is not None and b.metric.needs_batch:
-                    value, why = _measured_value(b.metric, measured[_needed(b, static)])
+                if measure is not None:
+                    value, why = _measured_value(b.metric, measured[b.key()])
                     if value is None:
                         results.append(bg.unmeasured(b, model, why, optimizer))
                         continue

@@ -7,10 +7,12 @@ Each output is named as the model names it: the key of a dict-output model (kera
 `sequence_output`, `pooled_output`), else the output's name in `model.output_names`. Every output gets
 the maximum absolute error, the relative L2 error and the cosine similarity. Top-1 agreement (and
 accuracy against labels) is reported only for an output of class scores: rank 2, (batch, classes) with
-more than one class, and, where the model says how it was made, made by a softmax, log-softmax or
-sigmoid, or by a Dense/EinsumDense with no activation (logits). A rank-2 output made with another
-activation (the tanh of a BERT pooler, a ReLU embedding) is a vector of features, not class scores: the
-index of its largest value means nothing, so it gets no agreement. Its `kind` in the JSON says which:
+more than one class, and not made by a layer that says otherwise. The layer that makes the output
+(looked for through nested models) decides where it can: a Softmax, a softmax/log-softmax/sigmoid
+activation, or a Dense/EinsumDense with no activation (logits) make class scores; a Dense, convolution
+or RNN with another activation (the tanh of a BERT pooler, a ReLU embedding) makes features, whose
+largest index means nothing, so no agreement. Any other layer (a normalization, a composite or custom
+layer) says nothing, and the shape alone decides. The output's `kind` in the JSON says which:
 "class_scores" or "values".
 """
 
@@ -57,6 +59,12 @@ VALUES = "values"
 # Activations whose rank-2 output is class scores (probabilities, log-probabilities, logits).
 _SCORE_ACTIVATIONS = frozenset({"softmax", "log_softmax", "sigmoid"})
 _LOGIT_LAYERS = frozenset({"Dense", "EinsumDense"})
+# Layers whose `activation` is applied to their output (a composite layer's `activation`, such as a
+# transformer block's feed-forward one, says nothing about what it returns).
+_OUTPUT_ACTIVATION_LAYERS = _LOGIT_LAYERS | frozenset(
+    {"Activation", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"}
+    | {"SeparableConv1D", "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D", "SimpleRNN", "LSTM", "GRU"}
+)
 
 
 @dataclass(frozen=True)
@@ -331,7 +339,7 @@ def _made_class_scores(tensor, depth: int = 0) -> bool | None:
     if kind == "Softmax":
         return True
     activation = getattr(layer, "activation", None)
-    if activation is None:
+    if activation is None or kind not in _OUTPUT_ACTIVATION_LAYERS:
         return None
     name = getattr(activation, "__name__", "")
     if name in _SCORE_ACTIVATIONS:

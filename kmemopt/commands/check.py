@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -29,7 +28,6 @@ def _size_opt(metric: str, example: str):
     ]
 
 
-@contextlib.contextmanager
 def check(
     paths: Annotated[
         Optional[list[str]],
@@ -105,7 +103,7 @@ def check(
 
     With no arguments, checks the \\[\\[tool.kmemopt.budget]] entries of pyproject.toml.
 
-    Exit codes: 0 all budgets pass, 1 an error-level budget fails, 2 usage or config error, 3 a model was rejected as unsafe or malformed (the other models are still checked), 4 internal error.
+    Exit codes: 0 all budgets pass, 1 an error-level budget fails, 2 usage or config error (or a memory budget on a model that needs --seq-len; the others are still checked), 3 a model was rejected as unsafe or malformed (the other models are still checked), 4 internal error.
     """
     from kmemopt import cli
 

@@ -222,6 +222,19 @@ def _input_specs(model, input_shapes: dict[str, tuple[int, ...]] | None, seq_len
                     f"Input {name!r} has shape {tuple(x.shape)}; --input-shape must give {len(shape) - 1} "
                     f"dimension(s) after the batch, got {len(dims)}."
                 )
+            # A declared dimension is part of the model (a Flatten feeding a Dense was built for it):
+            # --input-shape may fill the unknown (None) ones, never change a declared one.
+            if any(d is not None and d != given for d, given in zip(shape[1:], dims)):
+                declared = ",".join("N" if d is None else str(d) for d in shape[1:])
+                fix = (
+                    f"give --input-shape {name}={declared} with each N filled"
+                    if None in shape[1:]
+                    else f"this input has none, leave {name!r} out of --input-shape"
+                )
+                raise UsageError(
+                    f"--input-shape {name}={','.join(map(str, dims))} conflicts with the input's declared shape "
+                    f"{tuple(x.shape)}: only unknown (None) dimensions can be set; {fix}."
+                )
             shape = [None] + dims
             recompute = True
         elif seq_len is not None and any(d is None for d in shape[1:]):
