@@ -72,17 +72,39 @@ def fail(exc: BaseException) -> None:
     console = _stderr_console()
     if isinstance(exc, KmemoptError):
         if _State.debug:
-            console.print_exception()
+            _print_traceback(console, exc)
         render_error(console, str(exc))
         raise typer.Exit(int(exc.exit_code))
     if _State.debug:
-        console.print_exception()
+        _print_traceback(console, exc)
     render_error(
         console,
         f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''} "
         "(run with --debug for the traceback and report it).",
     )
     raise typer.Exit(int(ExitCode.INTERNAL))
+
+
+def _print_traceback(console, exc: BaseException) -> None:
+    """--debug: the traceback as text, each exception's message on one line, made safe like every
+    error line (messages can quote the file's names)."""
+    import traceback
+
+    from kmemopt.report.safe import markup
+
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain and len(chain) < 16:
+        chain.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    for i, link in enumerate(reversed(chain)):
+        if i:
+            console.print("\nDuring handling of the above exception, another exception occurred:\n", highlight=False)
+        console.print("Traceback (most recent call last):", highlight=False)
+        for line in "".join(traceback.format_tb(link.__traceback__)).splitlines():
+            console.print(markup(line), highlight=False, soft_wrap=True)
+        console.print(
+            markup(f"{type(link).__module__}.{type(link).__qualname__}: {link}"), highlight=False, soft_wrap=True
+        )
 
 
 @contextlib.contextmanager

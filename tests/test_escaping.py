@@ -172,6 +172,15 @@ def test_an_error_quoting_a_hostile_class_name_is_exactly_one_line(bad_class_pat
     assert "error:" in text and "Dense\\nok: all good\\x1b[2J" in text
 
 
+def test_debug_tracebacks_show_the_message_as_text_too(cli, bad_class_path):
+    result = cli("--debug", "profile", bad_class_path)
+    assert result.exit_code == 3
+    _no_raw_controls(result.stderr_bytes)
+    _no_spoofed_line(result.stderr)
+    assert "Traceback (most recent call last):" in result.stderr and "UnsafeModelError: " in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: [TRUST-UNKNOWN]")
+
+
 def test_render_error_keeps_a_long_message_on_one_line():
     import io
 
