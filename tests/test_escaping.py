@@ -280,6 +280,7 @@ def hostile_outputs_path(keras, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_shrink_report_with_fidelity_is_safe_in_every_format(cli, hostile_outputs_path, tmp_path):
     """A real shrink (fidelity, reload check): its JSON keeps the output names, table and Markdown show
     them as text."""
