@@ -279,7 +279,8 @@ def _predict_tf(model, inputs: Inputs, keras):
 
     import tensorflow as tf
 
-    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    # autograph=False: no generated source file in the temp folder (a killed process would leave it).
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
     feed, size, n = _structured_feed(model, inputs, keras), predict_batch_size(inputs), inputs.samples
     parts = []
     tf_logger = logging.getLogger("tensorflow")

@@ -55,6 +55,7 @@ class Run:
     seconds: float = 0.0
     gpu: dict[str, Any] | None = None
     loss: str | None = None
+    losses: tuple[str, ...] = ()  # one a flattened output, as trained
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -65,6 +66,7 @@ class Run:
             "inference_peak_bytes": self.inference_peak_bytes,
             "training_peak_bytes": self.training_peak_bytes,
             "loss": self.loss,
+            "losses": list(self.losses),
             "seconds": round(self.seconds, 2),
         }
         if self.message:
@@ -315,6 +317,7 @@ def measure(
                 seconds=seconds,
                 gpu=gpu,
                 loss=row.get("loss"),
+                losses=tuple(row.get("losses") or ()),
             )
         )
         if result.get("layers"):
