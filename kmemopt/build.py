@@ -16,6 +16,7 @@ import numpy as np
 
 from kmemopt.archive import ModelFile
 from kmemopt.errors import MalformedModelError
+from kmemopt.model_size import ModelSize, check_model_size
 from kmemopt.trust import Allowlist, build_allowlist, check_config
 
 
@@ -193,13 +194,18 @@ def build_from_config(
     custom_objects: dict[str, Any] | None = None,
     require_built: bool = True,
 ):
+    """The model a config describes, built unallocated; refused first if over kmemopt's size limits.
+
+    The limits (`kmemopt.model_size`, rule MODEL-SIZE) are counted from the config before Keras sees it,
+    and Keras then gets the room they promise: see `keras_room`."""
     from kmemopt._keras import import_keras
 
+    size = check_model_size(config)
     keras = import_keras()
     from keras.src.saving import serialization_lib
 
     try:
-        with unallocated():
+        with unallocated(), keras_room(size):
             if legacy:
                 from keras.src.legacy.saving import saving_utils
 
@@ -232,6 +238,70 @@ def build_from_config(
             "The saved model was never built (no input shape is known), so its weights cannot be sized; "
             "build it (call it on data or give it an Input) before saving."
         )
+    return model
+
+
+@contextlib.contextmanager
+def keras_room(size: ModelSize) -> Iterator[None]:
+    """Inside, Keras rebuilds a model within `kmemopt.model_size`'s limits in linear time, without RecursionError.
+
+    Keras's `Sequential.from_config` rebuilds the whole model after adding each layer (quadratic: a
+    400-layer Sequential took minutes); here each Sequential is built once, after its last layer, which
+    gives the same model. Keras walks a functional graph (a Sequential's too) recursively, one frame a
+    layer call on the path it follows, and deserializes nested models recursively: the recursion limit
+    is raised for the graph depth and nesting the config declares (both capped by the limits, so the
+    stack stays small; Python 3.11 runs Python-to-Python calls without growing the C stack)."""
+    import sys
+
+    from keras.src.models.sequential import Sequential
+
+    original = Sequential.__dict__["from_config"]
+    limit = sys.getrecursionlimit()
+    needed = _stack_depth() + FRAMES_PER_CALL * size.graph_depth + FRAMES_PER_NESTING * (size.nesting + 1) + 200
+    Sequential.from_config = classmethod(_sequential_from_config)
+    sys.setrecursionlimit(max(limit, needed))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+        Sequential.from_config = original
+
+
+FRAMES_PER_CALL = 2  # Keras's graph walk: one frame a layer call (2 leaves room for wrappers)
+FRAMES_PER_NESTING = 60  # deserializing and building one nested model (measured: about 30)
+
+
+def _stack_depth() -> int:
+    import sys
+
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def _sequential_from_config(cls, config, custom_objects=None):
+    """Keras 3.15's `Sequential.from_config`, building the model once instead of after every layer."""
+    from keras.src.legacy.saving import saving_utils
+    from keras.src.saving import serialization_lib
+
+    if "name" not in config:
+        raise ValueError(
+            "A Sequential model configuration must be a dictionary containing the 'name' and 'layers' keys. "
+            f"Received: config keys={sorted(config)[:10]}"
+        )
+    build_input_shape = config.get("build_input_shape")
+    model = cls(name=config["name"])
+    for layer_config in config["layers"]:
+        if "module" not in layer_config:  # legacy (h5) layer configs
+            layer = saving_utils.model_from_config(layer_config, custom_objects=custom_objects)
+        else:
+            layer = serialization_lib.deserialize_keras_object(layer_config, custom_objects=custom_objects)
+        model.add(layer, rebuild=False)
+    if model._layers:
+        model._maybe_rebuild()  # what Keras's last `add` does, the earlier rebuilds being overwritten
+    if not model._functional and build_input_shape and isinstance(build_input_shape, (tuple, list)):
+        model.build(build_input_shape)
     return model
 
 

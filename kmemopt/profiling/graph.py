@@ -212,18 +212,29 @@ def inference_peak(graph: Graph, batch_size: int) -> tuple[Line, int]:
     end = len(graph.calls)
     for t in graph.outputs:
         last_use[t] = end
-    live: dict[int, Line] = {t: graph.tensors[t].size for t in graph.inputs}
-    best = _sum(live.values())
+    # The live set's total is kept as it changes (adding and removing tensors), so each call costs
+    # its own inputs and outputs, not the live set: linear in the graph even when thousands of
+    # branches are alive at once.
+    live: set[int] = set()
+    fixed = per = 0
+    for t in graph.inputs:
+        if t not in live:
+            live.add(t)
+            fixed, per = fixed + graph.tensors[t].size.fixed, per + graph.tensors[t].size.per_sample
+    best = Line(fixed, per)
     best_at = -1
     for i, call in enumerate(graph.calls):
         for t in call.outputs:
-            live[t] = graph.tensors[t].size
-        current = _sum(live.values()) + call.transient
+            if t not in live:
+                live.add(t)
+                fixed, per = fixed + graph.tensors[t].size.fixed, per + graph.tensors[t].size.per_sample
+        current = Line(fixed, per) + call.transient
         if current.at(batch_size) > best.at(batch_size):
             best, best_at = current, i
         for t in set(call.inputs) | set(call.outputs):
             if last_use.get(t, i) <= i and t in live:
-                del live[t]
+                live.discard(t)
+                fixed, per = fixed - graph.tensors[t].size.fixed, per - graph.tensors[t].size.per_sample
     return best, best_at
 
 
@@ -241,10 +252,18 @@ def kept_tensors(graph: Graph) -> set[int]:
         if type(call.layer).__name__ in ALIASING and len(call.inputs) == 1 and len(call.outputs) == 1:
             alias[call.outputs[0]] = call.inputs[0]
 
+    roots: dict[int, int] = {}
+
     def root(t: int) -> int:
-        while t in alias:
+        # Each chain of reshapes is followed once: a long chain costs linear time, not quadratic.
+        path = []
+        while t in alias and t not in roots:
+            path.append(t)
             t = alias[t]
-        return t
+        r = roots.get(t, t)
+        for p in path:
+            roots[p] = r
+        return r
 
     needed = {root(t) for t in list(graph.inputs) + list(graph.outputs)}
     for call in graph.calls:

@@ -178,14 +178,21 @@ def _version() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _walk_layers(model, prefix: str = "", top: bool = True):
-    """(path, layer) for every leaf layer, nested functional/sequential models expanded, in order."""
+def _walk_layers(model):
+    """(path, layer) for every leaf layer, nested functional/sequential models expanded, in order.
+
+    Iterative (a stack of layer iterators), so deep nesting costs no Python recursion."""
     from keras.src.layers.core.input_layer import InputLayer
 
-    for layer in model.layers:
-        if (g._is_functional(layer) or g._is_sequential(layer)) and layer is not model:
-            yield from _walk_layers(layer, prefix + layer.name + "/", top=False)
-        elif isinstance(layer, InputLayer) and not top:
+    stack = [(iter(model.layers), "", model)]
+    while stack:
+        layers, prefix, owner = stack[-1]
+        layer = next(layers, None)
+        if layer is None:
+            stack.pop()
+        elif (g._is_functional(layer) or g._is_sequential(layer)) and layer is not owner:
+            stack.append((iter(layer.layers), prefix + layer.name + "/", layer))
+        elif isinstance(layer, InputLayer) and len(stack) > 1:
             continue
         else:
             yield prefix + layer.name, layer
@@ -373,13 +380,13 @@ def profile_model(
             )
         )
 
-    # Inputs that no InputLayer row claims (a Sequential model's input) get a row of their own.
+    # Inputs that no InputLayer row claims (a Sequential model's input) get a row of their own, first.
     claimed = {r.name for r in rows if r.class_name == "InputLayer"}
+    unclaimed: list[LayerProfile] = []
     for name, tid in zip(names, graph.inputs):
         if name not in claimed:
             tensor = graph.tensors[tid]
-            rows.insert(
-                0,
+            unclaimed.append(
                 LayerProfile(
                     path=name,
                     name=name,
@@ -398,6 +405,7 @@ def profile_model(
                     optimizer_bytes=0,
                 ),
             )
+    rows[:0] = reversed(unclaimed)  # as before: the last input's row first
 
     # Variables no leaf layer owns (a model's own variables) still count.
     extra = [v for v in model.weights if id(v) not in seen_vars]
