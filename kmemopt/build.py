@@ -162,9 +162,10 @@ def allocate_rest(variables: list[Any]) -> None:
 
 def checked_configs(model_file: ModelFile, allow: Allowlist) -> None:
     """Run the allowlist over everything in the file that Keras could deserialize."""
-    check_config(model_file.config, allow, root="$")
+    legacy = model_file.format == "h5"  # the legacy loader resolves more strings to objects
+    check_config(model_file.config, allow, root="$", legacy=legacy)
     if model_file.compile_config is not None:
-        check_config(model_file.compile_config, allow, root="$.compile_config")
+        check_config(model_file.compile_config, allow, root="$.compile_config", legacy=legacy)
 
 
 def build_from_file(

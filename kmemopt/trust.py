@@ -10,6 +10,7 @@ registered classes when keras-hub is installed, kmemopt's own layers, and what t
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import runpy
 import sys
@@ -72,6 +73,14 @@ _FUNCTION_SOURCES = ("keras.src.activations", "keras.src.losses", "keras.src.met
 # Packages whose registered classes may be allowed (by registered name); any other module needs
 # --custom-objects. Checked without importing anything.
 _TRUSTED_PACKAGES = ("keras", "keras_hub", "kmemopt")
+# The registered functions of trusted packages that a model may use (as activations): the others
+# (keras_hub>upload_preset, keras_hub>get, ...) are utilities, never part of a model.
+_EXTENSION_FUNCTIONS = frozenset({"keras_hub>gelu_approximate", "keras_nlp>gelu_approximate"})
+# Config keys whose string value Keras resolves to an object through a table of its own (`activations.get`
+# and the like): by suffix in any object's config, and by top-level key in a compile config.
+_RESOLVED_SUFFIXES = ("activation", "initializer", "regularizer", "constraint")
+_COMPILE_KEYS = frozenset({"loss", "metrics", "weighted_metrics", "optimizer"})
+_ENTRY_KEYS = frozenset({"class_name", "module", "registered_name"})
 # Config keys whose string value Keras treats as a path to read (lookup vocabularies, tokenizer files).
 _PATH_KEYS = frozenset({"vocabulary", "vocabulary_file", "merges", "proto"})
 # What a config alone may make Keras build while it rebuilds the architecture (arrays serialized in
@@ -168,6 +177,19 @@ def build_allowlist(custom_objects: dict[str, Any] | None = None, *, keras_hub: 
                 and name not in _CALLABLE_OPS
             ):
                 allow.classes.add(obj)
+    # Layers that keras.applications models define for themselves (ConvNeXt's LayerScale) are saved
+    # under their internal module and class name, which Keras resolves; they are Keras's own code.
+    import pkgutil
+
+    import keras.src.applications as applications
+
+    for info in pkgutil.iter_modules(applications.__path__, "keras.src.applications."):
+        if info.name.endswith("_test"):
+            continue
+        mod = importlib.import_module(info.name)  # a fixed package of Keras's, never the file's
+        for obj in vars(mod).values():
+            if inspect.isclass(obj) and issubclass(obj, keras.layers.Layer) and obj.__module__ == info.name:
+                allow.classes.add(obj)
     # The functional and sequential model classes are serialized under their internal modules.
     from keras.src.models.functional import Functional
     from keras.src.models.sequential import Sequential
@@ -199,15 +221,30 @@ def _extension_objects(import_keras_hub: bool = True) -> Iterator[Any]:
     except ImportError:
         pass
     for key, obj in object_registration.GLOBAL_CUSTOM_OBJECTS.items():
-        if key.startswith(("keras_hub>", "kmemopt>")):
+        if key.startswith(("keras_hub>", "kmemopt>")) and (inspect.isclass(obj) or key in _EXTENSION_FUNCTIONS):
             yield obj
 
 
 def load_custom_objects(path: str | Path) -> dict[str, Any]:
-    """Run the user's own trusted Python file and collect the classes and functions it defines.
+    """Run the user's own trusted Python file and collect the Keras objects it makes available.
 
-    The file may define `CUSTOM_OBJECTS = {...}`; otherwise every public class and function defined
-    in it is taken, and anything it registers with `keras.saving.register_keras_serializable`.
+    The contract, in order:
+
+    - `CUSTOM_OBJECTS = {"MyLayer": MyLayer, ...}` in the file: exactly those objects, by those names;
+    - otherwise every public class and function the file defines itself, and every public name it
+      imports (`from mylayers import MyLayer`) that is a Keras serializable class (a subclass of
+      `keras.layers.Layer`, `Loss`, `Metric`, `Optimizer`, `Initializer`, `Regularizer`, `Constraint`,
+      `LearningRateSchedule` or `keras.Operation`, defined outside Keras) or an object registered with
+      `keras.saving.register_keras_serializable`. Imported plain functions are not taken (a file
+      importing `os.system` must not allow it): register them, or list them in `CUSTOM_OBJECTS`;
+    - in both cases, everything the file (or what it imports) registers with
+      `keras.saving.register_keras_serializable` while it runs.
+
+    Imported objects are also reachable under their class or function name. The file's folder is on
+    `sys.path` while it runs, so it can import modules that sit next to it.
+
+    Example: `kmemopt profile model.keras --custom-objects layers.py`, where layers.py holds
+    `from my_project.layers import Gated` (or `CUSTOM_OBJECTS = {"Gated": Gated}`).
     """
     path = Path(path)
     if not path.is_file():
@@ -218,24 +255,52 @@ def load_custom_objects(path: str | Path) -> dict[str, Any]:
 
     import_keras()
     before = dict(object_registration.GLOBAL_CUSTOM_OBJECTS)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
     try:
         namespace = runpy.run_path(str(path), run_name="kmemopt_custom_objects")
     except Exception as exc:
         raise UsageError(f"The custom-objects file {path} failed to run: {type(exc).__name__}: {exc}.") from None
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
     if isinstance(namespace.get("CUSTOM_OBJECTS"), dict):
         found = dict(namespace["CUSTOM_OBJECTS"])
     else:
-        found = {
-            name: obj
-            for name, obj in namespace.items()
-            if not name.startswith("_")
-            and (inspect.isclass(obj) or inspect.isfunction(obj))
-            and getattr(obj, "__module__", None) == "kmemopt_custom_objects"
-        }
+        registered = {id(obj) for obj in object_registration.GLOBAL_CUSTOM_OBJECTS.values()}
+        found = {}
+        for name, obj in namespace.items():
+            if name.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if getattr(obj, "__module__", None) == "kmemopt_custom_objects":
+                found[name] = obj
+            elif id(obj) in registered or _is_serializable_class(obj):
+                found[name] = obj
+                found.setdefault(obj.__name__, obj)
     for key, obj in object_registration.GLOBAL_CUSTOM_OBJECTS.items():
         if key not in before:
             found[key] = obj
     return found
+
+
+def _is_serializable_class(obj: Any) -> bool:
+    """A class Keras deserializes from a config (layers, losses, ...), defined outside Keras itself."""
+    if not inspect.isclass(obj) or (getattr(obj, "__module__", "") or "").split(".", 1)[0] in _TRUSTED_PACKAGES:
+        return False
+    import keras
+    from keras.src.ops.operation import Operation
+
+    bases = (
+        Operation,  # layers and models too
+        keras.losses.Loss,
+        keras.metrics.Metric,
+        keras.optimizers.Optimizer,
+        keras.optimizers.schedules.LearningRateSchedule,
+        keras.initializers.Initializer,
+        keras.regularizers.Regularizer,
+        keras.constraints.Constraint,
+    )
+    return issubclass(obj, bases)
 
 
 def _resolve(module: str, name: str) -> Any:
@@ -529,16 +594,102 @@ def check_loadable(model_file, model) -> None:
         )
 
 
-def check_config(config: Any, allow: Allowlist, root: str = "$") -> int:
+class _StringLookups:
+    """Where Keras looks up a string it turns into an object, to check those strings as it would.
+
+    Every deserializer first looks a string up among the custom objects and Keras's registry (a
+    compile config's `"loss": "keras_hub>upload_preset"` is that function); `activations.get` and
+    its kin look it up in a fixed table of their own; and the legacy (`.h5`) loader turns any string
+    of an object's config (but its name) that names a function of `keras.src.layers`'s module globals
+    or the registry into that function (`"activation": "deserialize"` becomes `layers.deserialize`).
+    """
+
+    def __init__(self, allow: Allowlist, legacy: bool) -> None:
+        from keras.src import activations, constraints, initializers, losses, metrics, optimizers, regularizers
+        from keras.src.saving import object_registration
+
+        self.allow = allow
+        self.registry = object_registration.GLOBAL_CUSTOM_OBJECTS
+        self.tables: dict[str, dict[str, Any]] = {
+            "activation": activations.ALL_OBJECTS_DICT,
+            "initializer": initializers.ALL_OBJECTS_DICT,
+            "regularizer": regularizers.ALL_OBJECTS_DICT,
+            "constraint": constraints.ALL_OBJECTS_DICT,
+            "loss": losses.ALL_OBJECTS_DICT,
+            "metrics": metrics.ALL_OBJECTS_DICT,
+            "weighted_metrics": metrics.ALL_OBJECTS_DICT,
+            "optimizer": optimizers.ALL_OBJECTS_DICT,  # keyed by lower-case name
+        }
+        self.module_objects: dict[str, Any] = {}
+        if legacy:
+            from keras.src import layers
+
+            self.module_objects = vars(layers)
+
+    def kind(self, key: Any, where: _Where, compile_root: bool) -> str | None:
+        """Which table Keras looks a string under `key` up in, if any."""
+        if isinstance(key, str):
+            for suffix in _RESOLVED_SUFFIXES:
+                if key.endswith(suffix):
+                    return suffix
+        # A compile config's loss/metrics/optimizer: a name, or names in lists and dicts (per output).
+        if compile_root and where.keys[:1] and where.keys[0] in _COMPILE_KEYS and "config" not in where.keys:
+            return where.keys[0]
+        if compile_root and not where.keys and key in _COMPILE_KEYS:
+            return key
+        return None
+
+    def resolved(self, value: str, key: Any, kind: str | None) -> list[Any]:
+        """Every object Keras could turn `value` into at this place."""
+        found = [self.allow.custom_objects.get(value), self.registry.get(value)]
+        if key != "name":
+            obj = self.module_objects.get(value)
+            if inspect.isfunction(obj):
+                found.append(obj)
+        if kind is not None:
+            found.append(self.tables[kind].get(value.lower() if kind == "optimizer" else value))
+        return [obj for obj in found if obj is not None]
+
+    def allowed(self, obj: Any) -> bool:
+        return obj in self.allow.classes or obj in self.allow.functions
+
+
+def _check_strings(node: dict | list, where: _Where, lookups: _StringLookups, compile_root: bool) -> None:
+    """Refuse a string of this container that Keras would resolve to an object outside the allowlist."""
+    entry = isinstance(node, dict) and "class_name" in node
+    for key, value in _children(node):
+        if not isinstance(value, str) or (entry and key in _ENTRY_KEYS):
+            continue  # an entry's own names are the entry checks' business
+        for obj in lookups.resolved(value, key, lookups.kind(key, where, compile_root)):
+            if not lookups.allowed(obj):
+                raise UnsafeModelError(
+                    f"The model names {value[:80]!r}, which Keras would resolve to "
+                    f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__name__', type(obj).__name__)}, "
+                    "not a Keras class or built-in function on kmemopt's allowlist; pass your own code with "
+                    "--custom-objects if you trust it.",
+                    rule=RULE_FUNCTION,
+                    where=where.at(key),
+                )
+
+
+def check_config(config: Any, allow: Allowlist, root: str = "$", *, legacy: bool = False) -> int:
     """Walk a config and raise UnsafeModelError at the first entry outside the allowlist.
 
-    Iterative (no recursion, so hostile nesting cannot overflow the stack). Returns the number of
-    objects checked.
+    Object entries (dicts with a class_name) must resolve to allowed classes and functions, and so
+    must the plain strings Keras resolves to objects (`"activation": "relu"`, a compile config's
+    `"loss": "mse"`), looked up the way Keras would: `legacy=True` for a legacy `.h5` config, whose
+    loader resolves more strings. Iterative (no recursion, so hostile nesting cannot overflow the
+    stack). Returns the number of objects checked.
     """
     from keras.src.saving import object_registration
 
+    lookups = _StringLookups(allow, legacy)
+    compile_root = root.endswith("compile_config")
     checked = 0
-    for node, path in _entries(config, root):
+    for node, path in _walk(config, root):
+        _check_strings(node, path, lookups, compile_root)
+        if not (isinstance(node, dict) and "class_name" in node):
+            continue
         checked += 1
         _check_entry_shape(node, path)
         class_name = node["class_name"]
