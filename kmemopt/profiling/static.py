@@ -512,19 +512,6 @@ def profile_model(
     )
 
 
-def _max_batch(peak, budget: int) -> int:
-    """Largest B >= 0 with peak(B) <= budget; peak is non-decreasing in B."""
-    if peak(1) > budget:
-        return 0
-    lo, hi = 1, 2
-    while hi < MAX_BATCH and peak(hi) <= budget:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if peak(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid
 def peaks_at(result: ProfileResult, batch_size: int) -> tuple[int, int]:
     """(inference, training) static peaks at any batch size, computed as `totals` are at `result.batch_size`.
 
@@ -545,4 +532,17 @@ def peaks_at(result: ProfileResult, batch_size: int) -> tuple[int, int]:
     return inference, fixed_train + saved.at(batch_size) + back.at(batch_size) + run_train.at(batch_size)
 
 
+def _max_batch(peak, budget: int) -> int:
+    """Largest B >= 0 with peak(B) <= budget; peak is non-decreasing in B."""
+    if peak(1) > budget:
+        return 0
+    lo, hi = 1, 2
+    while hi < MAX_BATCH and peak(hi) <= budget:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if peak(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
     return lo
