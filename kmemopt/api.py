@@ -87,7 +87,12 @@ def open_model(path, *, custom_objects=None, compile=False, lean=True):
     # store (HDF5 shape bombs, Dense(units=2**40) over small weights) before Keras allocates them.
     check_loadable(model_file, build_from_file(model_file, allow=allow, require_built=False))
     custom = allow.custom_objects or None
-    with loading_errors(model_file):
+    from kmemopt.build import keras_room
+    from kmemopt.model_size import model_size
+
+    # Keras's own deserialization, with the room the structure needs (linear Sequential rebuild, enough
+    # recursion for the graph's depth: both bounded by the MODEL-SIZE limits checked while reading).
+    with loading_errors(model_file), keras_room(model_size(model_file.config)):
         return _load_checked(model_file, custom, compile=compile, lean=lean)
 
 

@@ -704,6 +704,7 @@ def _read_keras_zip(path: Path, size: int, limits: Limits, raw=None) -> ModelFil
                 raise MalformedModelError(f"{path} is a zip file without config.json; it is not a .keras model.")
             config_raw = _read_member(zf, "config.json", limits.max_config_bytes)
             config = load_json(config_raw, "config.json", limits)
+            _check_structure(config)  # before the weights file is walked, and long before Keras is imported
             metadata: dict = {}
             metadata_raw = b""
             if "metadata.json" in names:
@@ -809,6 +810,13 @@ def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, raw=Non
         yield io.BufferedReader(window, buffer_size=64 * 1024)
 
 
+def _check_structure(config: Any) -> None:
+    """Refuse a model too big in structure (layers, depth, nesting) for Keras to rebuild in seconds."""
+    from kmemopt.model_size import check_model_size
+
+    check_model_size(config)
+
+
 def zlib_error():
     import zlib
 
@@ -832,6 +840,7 @@ def _read_legacy_h5(path: Path, size: int, limits: Limits, raw=None) -> ModelFil
         elif not isinstance(raw, str):
             raise MalformedModelError(f"{path}: its model_config attribute is not text.")
         config = load_json(raw, "model_config attribute", limits)
+        _check_structure(config)
         training_raw = h5.attrs.get("training_config")
         training = load_json(bytes(training_raw) if not isinstance(training_raw, str) else training_raw,
                              "training_config attribute", limits) if training_raw is not None else None

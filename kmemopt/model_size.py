@@ -17,6 +17,7 @@ MAX_LAYERS. A keras-hub backbone's config lists no layers (its blocks are made b
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,12 @@ def model_size(config: Any) -> ModelSize:
             continue
         if not isinstance(node, dict):
             continue
+        blocks = _constructor_blocks(node)
+        if blocks:
+            # A keras-hub backbone's config lists no layers: its constructor makes `num_layers` blocks
+            # of a dozen or so layers each. Count them so `num_layers=100000` is refused like 100,000 layers.
+            layers += blocks * LAYERS_PER_BLOCK
+            calls += blocks * LAYERS_PER_BLOCK
         if _is_container(node):
             entries = [e for e in node["config"]["layers"] if isinstance(e, dict)]
             layers += len(entries)
@@ -76,6 +83,33 @@ def model_size(config: Any) -> ModelSize:
             level += 1
         stack.extend((v, level) for v in node.values() if isinstance(v, (dict, list)))
     return ModelSize(layers=layers, calls=calls, graph_depth=depth, nesting=nesting)
+
+
+# How many layers one block of a constructor-built (keras-hub) model is counted as: a transformer block
+# holds about ten (attention, its projections, norms, feed-forward, dropouts). The largest real backbones
+# have about 126 blocks (Llama 3 405B), 1,260 "layers": well inside the limits.
+LAYERS_PER_BLOCK = 10
+_BLOCK_KEYS = re.compile(r"^(num_(\w+_)?(layers|blocks)|\w+_num_layers|stackwise_num_(blocks|layers)|stackwise_depth)$")
+
+
+def _constructor_blocks(node: dict) -> int:
+    """Blocks a keras-hub object's constructor arguments ask for (`num_layers`, `stackwise_num_blocks`, ...)."""
+    module, registered = node.get("module"), node.get("registered_name")
+    if not (
+        (isinstance(module, str) and module.startswith("keras_hub"))
+        or (isinstance(registered, str) and registered.startswith("keras_hub>"))
+    ):
+        return 0
+    inner = node.get("config")
+    if not isinstance(inner, dict):
+        return 0
+    total = 0
+    for key, value in inner.items():
+        if not (isinstance(key, str) and _BLOCK_KEYS.match(key)):
+            continue
+        values = value if isinstance(value, list) else [value]
+        total += sum(v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    return total
 
 
 def _entry_name(entry: dict) -> Any:
