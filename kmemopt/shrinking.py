@@ -414,9 +414,9 @@ def _layer_rows(before, after) -> list[dict[str, Any]]:
 HELD_BYTES_PER_OUTPUT_ELEMENT = 3 * 4 + 4 * 8
 
 
-def _data_rows(path: Path, names: list[str]) -> tuple[int, int] | None:
-    """(rows, elements per row over the model's inputs) from a --data file's array headers, reading no
-    data; None when the file does not fit (reading it later says why, exit 2)."""
+def _data_shapes(path: Path, names: list[str]) -> list[tuple[int, ...]] | None:
+    """The shapes of a --data file's arrays for the model's inputs (in `names` order), from their
+    headers, reading no data; None when the file does not fit (reading it later says why, exit 2)."""
     try:
         if path.suffix == ".npy":
             shapes = [np.load(path, mmap_mode="r", allow_pickle=False).shape]
@@ -440,7 +440,34 @@ def _data_rows(path: Path, names: list[str]) -> tuple[int, int] | None:
         return None
     if not shapes or any(len(sh) < 1 for sh in shapes):
         return None
-    return min(int(sh[0]) for sh in shapes), sum(int(np.prod(sh[1:], dtype=np.int64)) for sh in shapes)
+    return [tuple(int(d) for d in sh) for sh in shapes]
+
+
+def _shapes_from_data(model, path: Path) -> dict[str, tuple[int, ...]] | None:
+    """--input-shape values that fill the model's unknown dimensions with the --data arrays' sizes (the
+    declared ones kept; reading the data later says if it does not fit); None when they cannot be read."""
+    from keras import tree
+
+    inputs = list(tree.flatten(model.inputs))
+    names = [getattr(getattr(x, "_keras_history", None), "operation", x).name for x in inputs]
+    found = _data_shapes(path, names)
+    if found is None or len(found) != len(inputs):
+        return None
+    shapes = {}
+    for x, name, shape in zip(inputs, names, found):
+        declared = tuple(x.shape)[1:]
+        if len(shape) - 1 != len(declared):
+            return None
+        shapes[name] = tuple(d if d is not None else int(given) for d, given in zip(declared, shape[1:]))
+    return shapes
+
+
+def _data_rows(path: Path, names: list[str]) -> tuple[int, int] | None:
+    """(rows, elements per row over the model's inputs) from a --data file's array headers."""
+    shapes = _data_shapes(path, names)
+    if shapes is None:
+        return None
+    return min(sh[0] for sh in shapes), sum(int(np.prod(sh[1:], dtype=np.int64)) for sh in shapes)
 
 
 def _per_sample_elements(graph, tensors) -> int:
@@ -672,6 +699,9 @@ def shrink(
             }
             opt_ident = optimizer if optimizer is not None else "adam"
             before_bytes = None
+        if data is not None and seq_len is None and not input_shapes and _has_unknown_dims(static_model):
+            # The fidelity run feeds the user's arrays: size the peaks (and the RUN-MEMORY check) by them.
+            input_shapes = _shapes_from_data(static_model, Path(data)) or input_shapes
         if seq_len is None and not input_shapes and _has_unknown_dims(static_model):
             # Peaks need every dimension; shrink's job is the file, so pick one and say so.
             seq_len = fid.DEFAULT_SEQ_LEN

@@ -128,6 +128,23 @@ def test_data_rows_set_the_samples(keras, tmp_path):
     assert (batch, n) == (7, 7)
 
 
+def test_data_sizes_the_unknown_dimensions_it_will_run(keras, tmp_path, cli):
+    """A model of unknown length run on long --data sequences is checked at the data's length, not 16."""
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(50, 64, name="embedding")(tokens)
+    model = keras.Model(tokens, keras.layers.Dense(1024, name="wide")(h))
+    path = tmp_path / "text.keras"
+    model.save(path)
+    np.savez(tmp_path / "long.npz", tokens=np.zeros((2, 1_000_000), "int32"))
+    np.savez(tmp_path / "short.npz", tokens=np.zeros((2, 8), "int32"))
+    out = tmp_path / "out.keras"
+    result = cli("shrink", path, "--quantize", "int8", "--data", tmp_path / "long.npz", "-o", out, "--max-memory", "1GiB")
+    assert result.exit_code == 3, result.output
+    assert "RUN-MEMORY" in result.stderr and not out.exists()
+    result = cli("shrink", path, "--quantize", "int8", "--data", tmp_path / "short.npz", "-o", out, "--max-memory", "1GiB")
+    assert result.exit_code == 0, result.output
+
+
 # ------------------------------------------------------------------------------------- the sandbox
 
 
