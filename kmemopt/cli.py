@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from kmemopt import __version__
-from kmemopt.errors import ExitCode, KmemoptError, UsageError
+from kmemopt.errors import ExitCode, KmemoptError, UsageError, clip
 
 app = typer.Typer(
     name="kmemopt",
@@ -79,7 +79,7 @@ def fail(exc: BaseException) -> None:
         _print_traceback(console, exc)
     render_error(
         console,
-        f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''} "
+        f"internal error: {type(exc).__name__}: {clip(str(exc), 300)} "
         "(run with --debug for the traceback and report it).",
     )
     raise typer.Exit(int(ExitCode.INTERNAL))
