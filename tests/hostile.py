@@ -1511,9 +1511,10 @@ def build_round2(root: Path, keras) -> Corpus2:  # noqa: C901 - one flat list of
             "markup_layer_name",
             "also",
             root / "markup_layer_name.keras",
-            same(LOADS),
+            per_command(LOADS, either(), either(), LOADS),
             keras_loads=True,
-            note="a layer name with rich markup, ANSI and OSC escapes, BEL and a newline",
+            note="a layer name with markup, ANSI/OSC escapes, BEL and a newline; TensorFlow cannot run it (not a valid "
+            "name scope): running it answers exit 0 or one sentence",
         )
     )
     for name, key in (("markup_class_name", "class_name"), ("markup_module_name", "module")):
