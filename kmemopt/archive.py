@@ -55,6 +55,7 @@ class Limits:
     max_config_bytes: int = 64 * 1024**2
     max_metadata_bytes: int = 1024**2
     max_json_depth: int = 200
+    max_json_values: int = 4_000_000  # values in one JSON document (NASNetLarge's config: 61,795)
     max_compression_ratio: float = 1_000.0
     max_asset_bytes: int = 1024**3
     max_hdf5_objects: int = 1_000_000
@@ -210,7 +211,28 @@ def load_json(raw: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS) -> A
         raise MalformedModelError(f"The {what} is not valid JSON ({exc}); the file is not a valid Keras model.") from None
     if not _json_depth_ok(value, limits.max_json_depth):
         raise too_deep
+    # Every value costs memory in each process and walk it goes through: a 24 MB list of {} is 8
+    # million dicts. The count of brackets and commas bounds the values from above at C speed; only
+    # a text over the limit by that bound is counted exactly (iteratively).
+    bound = text.count("{") + text.count("[") + text.count(",") + 1
+    if bound > limits.max_json_values and _json_values(value) > limits.max_json_values:
+        raise UnsafeModelError(
+            f"The {what} holds more than {limits.max_json_values:,} JSON values; real Keras configs hold far "
+            "fewer, so kmemopt refuses it.",
+            rule=RULE_JSON,
+        )
     return value
+
+
+def _json_values(value: Any) -> int:
+    """How many values (containers and scalars) a parsed JSON document holds; iterative."""
+    count, stack = 1, [value]
+    while stack:
+        node = stack.pop()
+        items = node.values() if isinstance(node, dict) else node
+        count += len(items)
+        stack.extend(v for v in items if isinstance(v, (dict, list)) and v)
+    return count
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,12 @@ class KmemoptError(Exception):
     exit_code: ExitCode = ExitCode.INTERNAL
 
     def __init__(self, message: str, *, rule: str | None = None, where: str | None = None):
+        from kmemopt.report.safe import visible
+
+        # Messages quote names from the model file: whoever prints the exception (the CLI, or a user's
+        # own script through the API) gets one line with no terminal escape codes in it.
+        message = visible(message)
+        where = visible(where) if where is not None else None
         super().__init__(message)
         self.message = message
         self.rule = rule

@@ -234,7 +234,7 @@ def predict(model, inputs: Inputs) -> list[np.ndarray]:
 
     keras = import_keras()
     if keras.backend.backend() == "tensorflow":
-        _check_tensorflow_names(model)
+        check_tensorflow_names(model)
     if keras.backend.backend() == "tensorflow" and inputs.samples > 0:
         out = _predict_tf(model, inputs, keras)
     else:
@@ -253,7 +253,7 @@ _TF_ROOT_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
 _TF_SCOPE = re.compile(r"[A-Za-z0-9_.\\/>-]*")
 
 
-def _check_tensorflow_names(model) -> None:
+def check_tensorflow_names(model) -> None:
     """Refuse, with the name, a model TensorFlow would fail to run deep inside tf.function."""
     named = [("model", model.name, _TF_ROOT_SCOPE)]
     named += [

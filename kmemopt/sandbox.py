@@ -252,18 +252,26 @@ def run_child(
     child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     child_env[ENV_PARENT] = str(os.getpid())
     child_env[ENV_SCRATCH] = str(scratch)
+    # The child's temp files (TensorFlow's autograph writes generated source there and removes it only
+    # at an interpreter exit the child skips) go in its scratch folder, which the parent removes.
+    scratch.mkdir(mode=0o700)
+    child_env["TMPDIR"] = str(scratch)
     child_env[ENV_DATA_LIMIT] = str(max_memory_bytes + DATA_SLACK) if data_limit else "0"
     if private_keras_home:
         child_env["KERAS_HOME"] = str(scratch / "keras_home")
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [*CHILD_COMMAND, target],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_env,
-        start_new_session=True,  # its own process group: a timeout kills whatever it started too
-    )
+    try:
+        proc = subprocess.Popen(
+            [*CHILD_COMMAND, target],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env,
+            start_new_session=True,  # its own process group: a timeout kills whatever it started too
+        )
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     out = bytearray()
     err_tail = bytearray()
 

@@ -682,6 +682,11 @@ def shrink(
             # The architecture, built without its weights: the static profile, and the memory check
             # below, come before anything is allocated or run.
             model_file, static_model, _ = open_checked(src, custom_objects)
+            if not dry_run:
+                from kmemopt.trust import check_loadable
+
+                # Weights the file does not store are refused as such before the run's memory is weighed.
+                check_loadable(model_file, static_model)
             compiled = bool(model_file.compile_config)
             file_info = {
                 "compiled": compiled,

@@ -554,8 +554,14 @@ def check_loadable(model_file, model) -> None:
     or whose config asks for more weight bytes than the file holds (Dense(units=2**40) over a small
     weights file), is refused with exit 3.
     """
-    from kmemopt.archive import RULE_HDF5_RATIO
     from kmemopt.profiling.dtypes import nbytes
+
+    check_stored(model_file, sum(nbytes(v.shape, v.dtype) for v in model.weights))
+
+
+def check_stored(model_file, needed: int) -> None:
+    """`check_loadable` given the weight bytes the architecture needs (e.g. a profile's param bytes)."""
+    from kmemopt.archive import RULE_HDF5_RATIO
 
     comp = model_file.composition
     for array in (*model_file.weights, *model_file.optimizer_weights):
@@ -583,7 +589,6 @@ def check_loadable(model_file, model) -> None:
             "`kmemopt profile` still reports it statically.",
             rule=RULE_SHAPE_BOMB,
         )
-    needed = sum(nbytes(v.shape, v.dtype) for v in model.weights)
     available = comp.weights_declared_bytes
     if needed > available + max(_SIZE_SLACK_BYTES, available // 100):
         raise UnsafeModelError(

@@ -249,10 +249,24 @@ def test_padded_vocabulary_without_tf_idf_is_not_refused(keras, tmp_path):
 
 @pytest.fixture(scope="module")
 def long_list_path(mlp_path, tmp_path_factory) -> Path:
-    """A 24 MB config holding one list of 12 million numbers (3.4 GB when walked before)."""
+    """An 8 MB config holding one list of 3.9 million numbers, just under the JSON value cap (a 24 MB one
+    of 12 million took the walkers to 3.4 GB before; it is now refused while reading, see below)."""
     cfg = _config_of(mlp_path)
-    cfg["notes"] = [0] * (12 * 1024**2)
+    cfg["notes"] = [0] * 3_900_000
     return _rewrite(mlp_path, tmp_path_factory.mktemp("long") / "long.keras", cfg)
+
+
+def test_a_config_of_too_many_values_is_refused_while_reading(mlp_path, tmp_path):
+    from kmemopt.archive import read_model_file
+
+    for name, filler in (("ints", [0] * (12 * 1024**2)), ("objects", [{}] * (8 * 1024**2))):
+        cfg = _config_of(mlp_path)
+        cfg["notes"] = filler
+        path = _rewrite(mlp_path, tmp_path / f"{name}.keras", cfg)
+        with pytest.raises(UnsafeModelError) as info:
+            read_model_file(path)
+        assert info.value.rule == "CONFIG-JSON"
+        assert "4,000,000" in info.value.message
 
 
 WALK = textwrap.dedent(

@@ -513,6 +513,10 @@ def run(spec: dict) -> dict:
     # Weights allocated as keras.models.load_model does: the phases below measure what a user's own
     # script would see on top of them (shrink's lean loader would leave a different allocator state).
     model = load_model(spec["path"], custom_objects=custom, compile=False, lean=False)
+    if keras.backend.backend() == "tensorflow":
+        from kmemopt.fidelity import check_tensorflow_names
+
+        check_tensorflow_names(model)  # exit 3 with the name, not a failure deep inside tf.function
     result["load_peak_bytes"] = hwm.peak() - baseline
     _trim()
     result["load_bytes"] = rss_bytes() - baseline

@@ -390,6 +390,13 @@ def measure_profile(
                 "config": result.optimizer.get("config", {}),
                 "module": "keras.optimizers",
             }
+    if Path(path).exists():
+        # Weights the file does not store are refused for what they are (HDF5-SHAPE-BOMB, HDF5-RATIO)
+        # before the memory they would take is weighed against the limit.
+        from kmemopt.archive import read_model_file
+        from kmemopt.trust import check_stored
+
+        check_stored(read_model_file(path), result.totals.param_bytes)
     check_run_memory(result, batch_sizes or [result.batch_size], max_memory_bytes)
     loss = None
     if Path(path).exists():
