@@ -138,8 +138,21 @@ def loading_errors(model_file: ModelFile):
         raise UnsafeModelError(
             f"Loading {model_file.path} ran out of memory; kmemopt refuses it.", rule="RUN-MEMORY"
         ) from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError, RuntimeError, NotImplementedError,
-            OverflowError, RecursionError, UnicodeError, ZeroDivisionError, AssertionError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OSError,
+        RuntimeError,
+        NotImplementedError,
+        OverflowError,
+        RecursionError,
+        UnicodeError,
+        ZeroDivisionError,
+        AssertionError,
+    ) as exc:
         from kmemopt.errors import clip
 
         raise MalformedModelError(

@@ -208,7 +208,9 @@ def load_json(raw: bytes | str, what: str, limits: Limits = DEFAULT_LIMITS) -> A
     except RecursionError:
         raise too_deep from None
     except ValueError as exc:
-        raise MalformedModelError(f"The {what} is not valid JSON ({exc}); the file is not a valid Keras model.") from None
+        raise MalformedModelError(
+            f"The {what} is not valid JSON ({exc}); the file is not a valid Keras model."
+        ) from None
     if not _json_depth_ok(value, limits.max_json_depth):
         raise too_deep
     # Every value costs memory in each process and walk it goes through: a 24 MB list of {} is 8
@@ -305,7 +307,9 @@ def read_hdf5_arrays(h5file, limits: Limits = DEFAULT_LIMITS) -> list[StoredArra
             n = 1
             for d in shape:
                 n *= d
-            filtered = bool(obj.compression) or obj.chunks is not None and bool(obj.id.get_create_plist().get_nfilters())
+            filtered = (
+                bool(obj.compression) or obj.chunks is not None and bool(obj.id.get_create_plist().get_nfilters())
+            )
             needed = stored_chunks = 0
             if obj.chunks is not None and n:
                 needed = 1
@@ -461,8 +465,9 @@ def _read_by_content(path: Path, size: int, limits: Limits, identity: tuple[int,
     """Decide the format from the bytes (runs in the bounded reader) and read the file as that format."""
     with open(path, "rb") as fh:
         if identity and file_identity(fh) != identity:
-            raise UnsafeModelError(f"{path} changed while kmemopt was reading it; run the command again.",
-                                   rule=RULE_CHANGED)
+            raise UnsafeModelError(
+                f"{path} changed while kmemopt was reading it; run the command again.", rule=RULE_CHANGED
+            )
         head = fh.read(8)
         hdf5_at = hdf5_signature_offsets(fh, size)
         zip_seen = head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06")
@@ -510,10 +515,17 @@ def _read_format(path, size, limits, fh, zip_seen, opens_as_zip, first_member, w
 
 def _model_file_to_json(mf: ModelFile) -> dict[str, Any]:
     return {
-        "path": str(mf.path), "format": mf.format, "file_bytes": mf.file_bytes, "config": mf.config,
-        "compile_config": mf.compile_config, "keras_version": mf.keras_version,
-        "weights": [a.__dict__ for a in mf.weights], "optimizer_weights": [a.__dict__ for a in mf.optimizer_weights],
-        "composition": mf.composition.to_dict(), "members": list(mf.members), "identity": list(mf.identity),
+        "path": str(mf.path),
+        "format": mf.format,
+        "file_bytes": mf.file_bytes,
+        "config": mf.config,
+        "compile_config": mf.compile_config,
+        "keras_version": mf.keras_version,
+        "weights": [a.__dict__ for a in mf.weights],
+        "optimizer_weights": [a.__dict__ for a in mf.optimizer_weights],
+        "composition": mf.composition.to_dict(),
+        "members": list(mf.members),
+        "identity": list(mf.identity),
     }
 
 
@@ -522,10 +534,17 @@ def _model_file_from_json(d: dict[str, Any]) -> ModelFile:
         return tuple(StoredArray(**{**a, "shape": tuple(a["shape"])}) for a in items)
 
     return ModelFile(
-        path=Path(d["path"]), format=d["format"], file_bytes=d["file_bytes"], config=d["config"],
-        compile_config=d["compile_config"], keras_version=d["keras_version"], weights=arrays(d["weights"]),
-        optimizer_weights=arrays(d["optimizer_weights"]), composition=FileComposition(**d["composition"]),
-        members=tuple(d["members"]), identity=tuple(d.get("identity", ())),
+        path=Path(d["path"]),
+        format=d["format"],
+        file_bytes=d["file_bytes"],
+        config=d["config"],
+        compile_config=d["compile_config"],
+        keras_version=d["keras_version"],
+        weights=arrays(d["weights"]),
+        optimizer_weights=arrays(d["optimizer_weights"]),
+        composition=FileComposition(**d["composition"]),
+        members=tuple(d["members"]),
+        identity=tuple(d.get("identity", ())),
     )
 
 
@@ -560,14 +579,20 @@ def _bounded(path: Path, limits: Limits, read) -> ModelFile:
             except KmemoptError as exc:
                 result = ["error", type(exc).__name__, exc.message, exc.rule, exc.where]
             except MemoryError:
-                result = ["error", "UnsafeModelError", f"Reading {path}'s metadata needs more than "
-                          f"{limits.max_read_memory_bytes:,} bytes of memory; kmemopt refuses it.", RULE_READ_LIMITS, None]
+                result = [
+                    "error",
+                    "UnsafeModelError",
+                    f"Reading {path}'s metadata needs more than "
+                    f"{limits.max_read_memory_bytes:,} bytes of memory; kmemopt refuses it.",
+                    RULE_READ_LIMITS,
+                    None,
+                ]
             except BaseException as exc:  # noqa: BLE001 - a bug in kmemopt: the parent reports it as such
                 result = ["crash", f"{type(exc).__name__}: {exc}"]
             data = json.dumps(result).encode()
             view = memoryview(data)
             while view:
-                view = view[os.write(wfd, view):]
+                view = view[os.write(wfd, view) :]
         except BaseException:  # noqa: BLE001
             code = 1
         finally:
@@ -656,12 +681,16 @@ def _check_members(zf: zipfile.ZipFile, path: Path, limits: Limits) -> list[zipf
             or any(part in ("..", "") for part in name.rstrip("/").split("/"))
             or "\x00" in name
         ):
-            raise UnsafeModelError(f"{path} holds a zip member with an unsafe name: {name!r}.", rule=RULE_ZIP_NAME, where=name)
+            raise UnsafeModelError(
+                f"{path} holds a zip member with an unsafe name: {name!r}.", rule=RULE_ZIP_NAME, where=name
+            )
         if name in seen:
             raise UnsafeModelError(f"{path} holds the zip member {name!r} twice.", rule=RULE_ZIP_DUPLICATE, where=name)
         seen.add(name)
         if info.flag_bits & 0x1:
-            raise UnsafeModelError(f"{path} holds an encrypted zip member {name!r}.", rule=RULE_ZIP_ENCRYPTED, where=name)
+            raise UnsafeModelError(
+                f"{path} holds an encrypted zip member {name!r}.", rule=RULE_ZIP_ENCRYPTED, where=name
+            )
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise UnsafeModelError(
                 f"{path}: member {name!r} uses zip compression method {info.compress_type}; a .keras file is "
@@ -765,11 +794,18 @@ def _read_keras_zip(path: Path, size: int, limits: Limits, raw=None) -> ModelFil
             raise MalformedModelError(f"{path} is a damaged zip archive ({_first_line(exc)}).") from None
     compile_config = config.get("compile_config")
     return _finish(
-        path, "keras", size, config, compile_config if isinstance(compile_config, dict) else None,
-        metadata.get("keras_version"), weights, optimizer,
+        path,
+        "keras",
+        size,
+        config,
+        compile_config if isinstance(compile_config, dict) else None,
+        metadata.get("keras_version"),
+        weights,
+        optimizer,
         config_bytes=sum(i.compress_size for i in infos if i.filename in ("config.json", "metadata.json")),
         assets_bytes=assets,
-        h5_bytes=h5_member, members=tuple(sorted(names)),
+        h5_bytes=h5_member,
+        members=tuple(sorted(names)),
     )
 
 
@@ -846,9 +882,11 @@ def zlib_error():
 
 
 def _read_legacy_h5(path: Path, size: int, limits: Limits, raw=None) -> ModelFile:
-    with _damaged_hdf5(path), contextlib.nullcontext(raw) if raw is not None else open(path, "rb") as fh, _open_h5(
-        fh
-    ) as h5:
+    with (
+        _damaged_hdf5(path),
+        contextlib.nullcontext(raw) if raw is not None else open(path, "rb") as fh,
+        _open_h5(fh) as h5,
+    ):
         raw = h5.attrs.get("model_config")
         if raw is None:
             if "layers" in h5 or "vars" in h5 or "layer_names" in h5.attrs:
@@ -864,8 +902,15 @@ def _read_legacy_h5(path: Path, size: int, limits: Limits, raw=None) -> ModelFil
         config = load_json(raw, "model_config attribute", limits)
         _check_structure(config)
         training_raw = h5.attrs.get("training_config")
-        training = load_json(bytes(training_raw) if not isinstance(training_raw, str) else training_raw,
-                             "training_config attribute", limits) if training_raw is not None else None
+        training = (
+            load_json(
+                bytes(training_raw) if not isinstance(training_raw, str) else training_raw,
+                "training_config attribute",
+                limits,
+            )
+            if training_raw is not None
+            else None
+        )
         version = h5.attrs.get("keras_version")
         version = version.decode() if isinstance(version, bytes) else (str(version) if version is not None else None)
         arrays = read_hdf5_arrays(h5, limits)
@@ -874,13 +919,36 @@ def _read_legacy_h5(path: Path, size: int, limits: Limits, raw=None) -> ModelFil
     weights = [a for a in arrays if not a.path.startswith("optimizer_weights/")]
     optimizer = [a for a in arrays if a.path.startswith("optimizer_weights/")]
     return _finish(
-        path, "h5", size, config, training if isinstance(training, dict) else None, version,
-        weights, optimizer, config_bytes=len(raw), assets_bytes=0, h5_bytes=size, members=(),
+        path,
+        "h5",
+        size,
+        config,
+        training if isinstance(training, dict) else None,
+        version,
+        weights,
+        optimizer,
+        config_bytes=len(raw),
+        assets_bytes=0,
+        h5_bytes=size,
+        members=(),
     )
 
 
-def _finish(path, fmt, size, config, compile_config, version, weights, optimizer, *,
-            config_bytes, assets_bytes, h5_bytes, members) -> ModelFile:
+def _finish(
+    path,
+    fmt,
+    size,
+    config,
+    compile_config,
+    version,
+    weights,
+    optimizer,
+    *,
+    config_bytes,
+    assets_bytes,
+    h5_bytes,
+    members,
+) -> ModelFile:
     stored_w = sum(a.stored_bytes for a in weights)
     stored_o = sum(a.stored_bytes for a in optimizer)
     composition = FileComposition(
@@ -894,7 +962,14 @@ def _finish(path, fmt, size, config, compile_config, version, weights, optimizer
         weights_fully_stored=all(a.fully_stored for a in weights + optimizer),
     )
     return ModelFile(
-        path=path, format=fmt, file_bytes=size, config=config, compile_config=compile_config,
-        keras_version=version, weights=tuple(weights), optimizer_weights=tuple(optimizer),
-        composition=composition, members=members,
+        path=path,
+        format=fmt,
+        file_bytes=size,
+        config=config,
+        compile_config=compile_config,
+        keras_version=version,
+        weights=tuple(weights),
+        optimizer_weights=tuple(optimizer),
+        composition=composition,
+        members=members,
     )

@@ -46,8 +46,12 @@ def _load(path):
 
 @pytest.mark.parametrize(
     ("source", "name"),
-    [("model.keras", "zip_named.h5"), ("model.keras", "zip_named.model"), ("model.h5", "hdf5_named.keras"),
-     ("model.h5", "hdf5_named.bin")],
+    [
+        ("model.keras", "zip_named.h5"),
+        ("model.keras", "zip_named.model"),
+        ("model.h5", "hdf5_named.keras"),
+        ("model.h5", "hdf5_named.bin"),
+    ],
 )
 def test_wrong_suffix_loads_by_content(files, source, name):
     path = files["dir"] / name
@@ -80,8 +84,10 @@ def _lambda_keras(keras, folder: Path, marker: Path) -> bytes:
         {
             "module": "keras.layers",
             "class_name": "Lambda",
-            "config": {"name": "evil", "function": {"class_name": "__lambda__", "config": {"code": "", "defaults": None,
-                                                                                               "closure": None}}},
+            "config": {
+                "name": "evil",
+                "function": {"class_name": "__lambda__", "config": {"code": "", "defaults": None, "closure": None}},
+            },
             "registered_name": None,
             "marker": str(marker),
         }
@@ -221,7 +227,10 @@ def _rewrite_weights(source: Path, target: Path, *, units: int | None = None, la
         old = h5[kernel_path]
         new_shape = shape or old.shape
         del h5[kernel_path]
-        kwargs = {"chunks": tuple(min(64 if layout != "zeros-bomb" else 262144, d) for d in new_shape), "dtype": "float32"}
+        kwargs = {
+            "chunks": tuple(min(64 if layout != "zeros-bomb" else 262144, d) for d in new_shape),
+            "dtype": "float32",
+        }
         if layout == "lzf-unwritten":
             h5.create_dataset(kernel_path, shape=new_shape, compression="lzf", **kwargs)
         elif layout == "decoy":
@@ -288,8 +297,9 @@ BIG = (5, 40_000_000)  # 800 MB of float32 declared; the files are a few KB
 def test_unwritten_chunks_are_refused_before_allocation(files, tmp_path, source, layout):
     import resource
 
-    path = _rewrite_weights(files["dir"] / source, tmp_path / f"{layout}{Path(source).suffix}", units=BIG[1],
-                            layout=layout, shape=BIG)
+    path = _rewrite_weights(
+        files["dir"] / source, tmp_path / f"{layout}{Path(source).suffix}", units=BIG[1], layout=layout, shape=BIG
+    )
     assert path.stat().st_size < 1_000_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(UnsafeModelError) as info:
@@ -301,8 +311,9 @@ def test_unwritten_chunks_are_refused_before_allocation(files, tmp_path, source,
 
 
 def test_decoy_dataset_hiding_missing_weights_is_refused(files, tmp_path):
-    path = _rewrite_weights(files["dir"] / "model.keras", tmp_path / "decoy.keras", units=BIG[1], layout="decoy",
-                            shape=BIG)
+    path = _rewrite_weights(
+        files["dir"] / "model.keras", tmp_path / "decoy.keras", units=BIG[1], layout="decoy", shape=BIG
+    )
     with pytest.raises(UnsafeModelError) as info:
         _load(path)
     assert info.value.rule == "HDF5-SHAPE-BOMB"
@@ -310,8 +321,9 @@ def test_decoy_dataset_hiding_missing_weights_is_refused(files, tmp_path):
 
 def test_compression_bomb_is_refused(files, tmp_path):
     shape = (5, 2_000_000)  # 40 MB of zeros in a few tens of KB
-    path = _rewrite_weights(files["dir"] / "model.keras", tmp_path / "bomb.keras", units=shape[1],
-                            layout="zeros-bomb", shape=shape)
+    path = _rewrite_weights(
+        files["dir"] / "model.keras", tmp_path / "bomb.keras", units=shape[1], layout="zeros-bomb", shape=shape
+    )
     assert path.stat().st_size < 200_000
     with pytest.raises(UnsafeModelError) as info:
         _load(path)
@@ -319,8 +331,9 @@ def test_compression_bomb_is_refused(files, tmp_path):
 
 
 def test_profile_still_reports_unwritten_weights_statically(files, tmp_path, cli):
-    path = _rewrite_weights(files["dir"] / "model.keras", tmp_path / "static.keras", units=BIG[1],
-                            layout="unwritten", shape=BIG)
+    path = _rewrite_weights(
+        files["dir"] / "model.keras", tmp_path / "static.keras", units=BIG[1], layout="unwritten", shape=BIG
+    )
     result = cli("profile", path, "--format", "json", "-b", "1")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["totals"]["params"] == 6 * 5 + 5 + 5 * BIG[1] + BIG[1]

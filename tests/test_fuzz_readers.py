@@ -26,7 +26,10 @@ from kmemopt.errors import KmemoptError
 
 EXAMPLES = int(os.environ.get("KMEMOPT_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
-    max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("KMEMOPT_FUZZ_RANDOM"), database=None,
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not os.environ.get("KMEMOPT_FUZZ_RANDOM"),
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 # Byte patterns next to which mutations do the most damage: zip headers and HDF5 structures.
@@ -59,8 +62,10 @@ def hot_offsets(data: bytes) -> list[int]:
 EDITS = st.lists(
     st.tuples(
         st.sampled_from(("flip", "overwrite", "insert", "delete", "truncate", "max")),
-        st.one_of(st.tuples(st.just("hot"), st.integers(0, 199), st.integers(0, 64)),
-                  st.tuples(st.just("at"), st.floats(0, 1, exclude_max=True))),
+        st.one_of(
+            st.tuples(st.just("hot"), st.integers(0, 199), st.integers(0, 64)),
+            st.tuples(st.just("at"), st.floats(0, 1, exclude_max=True)),
+        ),
         st.binary(min_size=1, max_size=16),
     ),
     min_size=1,
@@ -169,17 +174,55 @@ def test_mutated_legacy_h5(valid, allow, edits):
 
 
 JSON_LEAVES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=12),
-    st.sampled_from(["Dense", "Lambda", "function", "keras.layers", "os", "builtins", "__lambda__", "__numpy__",
-                     "float32", "relu", "glorot_uniform", "int8_from_float32", "../x", ""]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "Dense",
+            "Lambda",
+            "function",
+            "keras.layers",
+            "os",
+            "builtins",
+            "__lambda__",
+            "__numpy__",
+            "float32",
+            "relu",
+            "glorot_uniform",
+            "int8_from_float32",
+            "../x",
+            "",
+        ]
+    ),
 )
 JSON_VALUES = st.recursive(
     JSON_LEAVES,
-    lambda children: st.one_of(st.lists(children, max_size=4),
-                               st.dictionaries(st.sampled_from(["class_name", "module", "config", "registered_name",
-                                                                "name", "units", "layers", "shape", "dtype",
-                                                                "vocabulary", "build_config", "inbound_nodes"]),
-                                               children, max_size=4)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "class_name",
+                    "module",
+                    "config",
+                    "registered_name",
+                    "name",
+                    "units",
+                    "layers",
+                    "shape",
+                    "dtype",
+                    "vocabulary",
+                    "build_config",
+                    "inbound_nodes",
+                ]
+            ),
+            children,
+            max_size=4,
+        ),
+    ),
     max_leaves=20,
 )
 

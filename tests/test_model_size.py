@@ -320,12 +320,18 @@ def test_constructor_built_models_count_their_blocks():
     """A keras-hub backbone's config lists no layers; its block counts are what Keras would build."""
     from kmemopt.model_size import LAYERS_PER_BLOCK, MAX_LAYERS, check_model_size, model_size
 
-    llama = {"module": "keras_hub.src.models.llama.llama_backbone", "class_name": "LlamaBackbone",
-             "config": {"num_layers": 32, "hidden_dim": 4096, "num_query_heads": 32}}
+    llama = {
+        "module": "keras_hub.src.models.llama.llama_backbone",
+        "class_name": "LlamaBackbone",
+        "config": {"num_layers": 32, "hidden_dim": 4096, "num_query_heads": 32},
+    }
     assert model_size(llama).layers == 32 * LAYERS_PER_BLOCK
     check_model_size(llama)  # a real 7B-sized backbone passes
-    resnet = {"registered_name": "keras_hub>ResNetBackbone", "class_name": "ResNetBackbone",
-              "config": {"stackwise_num_blocks": [3, 4, 6, 3], "depth_multiplier": 99999}}
+    resnet = {
+        "registered_name": "keras_hub>ResNetBackbone",
+        "class_name": "ResNetBackbone",
+        "config": {"stackwise_num_blocks": [3, 4, 6, 3], "depth_multiplier": 99999},
+    }
     assert model_size(resnet).layers == 16 * LAYERS_PER_BLOCK
     hostile = dict(llama, config=dict(llama["config"], num_layers=MAX_LAYERS))
     with pytest.raises(UnsafeModelError) as info:

@@ -138,10 +138,14 @@ def test_data_sizes_the_unknown_dimensions_it_will_run(keras, tmp_path, cli):
     np.savez(tmp_path / "long.npz", tokens=np.zeros((2, 1_000_000), "int32"))
     np.savez(tmp_path / "short.npz", tokens=np.zeros((2, 8), "int32"))
     out = tmp_path / "out.keras"
-    result = cli("shrink", path, "--quantize", "int8", "--data", tmp_path / "long.npz", "-o", out, "--max-memory", "1GiB")
+    result = cli(
+        "shrink", path, "--quantize", "int8", "--data", tmp_path / "long.npz", "-o", out, "--max-memory", "1GiB"
+    )
     assert result.exit_code == 3, result.output
     assert "RUN-MEMORY" in result.stderr and not out.exists()
-    result = cli("shrink", path, "--quantize", "int8", "--data", tmp_path / "short.npz", "-o", out, "--max-memory", "1GiB")
+    result = cli(
+        "shrink", path, "--quantize", "int8", "--data", tmp_path / "short.npz", "-o", out, "--max-memory", "1GiB"
+    )
     assert result.exit_code == 0, result.output
 
 

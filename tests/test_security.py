@@ -40,13 +40,31 @@ COMMANDS = ("profile", "measure", "shrink")
 # are the same checks, and each of their runs that reaches Keras costs 10-25 s on a loaded 2-core machine.
 # KMEMOPT_FULL_CORPUS=1 runs all three commands on every case.
 LOAD_CASES = {
-    "measure": frozenset({
-        "clean", "shape_bomb", "dense_units_2pow40", "lambda_nested", "lambda_legacy_h5", "popen_in_compile_config",
-        "import_on_path", "zip_bomb_weights", "h5_external_link", "truncated_keras", "savedmodel_folder",
-    }),
-    "shrink": frozenset({
-        "clean", "shape_bomb", "dense_units_2pow40", "lambda_nested", "zip_bomb_weights", "h5_external_link",
-    }),
+    "measure": frozenset(
+        {
+            "clean",
+            "shape_bomb",
+            "dense_units_2pow40",
+            "lambda_nested",
+            "lambda_legacy_h5",
+            "popen_in_compile_config",
+            "import_on_path",
+            "zip_bomb_weights",
+            "h5_external_link",
+            "truncated_keras",
+            "savedmodel_folder",
+        }
+    ),
+    "shrink": frozenset(
+        {
+            "clean",
+            "shape_bomb",
+            "dense_units_2pow40",
+            "lambda_nested",
+            "zip_bomb_weights",
+            "h5_external_link",
+        }
+    ),
 }
 FULL_CORPUS = bool(os.environ.get("KMEMOPT_FULL_CORPUS"))
 
@@ -96,7 +114,11 @@ def run_case(corpus: Corpus, command: str, case: Case) -> Run:
     env["PYTHONPATH"] = str(case.pythonpath) if case.pythonpath else ""
     proc = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, str(report), *command_line(command, case, out_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=out_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=out_dir,
         start_new_session=True,
     )
     timed_out = threading.Event()
@@ -113,14 +135,22 @@ def run_case(corpus: Corpus, command: str, case: Case) -> Run:
     finally:
         timer.cancel()
     usage = json.loads(report.read_text()) if report.exists() else {"rc": proc.returncode, "maxrss_kb": 0}
-    return Run(usage["rc"], stdout.decode(errors="replace"), stderr.decode(errors="replace"),
-               usage["maxrss_kb"] * 1024, time.monotonic() - started, timed_out.is_set(), out_dir)
+    return Run(
+        usage["rc"],
+        stdout.decode(errors="replace"),
+        stderr.decode(errors="replace"),
+        usage["maxrss_kb"] * 1024,
+        time.monotonic() - started,
+        timed_out.is_set(),
+        out_dir,
+    )
 
 
 def command_exists(args: list[str], needle: str) -> bool:
     try:
-        text = subprocess.run([str(KMEMOPT), *args], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "COLUMNS": "200"}).stdout
+        text = subprocess.run(
+            [str(KMEMOPT), *args], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"}
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return needle in text
@@ -180,7 +210,9 @@ def runs(request, corpus, available):
 
     if "PYTEST_XDIST_WORKER" not in os.environ:
         # The slow runs first (those that reach Keras), so the pool does not end on a long tail.
-        pairs = sorted(_selected_pairs(request.session), key=lambda p: (p[1] not in LOAD_CASES["shrink"], p[0] == "profile"))
+        pairs = sorted(
+            _selected_pairs(request.session), key=lambda p: (p[1] not in LOAD_CASES["shrink"], p[0] == "profile")
+        )
         for command, name in pairs:
             if available.get(command) is None and name in by_name and selected(command, name):
                 submit(command, name)
@@ -202,8 +234,18 @@ def test_hostile_case(command, case_name, corpus, runs, available, digests):
     case = next(c for c in corpus.cases if c.name == case_name)
     run = runs(command, case_name)
     with open(corpus.root / "runs.jsonl", "a") as log:  # peak RSS and time of every run, for the docs
-        log.write(json.dumps({"command": command, "case": case_name, "rc": run.rc, "maxrss_bytes": run.maxrss_bytes,
-                              "elapsed_s": round(run.elapsed_s, 2)}) + "\n")
+        log.write(
+            json.dumps(
+                {
+                    "command": command,
+                    "case": case_name,
+                    "rc": run.rc,
+                    "maxrss_bytes": run.maxrss_bytes,
+                    "elapsed_s": round(run.elapsed_s, 2),
+                }
+            )
+            + "\n"
+        )
     expected = case.profile if command == "profile" else case.load
     output = run.stdout + run.stderr
     context = f"{command} {case.name}: rc={run.rc}\n--- stdout\n{run.stdout[-2000:]}\n--- stderr\n{run.stderr[-3000:]}"
@@ -241,8 +283,9 @@ def _load_unsafe(path: Path) -> subprocess.CompletedProcess:
         "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=TIMEOUT_S, env=env
+    )
 
 
 def test_lambda_canaries_are_live(corpus):

@@ -116,7 +116,9 @@ def test_precheck_refuses_without_importing_keras(nested_path, tmp_path):
         "print('keras' in sys.modules, 'tensorflow' in sys.modules, 'keras_hub' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
-    assert out.stdout.splitlines() == ["TRUST-MODULE $.config.layers[2].config.layers[1]", "False False False"], out.stderr
+    assert out.stdout.splitlines() == ["TRUST-MODULE $.config.layers[2].config.layers[1]", "False False False"], (
+        out.stderr
+    )
 
 
 def test_precheck_leaves_custom_modules_to_the_allowlist(nested_path, tmp_path):
@@ -140,8 +142,12 @@ def test_custom_objects_file_allows_its_class(tmp_path, keras, allow):
         "import keras\n\n@keras.saving.register_keras_serializable(package='Mine')\n"
         "class Twice(keras.layers.Layer):\n    def call(self, x):\n        return 2 * x\n"
     )
-    entry = {"module": "kmemopt_custom_objects", "class_name": "Twice", "config": {"name": "t"},
-             "registered_name": "Mine>Twice"}
+    entry = {
+        "module": "kmemopt_custom_objects",
+        "class_name": "Twice",
+        "config": {"name": "t"},
+        "registered_name": "Mine>Twice",
+    }
     with pytest.raises(UnsafeModelError):
         check_config(entry, allow)
     assert check_config(entry, build_allowlist(load_custom_objects(source))) == 1
@@ -234,11 +240,17 @@ def test_class_entry_resolving_to_a_function_is_refused(allow):
     """Keras hands back a function found through a class entry as is; it could then run as an activation."""
     from kmemopt.trust import check_config
 
-    entry = {"module": "keras_hub.src.utils.preset_utils", "class_name": "upload_preset", "config": {},
-             "registered_name": "keras_hub>upload_preset"}
+    entry = {
+        "module": "keras_hub.src.utils.preset_utils",
+        "class_name": "upload_preset",
+        "config": {},
+        "registered_name": "keras_hub>upload_preset",
+    }
     with pytest.raises(UnsafeModelError) as info:
-        check_config({"class_name": "Dense", "module": "keras.layers", "registered_name": None,
-                      "config": {"activation": entry}}, allow)
+        check_config(
+            {"class_name": "Dense", "module": "keras.layers", "registered_name": None, "config": {"activation": entry}},
+            allow,
+        )
     assert (info.value.rule, info.value.where) == ("TRUST-UNKNOWN", "$.config.activation")
 
 
