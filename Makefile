@@ -6,7 +6,7 @@ KMEMOPT := $(VENV)/bin/kmemopt
 SUITE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench samples clean
+.PHONY: install demo test test-fast lint typecheck format bench samples clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check kmemopt tests benchmarks sample_models
 	$(VENV)/bin/ruff format --check kmemopt tests benchmarks sample_models
+
+typecheck: install
+	$(VENV)/bin/mypy kmemopt
 
 format: install
 	$(VENV)/bin/ruff check --fix kmemopt tests benchmarks sample_models
