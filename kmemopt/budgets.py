@@ -49,7 +49,8 @@ class Metric(str, Enum):
     def flag(self) -> str:
         return "--max-" + self.value.replace("_", "-")
 
-    def format(self, value: int | float | None, si: bool = False) -> str:
+    def format_value(self, value: int | float | None, si: bool = False) -> str:
+        """`value` in this metric's unit ("-" when unknown); named apart from `str.format`, which a str enum has."""
         if value is None:
             return "-"
         if self.is_count:
@@ -230,7 +231,7 @@ def budget_from_entry(entry: Any, index: int, source: str, base: str | None = No
 class Config:
     """The `[tool.kmemopt]` table: budgets, and an optional default baseline file (relative to base)."""
 
-    path: str | None
+    path: str  # the file it was read from, as messages name it
     budgets: tuple[Budget, ...] = ()
     baseline: str | None = None
 
@@ -471,10 +472,10 @@ class BudgetResult:
         b = self.budget
         if self.status is Status.error:
             return f"{self.model}: not checked: {self.error}"
-        head = f"{self.model}: {b.describe()} is {b.metric.format(self.value, b.si)}"
+        head = f"{self.model}: {b.describe()} is {b.metric.format_value(self.value, b.si)}"
         if self.reasons:
             return f"{head}; " + "; ".join(self.reasons)
-        limit = f" (limit {b.metric.format(b.max, b.si)})" if b.max is not None else ""
+        limit = f" (limit {b.metric.format_value(b.max, b.si)})" if b.max is not None else ""
         return f"{head}{limit}: within budget"
 
     def to_dict(self) -> dict[str, Any]:
@@ -509,7 +510,7 @@ def evaluate(
     reasons = []
 
     def fmt(v):
-        return budget.metric.format(v, budget.si)
+        return budget.metric.format_value(v, budget.si)
 
     if budget.max is not None and value > budget.max:
         reasons.append(f"over the limit of {budget.limit_text or fmt(budget.max)} by {fmt(value - budget.max)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,10 +27,10 @@ _GLOB_CHARS = set("*?[")
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:
+        import tomli as tomllib
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
@@ -245,17 +246,17 @@ def measurement() -> Callable[..., Any]:
     return measure_profile
 
 
-def _measured_value(metric: Metric, data: dict[str, Any]) -> tuple[int | None, str | None]:
-    """(measured peak, None) or (None, why it could not be measured)."""
+def _measured_value(metric: Metric, data: dict[str, Any]) -> int | str:
+    """The measured peak, or why it could not be measured."""
     measured = data.get("measured") or {}
     key = "inference_peak_bytes" if metric is Metric.inference_memory else "training_peak_bytes"
     status = measured.get("status", "ok")
     value = measured.get(key)
     if status != "ok" or value is None:
-        run = next(iter(measured.get("runs") or []), {})
+        run: dict[str, Any] = next(iter(measured.get("runs") or []), {})
         why = run.get("message") or measured.get("message") or "no value"
-        return None, f"could not be measured ({status}): {why}"
-    return int(value), None
+        return f"could not be measured ({status}): {why}"
+    return int(value)
 
 
 def evaluate_checks(
@@ -348,15 +349,17 @@ def evaluate_checks(
             if b.metric is Metric.file_size:
                 value = file_bytes
             elif b.metric in _WEIGHT_METRICS:
+                assert weights is not None  # counted above, or this budget is in not_evaluated
                 value = weights[0] if b.metric is Metric.params else weights[1]
             else:
                 result = static[b.key()]
                 value, optimizer = _profile_value(b.metric, result), result.optimizer.get("name")
                 if measure is not None:
-                    value, why = _measured_value(b.metric, measured[b.key()])
-                    if value is None:
-                        results.append(bg.unmeasured(b, model, why, optimizer))
+                    peak = _measured_value(b.metric, measured[b.key()])
+                    if isinstance(peak, str):
+                        results.append(bg.unmeasured(b, model, peak, optimizer))
                         continue
+                    value = peak
             base_value = baseline.lookup(model, b.metric, b.batch_size, optimizer) if baseline is not None else None
             results.append(bg.evaluate(b, model, int(value), base_value, optimizer))
     return CheckReport(
@@ -448,7 +451,12 @@ def check(
         custom_objects=objects,
         on_model=on_model,
         measure=measure_fn,
-        custom_objects_file=Path(here, custom_objects).resolve() if measure_fn and custom_objects else None,
+        # A dict of custom objects with measure=True was refused above: the measuring child needs a file.
+        custom_objects_file=(
+            Path(here, custom_objects).resolve()
+            if measure_fn and custom_objects and not isinstance(custom_objects, dict)
+            else None
+        ),
         config=display_path(Path(cfg.path), here, root) if cfg is not None and cfg.path else None,
     )
 

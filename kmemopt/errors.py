@@ -7,6 +7,10 @@ an internal error (exit 4). The table is the stable interface documented in the 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kmemopt.shrinking import ShrinkResult
 
 
 class ExitCode(IntEnum):
@@ -21,6 +25,10 @@ class KmemoptError(Exception):
     """Base class: a sentence for the user plus an exit code."""
 
     exit_code: ExitCode = ExitCode.INTERNAL
+    # Set on an error raised again in the parent from a child process (kmemopt.sandbox): the name of the
+    # child's exception class and its traceback.
+    child_type: str | None = None
+    child_traceback: str = ""
 
     def __init__(self, message: str, *, rule: str | None = None, where: str | None = None):
         from kmemopt.report.safe import visible
@@ -74,6 +82,8 @@ class GateFailed(KmemoptError):
     """A budget or fidelity gate failed (exit 1)."""
 
     exit_code = ExitCode.GATE_FAILED
+    # `shrink` sets the report of the run that failed the gate (nothing was written).
+    result: ShrinkResult | None = None
 
 
 def clip(text: str, limit: int = 240) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from kmemopt.errors import UnsafeModelError
 
@@ -160,7 +160,8 @@ def _history_refs(call: Any) -> list[tuple[str, int]]:
     return refs
 
 
-def _is_ref(value: Any) -> bool:
+def _is_ref(value: Any) -> TypeGuard[list[Any]]:
+    """A serialized tensor reference: [layer name, node index, tensor index, ...]."""
     return (
         isinstance(value, list)
         and len(value) >= 3

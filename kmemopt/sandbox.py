@@ -272,21 +272,24 @@ def run_child(
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+    # Popen sets all three pipes when asked for them; the assert tells the type checker so.
+    child_in, child_out, child_err = proc.stdin, proc.stdout, proc.stderr
+    assert child_in is not None and child_out is not None and child_err is not None
     out = bytearray()
     err_tail = bytearray()
 
     def feed() -> None:
         with contextlib.suppress(BrokenPipeError, OSError, ValueError):
-            write_message(proc.stdin, request, arrays)
+            write_message(child_in, request, arrays)
         with contextlib.suppress(BrokenPipeError, OSError):
-            proc.stdin.close()
+            child_in.close()
 
     def collect() -> None:
-        while chunk := proc.stdout.read(1 << 16):
+        while chunk := child_out.read(1 << 16):
             out.extend(chunk)
 
     def watch_stderr() -> None:
-        for line in proc.stderr:
+        for line in child_err:
             text = line.decode(errors="replace")
             if text.startswith(PHASE_PREFIX):
                 if on_phase is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -17,15 +17,17 @@ class CheckFormat(str, Enum):
     junit = "junit"
 
 
-def _size_opt(metric: str, example: str):
-    return Annotated[
-        Optional[str],
-        typer.Option(
-            f"--max-{metric}",
-            help=f"Fail when the {metric.replace('-', ' ')} exceeds this (e.g. {example}).",
-            rich_help_panel="Budgets",
-        ),
-    ]
+def _budget_option(metric: str, example: str) -> Any:
+    """The `--max-<metric>` option: the metadata of an `Annotated[Optional[str], ...]` parameter.
+
+    A call is fine inside `Annotated[...]` (its metadata is any value); a call that returns the whole
+    `Annotated` type is not a type a checker can read.
+    """
+    return typer.Option(
+        f"--max-{metric}",
+        help=f"Fail when the {metric.replace('-', ' ')} exceeds this (e.g. {example}).",
+        rich_help_panel="Budgets",
+    )
 
 
 def check(
@@ -39,11 +41,11 @@ def check(
         Optional[Path],
         typer.Option("--config", help="A TOML file with \\[tool.kmemopt] (default: pyproject.toml, searched upwards)."),
     ] = None,
-    max_file_size: _size_opt("file-size", "50MB") = None,
-    max_params: _size_opt("params", "25M") = None,
-    max_param_memory: _size_opt("param-memory", "100MiB") = None,
-    max_inference_memory: _size_opt("inference-memory", "2GiB") = None,
-    max_training_memory: _size_opt("training-memory", "6GiB") = None,
+    max_file_size: Annotated[Optional[str], _budget_option("file-size", "50MB")] = None,
+    max_params: Annotated[Optional[str], _budget_option("params", "25M")] = None,
+    max_param_memory: Annotated[Optional[str], _budget_option("param-memory", "100MiB")] = None,
+    max_inference_memory: Annotated[Optional[str], _budget_option("inference-memory", "2GiB")] = None,
+    max_training_memory: Annotated[Optional[str], _budget_option("training-memory", "6GiB")] = None,
     batch_size: Annotated[
         Optional[int],
         typer.Option(

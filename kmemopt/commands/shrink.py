@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,7 +31,6 @@ PASSES = "Passes (applied in this order)"
 FIDELITY = "Fidelity"
 
 
-@contextlib.contextmanager
 def shrink(
     model: Annotated[Path, typer.Argument(help="A .keras or legacy .h5 model file.", show_default=False)],
     out: Annotated[
@@ -226,7 +224,7 @@ def shrink(
                     timeout=timeout,
                 )
             except GateFailed as exc:
-                if getattr(exc, "result", None) is not None:
+                if exc.result is not None:
                     emit(exc.result.to_dict())
                 raise
         emit(result.to_dict())

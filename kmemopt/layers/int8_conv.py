@@ -9,11 +9,14 @@ call with the kernel dequantized to the compute dtype. The int8 kernels are not 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kmemopt._keras import import_keras
 
-keras = import_keras()
+import_keras()  # Keras's environment (backend, quiet start-up) is set before the first `import keras`
+import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 QMAX = 127
@@ -39,6 +42,8 @@ class _Int8KernelMixin:
     """Store the kernels named in `_INT8_KERNELS` ({variable name: kept axes}) as int8 + scale."""
 
     _INT8_KERNELS: dict[str, tuple[int, ...]] = {}
+    # Provided by the Keras convolution this mixin always comes before (annotations only: no attribute).
+    weights: list[Any]
 
     def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True, name=None, **kwargs):
         keep = self._INT8_KERNELS.get(name)

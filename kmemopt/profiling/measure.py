@@ -58,7 +58,7 @@ class Run:
     losses: tuple[str, ...] = ()  # one a flattened output, as trained
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "batch_size": self.batch_size,
             "status": self.status.value,
             "baseline_bytes": self.baseline_bytes,
@@ -184,8 +184,11 @@ def default_max_memory() -> int:
 # --------------------------------------------------------------------------------------------- fitting
 
 
-def fit_line(points: Sequence[tuple[int, int]]) -> Fit | None:
-    """Least squares bytes = fixed + per_sample * B over (B, bytes); None with fewer than two batch sizes."""
+def fit_line(points: Sequence[tuple[int, int | None]]) -> Fit | None:
+    """Least squares bytes = fixed + per_sample * B over (B, bytes); None with fewer than two batch sizes.
+
+    A point whose bytes are None (that batch size was not measured) is left out.
+    """
     pts = [(b, y) for b, y in points if y is not None]
     if len({b for b, _ in pts}) < 2:
         return None

@@ -71,8 +71,9 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
         title_justify="left",
         header_style="bold",
     )
-    for col, justify in (("", "left"), ("Before", "right"), ("After", "right"), ("Ratio", "right")):
-        table.add_column(col, justify=justify)
+    table.add_column("", justify="left")
+    for col in ("Before", "After", "Ratio"):
+        table.add_column(col, justify="right")
     for label, key in SIDE_ROWS:
         table.add_row(
             label, format_bytes(before.get(key)), format_bytes(after.get(key)), _ratio(before.get(key), after.get(key))
