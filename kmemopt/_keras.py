@@ -35,8 +35,7 @@ def import_keras():
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with quiet_native_stderr():
-            import keras  # noqa: F401
-            import keras.src.backend  # noqa: F401  (the backend's own native start-up happens here)
+            import keras  # noqa: F401  (imports the backend: its native start-up happens here)
     import keras
 
     return keras

@@ -62,7 +62,7 @@ def profile(
 def load_model(path, *, custom_objects=None, compile=False, lean=True):
     """Full load with weights, after the static checks (allowlist, archive rules, stored weights).
 
-    `lean=False` allocates the weights as Keras's own loader does (see `loading.load_stored_keras`)."""
+    `lean=False` allocates the weights as Keras's own loader does (see `keras_compat.saving.load_stored_keras`)."""
     model, stored = open_model(path, custom_objects=custom_objects, compile=compile, lean=lean)
     if stored is not None:
         stored.close()
@@ -70,7 +70,7 @@ def load_model(path, *, custom_objects=None, compile=False, lean=True):
 
 
 def open_model(path, *, custom_objects=None, compile=False, lean=True):
-    """`load_model`, also answering the open `loading.StoredKeras` (to be closed by the caller) when the
+    """`load_model`, also answering the open `keras_compat.saving.StoredKeras` (to be closed by the caller) when the
     weights were read in place, so they can be read again; None for other files.
 
     The model is loaded from exactly the bytes that were checked, by the format of those bytes (never
@@ -87,7 +87,7 @@ def open_model(path, *, custom_objects=None, compile=False, lean=True):
     # store (HDF5 shape bombs, Dense(units=2**40) over small weights) before Keras allocates them.
     check_loadable(model_file, build_from_file(model_file, allow=allow, require_built=False))
     custom = allow.custom_objects or None
-    from kmemopt.build import keras_room
+    from kmemopt.keras_compat.saving import keras_room
     from kmemopt.model_size import model_size
 
     # Keras's own deserialization, with the room the structure needs (linear Sequential rebuild, enough
@@ -98,8 +98,7 @@ def open_model(path, *, custom_objects=None, compile=False, lean=True):
 
 def _load_checked(model_file: ModelFile, custom, *, compile: bool, lean: bool):
     from kmemopt._keras import import_keras
-    from kmemopt.archive import open_verified
-    from kmemopt.loading import open_stored_keras
+    from kmemopt.keras_compat.saving import load_checked_file, open_stored_keras
 
     import_keras()
     # A .keras file's weights are read in place (about 1x the weights in memory instead of Keras's 2x+);
@@ -109,17 +108,7 @@ def _load_checked(model_file: ModelFile, custom, *, compile: bool, lean: bool):
     )
     if stored is not None:
         return stored.model, stored
-    with open_verified(model_file) as fh:
-        if model_file.format == "keras":
-            from keras.src.saving import saving_lib
-
-            return saving_lib.load_model(fh, custom_objects=custom, compile=compile, safe_mode=True), None
-        import h5py
-        from keras.src.legacy.saving import legacy_h5_format
-
-        with h5py.File(fh, "r") as h5:
-            model = legacy_h5_format.load_model_from_hdf5(h5, custom_objects=custom, compile=compile, safe_mode=True)
-        return model, None
+    return load_checked_file(model_file, custom, compile=compile), None
 
 
 @contextlib.contextmanager

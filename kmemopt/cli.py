@@ -51,6 +51,7 @@ def main_options(
 ) -> None:
     """Memory profiler and optimizer for saved Keras models."""
     _State.debug = debug
+    _show_library_warnings()
 
 
 def _stderr_console():
@@ -63,6 +64,31 @@ def _stdout_console():
     from kmemopt.report import stdout_console
 
     return stdout_console()
+
+
+def _show_library_warnings() -> None:
+    """kmemopt's own warnings (a Keras internal missing, so a slower public path was taken) as one
+    `warning:` line on stderr; every other warning as Python shows it."""
+    import warnings
+
+    from kmemopt.keras_compat.contracts import KerasCompatWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "_kmemopt", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if isinstance(category, type) and issubclass(category, KerasCompatWarning):
+            from kmemopt.report.safe import markup
+
+            _stderr_console().print(
+                f"[yellow]warning:[/yellow] {markup(str(message))}", highlight=False, soft_wrap=True
+            )
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show._kmemopt = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 def fail(exc: BaseException) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kmemopt.errors import GateFailed, MalformedModelError, UsageError
+from kmemopt.keras_compat.layers import flatten_layers
 
 DEFAULT_SYNTHETIC_SAMPLES = 64
 DEFAULT_SEQ_LEN = 16
@@ -145,7 +146,7 @@ def _model_inputs(model) -> list[tuple[str, tuple, str]]:
 
 
 def _vocab_size(model) -> int:
-    sizes = [int(layer.input_dim) for layer in model._flatten_layers() if hasattr(layer, "input_dim")]
+    sizes = [int(layer.input_dim) for layer in flatten_layers(model) if hasattr(layer, "input_dim")]
     return max(2, min(sizes)) if sizes else 2
 
 
@@ -258,7 +259,7 @@ def check_tensorflow_names(model) -> None:
     named = [("model", model.name, _TF_ROOT_SCOPE)]
     named += [
         ("layer", layer.name, _TF_SCOPE)
-        for layer in model._flatten_layers(include_self=False)
+        for layer in flatten_layers(model, include_self=False)
         if type(layer).__name__ != "InputLayer"  # never called: its name opens no scope
     ]
     for what, name, pattern in named:

@@ -8,7 +8,6 @@ temp file beside the target until the fresh-process reload has verified it, then
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import io
 import json
@@ -181,22 +180,6 @@ def check_output(src: Path | None, out: Path, force: bool) -> Path:
 # writing and verifying
 
 
-@contextlib.contextmanager
-def _weights_through_disk(saving_lib):
-    """Make Keras write `model.weights.h5` to a temp file beside the output, then into the zip.
-
-    With enough free memory Keras builds the HDF5 file in an `io.BytesIO` and copies it into the zip
-    (two extra copies of the weights at once); its low-memory path writes the same file to disk
-    first. The zip it writes is the same either way.
-    """
-    saved = saving_lib.is_memory_sufficient
-    saving_lib.is_memory_sufficient = lambda model: False
-    try:
-        yield
-    finally:
-        saving_lib.is_memory_sufficient = saved
-
-
 class _NamedStream(io.RawIOBase):
     """`fh` with a `name` in the system temp folder: Keras puts its temp weights file beside
     `fileobj.name`.
@@ -237,16 +220,16 @@ def save_container(model, target: Path, *, compress: bool) -> None:
     Keras writes `.keras` zips uncompressed; for `compress`, its zip goes to an unnamed scratch file
     and is streamed member by member, deflated, into `target`.
     """
-    from keras.src.saving import saving_lib
+    from kmemopt.keras_compat.saving import save_keras_zip
 
     if not compress:
-        with open(target, "wb") as fh, _weights_through_disk(saving_lib):
-            saving_lib.save_model(model, _NamedStream(fh, target))
+        with open(target, "wb") as fh:
+            save_keras_zip(model, _NamedStream(fh, target), through_disk=True)
     else:
         # An unnamed scratch file (freed by the kernel however the process ends) holds Keras's
         # uncompressed zip while it is deflated member by member into `target`.
         with tempfile.TemporaryFile() as scratch:
-            saving_lib.save_model(model, scratch)
+            save_keras_zip(model, scratch, through_disk=False)
             scratch.seek(0)
             with zipfile.ZipFile(scratch) as src, zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as dst:
                 for info in src.infolist():
@@ -485,8 +468,6 @@ def run_memory_estimate(profile, *, data=None, samples: int | None = None) -> tu
     inputs' sizes); on top of its static inference peak at that batch, the inputs of every sample
     (float32) and HELD_BYTES_PER_OUTPUT_ELEMENT for each element of every sample's outputs.
     """
-    from types import SimpleNamespace
-
     from kmemopt import fidelity as fid
     from kmemopt.profiling.static import peaks_at
 
@@ -499,7 +480,7 @@ def run_memory_estimate(profile, *, data=None, samples: int | None = None) -> tu
             n = min(rows[0], samples) if samples else rows[0]
             in_elements = rows[1]
     # The same function the run uses, on zero-sample arrays of the per-sample size (no memory).
-    probe = SimpleNamespace(arrays=[np.empty((0, max(in_elements, 1)), dtype=np.uint8)])
+    probe = fid.Inputs((np.empty((0, max(in_elements, 1)), dtype=np.uint8),), ("probe",), None, "synthetic")
     batch = min(fid.predict_batch_size(probe), max(n, 1))
     out_elements = _per_sample_elements(graph, graph.outputs)
     held = n * (4 * in_elements + HELD_BYTES_PER_OUTPUT_ELEMENT * out_elements)
@@ -573,7 +554,7 @@ def _explain(model, options: ShrinkOptions, keras, results: list[PassResult], in
 
     from kmemopt import fidelity as fid
 
-    paths = []
+    paths: list[str] = []
     for r in results:
         if r.name in ("quantize", "prune"):
             paths.extend(a.layer for a in r.applied if a.layer not in paths)
@@ -660,6 +641,7 @@ def shrink(
         raise UsageError(f"--timeout must be a positive number of seconds. Received: {timeout!r}.")
     keras = import_keras()
     src: Path | None = None
+    target: Path | None
     if isinstance(path_or_model, (str, os.PathLike)):
         src = Path(path_or_model)
         target = Path(out) if out is not None else default_output(src)
@@ -714,9 +696,13 @@ def shrink(
                 f"The model has inputs of unknown length; peaks and synthetic inputs use length {seq_len} "
                 "(set --seq-len or --input-shape)."
             )
-        shapes = {"seq_len": seq_len, "input_shapes": input_shapes}
         before_profile = profile_model(
-            static_model, model_file=model_file, batch_size=batch_size, optimizer=opt_ident, **shapes
+            static_model,
+            model_file=model_file,
+            batch_size=batch_size,
+            optimizer=opt_ident,
+            seq_len=seq_len,
+            input_shapes=input_shapes,
         )
         del static_model
         if not dry_run:
@@ -813,6 +799,7 @@ def shrink(
         model = None  # noqa: F841  (free the original, if --explain still held it, before writing)
         release_memory()
 
+        assert target is not None  # only a dry run has no output path, and it returned above
         say(f"Writing {target} ...")
         with atomic_path(target, replace=force) as tmp:
             save_container(new_model, tmp, compress=ctx.compress)
@@ -832,7 +819,12 @@ def shrink(
             fidelity = fidelity_reloaded
             say("Profiling the result ...")
             after_profile = profile(
-                tmp, batch_size=batch_size, optimizer=opt_ident, custom_objects=custom_objects, **shapes
+                tmp,
+                batch_size=batch_size,
+                optimizer=opt_ident,
+                custom_objects=custom_objects,
+                seq_len=seq_len,
+                input_shapes=input_shapes,
             )
             after = _side(after_profile, tmp.stat().st_size)
         return partial(after=after, output=str(target), written=True, reload=reload_info)

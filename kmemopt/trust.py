@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kmemopt.errors import UnsafeModelError, UsageError
+from kmemopt.keras_compat import registry
 
 RULE_CODE = "TRUST-CODE"  # an object whose purpose is to run code (Lambda, TFSMLayer, ...)
 RULE_UNKNOWN = "TRUST-UNKNOWN"  # a class outside the allowlist
@@ -54,14 +55,6 @@ _PUBLIC_NAMESPACES = (
     "keras.quantizers",
     "keras.activations",
 )
-_OPS_NAMESPACES = (
-    "keras.src.ops.numpy",
-    "keras.src.ops.nn",
-    "keras.src.ops.math",
-    "keras.src.ops.image",
-    "keras.src.ops.linalg",
-    "keras.src.ops.core",
-)
 # Operations whose arguments are functions (loops, conditionals, maps): never from a file.
 _CALLABLE_OPS = frozenset(
     {"Map", "Scan", "AssociativeScan", "Switch", "WhileLoop", "ForiLoop", "Cond", "VectorizedMap", "CustomGradient"}
@@ -69,7 +62,7 @@ _CALLABLE_OPS = frozenset(
 _FUNCTION_NAMESPACES = ("keras.activations", "keras.losses", "keras.metrics")
 # Where every allowed built-in function is defined: a function entry naming any other module is refused
 # by the allowlist too, so the pre-check can refuse it without importing Keras.
-_FUNCTION_SOURCES = ("keras.src.activations", "keras.src.losses", "keras.src.metrics")
+_FUNCTION_SOURCES = registry.FUNCTION_SOURCES
 # Packages whose registered classes may be allowed (by registered name); any other module needs
 # --custom-objects. Checked without importing anything.
 _TRUSTED_PACKAGES = ("keras", "keras_hub", "kmemopt")
@@ -165,35 +158,12 @@ def build_allowlist(custom_objects: dict[str, Any] | None = None, *, keras_hub: 
     # Tensor operations called directly in a functional graph (`keras.ops.add(x, y)`) are serialized
     # as nodes of their Operation class (MobileNetV3 does this). They compute on tensors only; the
     # control-flow operations that take functions are left out.
-    from keras.src.ops.operation import Operation
-
-    for ns in _OPS_NAMESPACES:
-        mod = importlib.import_module(ns)
-        for name, obj in vars(mod).items():
-            if (
-                inspect.isclass(obj)
-                and issubclass(obj, Operation)
-                and obj.__module__ == ns
-                and name not in _CALLABLE_OPS
-            ):
-                allow.classes.add(obj)
+    allow.classes.update(registry.operation_classes(_CALLABLE_OPS))
     # Layers that keras.applications models define for themselves (ConvNeXt's LayerScale) are saved
     # under their internal module and class name, which Keras resolves; they are Keras's own code.
-    import pkgutil
-
-    import keras.src.applications as applications
-
-    for info in pkgutil.iter_modules(applications.__path__, "keras.src.applications."):
-        if info.name.endswith("_test"):
-            continue
-        mod = importlib.import_module(info.name)  # a fixed package of Keras's, never the file's
-        for obj in vars(mod).values():
-            if inspect.isclass(obj) and issubclass(obj, keras.layers.Layer) and obj.__module__ == info.name:
-                allow.classes.add(obj)
+    allow.classes.update(registry.application_layers(keras.layers.Layer))
     # The functional and sequential model classes are serialized under their internal modules.
-    from keras.src.models.functional import Functional
-    from keras.src.models.sequential import Sequential
-
+    Functional, Sequential = registry.model_classes()  # noqa: N806
     allow.classes.update({Functional, Sequential})
     allow.by_name.setdefault("Functional", Functional)
     allow.by_name.setdefault("Model", keras.Model)
@@ -209,8 +179,6 @@ def build_allowlist(custom_objects: dict[str, Any] | None = None, *, keras_hub: 
 
 def _extension_objects(import_keras_hub: bool = True) -> Iterator[Any]:
     """Registered objects of trusted packages: keras-hub when installed, and kmemopt's own layers."""
-    from keras.src.saving import object_registration
-
     if import_keras_hub:
         try:
             import keras_hub  # noqa: F401  (registers its classes with Keras on import)
@@ -220,7 +188,7 @@ def _extension_objects(import_keras_hub: bool = True) -> Iterator[Any]:
         import kmemopt.layers  # noqa: F401
     except ImportError:
         pass
-    for key, obj in object_registration.GLOBAL_CUSTOM_OBJECTS.items():
+    for key, obj in registry.registered_objects().items():
         if key.startswith(("keras_hub>", "kmemopt>")) and (inspect.isclass(obj) or key in _EXTENSION_FUNCTIONS):
             yield obj
 
@@ -249,12 +217,10 @@ def load_custom_objects(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"The custom-objects file {path} does not exist; give a Python file that defines your layers.")
-    from keras.src.saving import object_registration
-
     from kmemopt._keras import import_keras
 
     import_keras()
-    before = dict(object_registration.GLOBAL_CUSTOM_OBJECTS)
+    before = dict(registry.registered_objects())
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)
     try:
@@ -267,7 +233,7 @@ def load_custom_objects(path: str | Path) -> dict[str, Any]:
     if isinstance(namespace.get("CUSTOM_OBJECTS"), dict):
         found = dict(namespace["CUSTOM_OBJECTS"])
     else:
-        registered = {id(obj) for obj in object_registration.GLOBAL_CUSTOM_OBJECTS.values()}
+        registered = {id(obj) for obj in registry.registered_objects().values()}
         found = {}
         for name, obj in namespace.items():
             if name.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
@@ -277,7 +243,7 @@ def load_custom_objects(path: str | Path) -> dict[str, Any]:
             elif id(obj) in registered or _is_serializable_class(obj):
                 found[name] = obj
                 found.setdefault(obj.__name__, obj)
-    for key, obj in object_registration.GLOBAL_CUSTOM_OBJECTS.items():
+    for key, obj in registry.registered_objects().items():
         if key not in before:
             found[key] = obj
     return found
@@ -288,10 +254,9 @@ def _is_serializable_class(obj: Any) -> bool:
     if not inspect.isclass(obj) or (getattr(obj, "__module__", "") or "").split(".", 1)[0] in _TRUSTED_PACKAGES:
         return False
     import keras
-    from keras.src.ops.operation import Operation
 
     bases = (
-        Operation,  # layers and models too
+        registry.operation_class(),  # layers and models too
         keras.losses.Loss,
         keras.metrics.Metric,
         keras.optimizers.Optimizer,
@@ -305,9 +270,7 @@ def _is_serializable_class(obj: Any) -> bool:
 
 def _resolve(module: str, name: str) -> Any:
     """What Keras would retrieve for module+name, looked up only in modules already imported."""
-    from keras.src.api_export import get_symbol_from_name
-
-    obj = get_symbol_from_name(f"{module}.{name}")
+    obj = registry.symbol_from_name(f"{module}.{name}")
     if obj is not None:
         return obj
     mod = sys.modules.get(module)
@@ -605,31 +568,17 @@ class _StringLookups:
     Every deserializer first looks a string up among the custom objects and Keras's registry (a
     compile config's `"loss": "keras_hub>upload_preset"` is that function); `activations.get` and
     its kin look it up in a fixed table of their own; and the legacy (`.h5`) loader turns any string
-    of an object's config (but its name) that names a function of `keras.src.layers`'s module globals
+    of an object's config (but its name) that names a function of Keras's layers module globals
     or the registry into that function (`"activation": "deserialize"` becomes `layers.deserialize`).
     """
 
     def __init__(self, allow: Allowlist, legacy: bool) -> None:
-        from keras.src import activations, constraints, initializers, losses, metrics, optimizers, regularizers
-        from keras.src.saving import object_registration
-
         self.allow = allow
-        self.registry = object_registration.GLOBAL_CUSTOM_OBJECTS
-        self.tables: dict[str, dict[str, Any]] = {
-            "activation": activations.ALL_OBJECTS_DICT,
-            "initializer": initializers.ALL_OBJECTS_DICT,
-            "regularizer": regularizers.ALL_OBJECTS_DICT,
-            "constraint": constraints.ALL_OBJECTS_DICT,
-            "loss": losses.ALL_OBJECTS_DICT,
-            "metrics": metrics.ALL_OBJECTS_DICT,
-            "weighted_metrics": metrics.ALL_OBJECTS_DICT,
-            "optimizer": optimizers.ALL_OBJECTS_DICT,  # keyed by lower-case name
-        }
+        self.registry = registry.registered_objects()
+        self.tables: dict[str, dict[str, Any]] = registry.lookup_tables()
         self.module_objects: dict[str, Any] = {}
         if legacy:
-            from keras.src import layers
-
-            self.module_objects = vars(layers)
+            self.module_objects = registry.layers_module_globals()
 
     def kind(self, key: Any, where: _Where, compile_root: bool) -> str | None:
         """Which table Keras looks a string under `key` up in, if any."""
@@ -686,8 +635,6 @@ def check_config(config: Any, allow: Allowlist, root: str = "$", *, legacy: bool
     loader resolves more strings. Iterative (no recursion, so hostile nesting cannot overflow the
     stack). Returns the number of objects checked.
     """
-    from keras.src.saving import object_registration
-
     lookups = _StringLookups(allow, legacy)
     compile_root = root.endswith("compile_config")
     checked = 0
@@ -710,7 +657,7 @@ def check_config(config: Any, allow: Allowlist, root: str = "$", *, legacy: bool
                     obj = allow.custom_objects[registered]
                 elif fn_name in allow.custom_objects:
                     obj = allow.custom_objects[fn_name]
-                elif module in _FUNCTION_NAMESPACES or (module or "").startswith("keras.src."):
+                elif module in _FUNCTION_NAMESPACES or (module or "").startswith(registry.PRIVATE_PREFIX):
                     obj = _resolve(module, fn_name)
             if obj is None or not allow.allows(obj):
                 raise UnsafeModelError(
@@ -722,7 +669,7 @@ def check_config(config: Any, allow: Allowlist, root: str = "$", *, legacy: bool
             continue
         obj = None
         if registered and registered != class_name:
-            obj = allow.custom_objects.get(registered) or object_registration.GLOBAL_CUSTOM_OBJECTS.get(registered)
+            obj = allow.custom_objects.get(registered) or registry.registered_objects().get(registered)
         elif class_name in allow.custom_objects:
             obj = allow.custom_objects[class_name]
         elif module is None:

@@ -38,7 +38,7 @@ def write_declared_model(path: Path, model, *, store_values: bool = False) -> Pa
 
 def dense_stack(keras, widths: list[int], name: str = "declared"):
     """A Sequential Dense stack built unallocated (no memory for its weights)."""
-    from kmemopt.build import unallocated
+    from kmemopt.keras_compat.variables import unallocated
 
     with unallocated():
         model = keras.Sequential(

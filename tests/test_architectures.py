@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import kmemopt
-from kmemopt.build import unallocated
+from kmemopt.keras_compat.variables import unallocated
 
 pytestmark = pytest.mark.slow
 

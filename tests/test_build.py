@@ -1,11 +1,11 @@
-"""build.assign_initializes: variables allocated straight from their values, as Keras would assign them."""
+"""keras_compat.variables.assign_initializes: variables allocated straight from their values, as Keras would assign them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kmemopt.build import aligned_empty, assign_initializes, unallocated
+from kmemopt.keras_compat.variables import aligned_empty, assign_initializes, unallocated
 
 
 def _values() -> np.ndarray:

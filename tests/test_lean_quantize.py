@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from kmemopt.passes import lean_quantize
+from kmemopt.keras_compat import quantize as lean_quantize
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kmemopt.api import load_model
-from kmemopt.loading import load_stored_keras
+from kmemopt.keras_compat.saving import load_stored_keras
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -79,7 +79,7 @@ def _deflated(source: Path, target: Path) -> Path:
 def test_deflated_member_is_inflated_to_a_temp_file_and_matches_keras(keras, nested_path, tmp_path, monkeypatch):
     import tempfile
 
-    from kmemopt import loading
+    from kmemopt.keras_compat import saving as loading
 
     deflated = _deflated(nested_path, tmp_path / "deflated.keras")
     inflated = []
@@ -98,7 +98,7 @@ def test_deflated_member_is_inflated_to_a_temp_file_and_matches_keras(keras, nes
 
 
 def test_deflated_member_without_room_to_inflate_falls_back_to_keras(keras, nested_path, tmp_path, monkeypatch):
-    from kmemopt import loading
+    from kmemopt.keras_compat import saving as loading
 
     deflated = _deflated(nested_path, tmp_path / "deflated.keras")
     monkeypatch.setattr(loading, "INFLATE_HEADROOM_BYTES", 2**62)  # no temp folder is that free
@@ -163,7 +163,7 @@ def test_save_container_writes_weights_through_a_temp_file_not_memory(keras, nes
 def test_weights_read_straight_into_their_variables_match_keras(keras, monkeypatch, nested_path, mlp_path):
     """Datasets read straight into the variables' own buffers (forced for every size here) give Keras's
     model, bit for bit."""
-    from kmemopt import loading
+    from kmemopt.keras_compat import saving as loading
 
     monkeypatch.setattr(loading, "LAZY_FROM_BYTES", 0)
     seen = []
@@ -181,7 +181,7 @@ def test_weights_read_straight_into_their_variables_match_keras(keras, monkeypat
 
 def test_the_non_lean_load_is_keras_own_allocation_with_the_same_weights(keras, mlp_path, monkeypatch):
     """`lean=False` (what --measure uses) builds allocated and assigns through Keras's own path."""
-    from kmemopt import build
+    from kmemopt.keras_compat import variables as build
 
     def never(*args, **kwargs):
         raise AssertionError("lean machinery used by a non-lean load")
@@ -211,7 +211,7 @@ def test_a_never_built_model_loads_as_with_keras(keras, tmp_path):
 def test_a_lazy_dataset_reads_like_the_array_keras_would_get(nested_path):
     import h5py
 
-    from kmemopt import loading
+    from kmemopt.keras_compat import saving as loading
 
     with zipfile.ZipFile(nested_path) as zf, h5py.File(io.BytesIO(zf.read("model.weights.h5")), "r") as h5:
         datasets = []
@@ -226,7 +226,7 @@ def test_a_lazy_dataset_reads_like_the_array_keras_would_get(nested_path):
 def test_a_keras_hub_backbone_loads_lean_as_keras_loads_it(keras, monkeypatch, tmp_path):
     """keras-hub layers' own load_own_variables see the lazily read datasets (forced for every size)."""
     keras_hub = pytest.importorskip("keras_hub")
-    from kmemopt import loading
+    from kmemopt.keras_compat import saving as loading
 
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.GPT2Backbone(

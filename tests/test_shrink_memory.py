@@ -14,7 +14,7 @@ from test_shrink import cnn_path, work  # noqa: F401
 
 from kmemopt import fidelity as fid
 from kmemopt.api import open_model
-from kmemopt.loading import open_stored_keras
+from kmemopt.keras_compat.saving import open_stored_keras
 from kmemopt.passes.base import ShrinkOptions
 from kmemopt.shrinking import _run_passes, make_options
 

@@ -154,7 +154,7 @@ class Quantize(Pass):
     def finish(self, ctx, result: PassResult) -> None:
         import warnings
 
-        from kmemopt.passes.lean_quantize import keras_quantization
+        from kmemopt.keras_compat.quantize import keras_quantization
 
         if ctx.in_place_quantize:
             ids = {id(layer) for layer in ctx.in_place_quantize}

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from kmemopt.build import allocate_rest, assign_initializes, unallocated
+from kmemopt.keras_compat.layers import flatten_layers
+from kmemopt.keras_compat.variables import allocate_rest, assign_initializes, unallocated
 from kmemopt.memory import release_memory
 from kmemopt.passes.base import ShrinkOptions, SlotPlan
 
@@ -46,10 +47,9 @@ class Slot:
 
 
 def _is_container(layer, keras) -> bool:
-    from keras.src.models.functional import Functional
-    from keras.src.models.sequential import Sequential
+    from kmemopt.keras_compat.layers import is_container
 
-    return isinstance(layer, (Functional, Sequential))
+    return is_container(layer)
 
 
 def walk_slots(model, config_layers: list[dict[str, Any]], keras, prefix: str = "") -> list[Slot]:
@@ -89,14 +89,14 @@ def keras_quantizable(layer, keras) -> bool:
 def quantizable_sublayers(layer, keras) -> list[Any]:
     return [
         sub
-        for sub in layer._flatten_layers(include_self=True)
-        if keras_quantizable(sub, keras) and len(list(sub._flatten_layers())) == 1
+        for sub in flatten_layers(layer, include_self=True)
+        if keras_quantizable(sub, keras) and len(list(flatten_layers(sub))) == 1
     ]
 
 
 def quantized_in_input(layer) -> bool:
     """The layer (or one inside it) already holds Keras-quantized weights (an int8/int4 dtype policy)."""
-    for sub in layer._flatten_layers(include_self=True):
+    for sub in flatten_layers(layer, include_self=True):
         try:
             if getattr(sub, "quantization_mode", None):
                 return True
@@ -110,8 +110,8 @@ def leaf_layers(model) -> list[tuple[str, Any]]:
     for models whose config does not list their layers (no slots)."""
     return [
         (getattr(layer, "path", None) or layer.name, layer)
-        for layer in model._flatten_layers(include_self=False)
-        if layer.weights and not list(layer._flatten_layers(include_self=False))
+        for layer in flatten_layers(model, include_self=False)
+        if layer.weights and not list(flatten_layers(layer, include_self=False))
     ]
 
 
@@ -158,7 +158,7 @@ class RewriteContext:
     compress: bool = False
     # Free each original layer's weights once copied (the caller no longer needs the original model).
     release_source: bool = False
-    # With release_source: the open file the original was loaded from (`loading.StoredKeras`). Then the
+    # With release_source: the open file the original was loaded from (`keras_compat.saving.StoredKeras`). Then the
     # whole original is freed before the rebuild and each layer is read back from the file as it is
     # copied, so the original and the rebuilt model never share memory beyond one layer.
     weights_source: Any = None
@@ -268,9 +268,9 @@ class RewriteContext:
 
 def _movable(source, target) -> bool:
     """The rebuilt variable can take over the original's backend variable as it is (TensorFlow)."""
-    from keras.src import backend
+    import keras
 
-    if backend.backend() != "tensorflow":
+    if keras.backend.backend() != "tensorflow":
         return False
     import tensorflow as tf
 

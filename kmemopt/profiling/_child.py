@@ -199,7 +199,9 @@ class GpuMeter:
 
 
 def _embedding_vocab(model) -> int | None:
-    sizes = [layer.input_dim for layer in model._flatten_layers() if type(layer).__name__ == "Embedding"]
+    from kmemopt.keras_compat.layers import flatten_layers
+
+    sizes = [layer.input_dim for layer in flatten_layers(model) if type(layer).__name__ == "Embedding"]
     return min(sizes) if sizes else None
 
 
@@ -319,7 +321,9 @@ def default_loss(model, output_index: int | None = None, output_count: int = 1) 
     """A loss that fits an output's last layer: softmax -> categorical CE, sigmoid -> binary CE, else MSE."""
     last = _output_layer(model, output_index) if output_index is not None and output_count > 1 else None
     if last is None:
-        layers = [layer for layer in model._flatten_layers(include_self=False) if not layer._layers]
+        from kmemopt.keras_compat.layers import flatten_layers
+
+        layers = [layer for layer in flatten_layers(model, include_self=False) if not layer._layers]
         last = layers[-1] if layers else None
     activation = getattr(getattr(last, "activation", None), "__name__", "")
     if type(last).__name__ == "Softmax" or activation == "softmax":
@@ -403,7 +407,9 @@ def _record_layers(model, x) -> dict[str, int]:
     sizes: dict[str, int] = {}
     patched = []
 
-    from keras.src.layers.core.input_layer import InputLayer
+    from kmemopt.keras_compat.layers import input_layer_class
+
+    InputLayer = input_layer_class()
 
     from kmemopt.profiling.graph import _is_functional, _is_sequential
 

@@ -84,15 +84,15 @@ def tensor_line(shape, dtype, where: str) -> Line:
 
 
 def _is_functional(op) -> bool:
-    from keras.src.models.functional import Functional
+    from kmemopt.keras_compat.layers import is_functional
 
-    return isinstance(op, Functional)
+    return is_functional(op)
 
 
 def _is_sequential(op) -> bool:
-    from keras.src.models.sequential import Sequential
+    from kmemopt.keras_compat.layers import is_sequential
 
-    return isinstance(op, Sequential)
+    return is_sequential(op)
 
 
 class Tracer:

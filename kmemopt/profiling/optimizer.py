@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kmemopt.build import make_optimizer, unallocated
+from kmemopt.build import make_optimizer
+from kmemopt.keras_compat.variables import unallocated
 from kmemopt.profiling.dtypes import nbytes
 
 
@@ -98,18 +99,10 @@ def optimizer_state(identifier: Any, model, mixed_float16: bool | None = None) -
 
 
 def _backend_neutral(optimizer) -> None:
-    """Use the backend-neutral base methods while building.
+    """Build on the backend-neutral base methods (see `keras_compat.optimizer`)."""
+    from kmemopt.keras_compat.optimizer import use_backend_neutral_methods
 
-    TensorFlow's optimizer reads `variable.value` to key and colocate slots, and an unallocated
-    variable answers that by running its initializer: a full allocation of every weight. The base
-    class keys variables by identity and creates slots from shapes alone.
-    """
-    import types
-
-    from keras.src.optimizers.base_optimizer import BaseOptimizer
-
-    optimizer._var_key = types.MethodType(BaseOptimizer._var_key, optimizer)
-    optimizer.add_variable_from_reference = types.MethodType(BaseOptimizer.add_variable_from_reference, optimizer)
+    use_backend_neutral_methods(optimizer)
 
 
 def _plain_config(optimizer) -> dict[str, Any]:

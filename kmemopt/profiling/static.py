@@ -182,7 +182,9 @@ def _walk_layers(model):
     """(path, layer) for every leaf layer, nested functional/sequential models expanded, in order.
 
     Iterative (a stack of layer iterators), so deep nesting costs no Python recursion."""
-    from keras.src.layers.core.input_layer import InputLayer
+    from kmemopt.keras_compat.layers import input_layer_class
+
+    InputLayer = input_layer_class()
 
     stack = [(iter(model.layers), "", model)]
     while stack:
@@ -296,7 +298,7 @@ def profile_model(
     specs, names, recompute = _input_specs(model, input_shapes, seq_len)
     tracer = g.Tracer(internals=layer_internals)
     tracer.recompute = recompute
-    from kmemopt.build import unallocated
+    from kmemopt.keras_compat.variables import unallocated
 
     with unallocated():  # shape inference must never initialize (allocate) unallocated variables
         graph = tracer.trace(model, specs, names)

@@ -8,6 +8,10 @@ along the first axis, reading each slice from the variable: the result is bit fo
 the memory one int8 copy of the kernel plus a slice. During `keras_quantization()` Keras's layers call it
 instead of their own; every other quantizer call goes to Keras unchanged (int4, which Keras 3.15
 quantizes in groups with zero points by default, included).
+
+Keras internals (contract "lean_quantization"): `keras.src.quantizers.quantizers.abs_max_quantize` and
+its re-export in `keras.src.quantizers` (patched for the duration), `keras.src.backend`/`keras.src.ops`.
+Without them `keras_quantization()` patches nothing: `model.quantize` then runs as Keras ships it.
 """
 
 from __future__ import annotations
@@ -73,6 +77,11 @@ def lean_abs_max_quantize(inputs, axis, value_range=(-127, 127), dtype="int8", e
 @contextlib.contextmanager
 def keras_quantization() -> Iterator[None]:
     """Inside, Keras's layers quantize large kernels through `lean_abs_max_quantize`."""
+    from kmemopt.keras_compat.contracts import usable
+
+    if not usable("lean_quantization"):
+        yield
+        return
     import keras.src.quantizers as package
     from keras.src.quantizers import quantizers as module
 

@@ -13,22 +13,34 @@ Everything else is Keras's own: the model comes from `config.json` through Keras
 (`safe_mode=True`), the weights through Keras's own traversal (`saving_lib._load_state`), so the model
 is the one `keras.models.load_model` returns, bit for bit (tested). The caller runs kmemopt's safety
 checks first; a file this loader does not handle (a legacy .h5, a deflated member with no room in the
-temp folder) answers None, and the caller falls back to plain `keras.models.load_model`.
+temp folder) answers None, and the caller falls back to Keras's own loader (`load_checked_file`).
+
+Keras internals: `keras.src.saving.saving_lib` (contract "load_in_place": `_safe_zip_read`,
+`_model_from_config`, `_reject_zip_bomb`, `_load_state`, `_raise_loading_failure`, `H5IOStore`,
+`DiskIOStore`, `safe_get_h5_dataset` and the member-name constants; "load_file_object":
+`saving_lib.load_model` and `legacy_h5_format.load_model_from_hdf5` on an open file; "write_through_disk":
+`saving_lib.is_memory_sufficient` and `saving_lib.save_model`; "linear_rebuild": `Sequential.from_config`,
+`add(rebuild=False)`, `_maybe_rebuild`, `serialization_lib` and the legacy `saving_utils`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from kmemopt.archive import _open_member, open_verified
-from kmemopt.build import allocate_rest, assign_initializes, unallocated
+from kmemopt.archive import ModelFile, _open_member, open_verified
+from kmemopt.keras_compat.contracts import usable
+from kmemopt.keras_compat.variables import allocate_rest, assign_initializes, lean_build_available, unallocated
+from kmemopt.model_size import ModelSize
 
 
 def load_stored_keras(
@@ -65,6 +77,9 @@ def open_stored_keras(
     from kmemopt._keras import import_keras
 
     import_keras()  # Keras's environment set up as everywhere else in kmemopt
+    if not usable("load_in_place"):
+        return None  # Keras's own loader then reads it (weights into memory first)
+    lean = lean and lean_build_available()
     from keras.src.saving import saving_lib as lib
 
     with contextlib.ExitStack() as stack:
@@ -260,3 +275,176 @@ class LazyDataset:
 
 def _MemberH5Store(stream, h5py, lazy=True):  # noqa: N802  (built lazily: importing kmemopt must not import Keras)
     return _store_class()(stream, h5py, lazy)
+
+
+@contextlib.contextmanager
+def keras_room(size: ModelSize) -> Iterator[None]:
+    """Inside, Keras rebuilds a model within `kmemopt.model_size`'s limits in linear time, without RecursionError.
+
+    Keras's `Sequential.from_config` rebuilds the whole model after adding each layer (quadratic: a
+    400-layer Sequential took minutes); here each Sequential is built once, after its last layer, which
+    gives the same model. Keras walks a functional graph (a Sequential's too) recursively, one frame a
+    layer call on the path it follows, and deserializes nested models recursively: the recursion limit
+    is raised for the graph depth and nesting the config declares (both capped by the limits, so the
+    stack stays small; Python 3.11 runs Python-to-Python calls without growing the C stack).
+
+    Without the "linear_rebuild" contract Keras's own `Sequential.from_config` runs (same model, slower)."""
+    limit = sys.getrecursionlimit()
+    needed = _stack_depth() + FRAMES_PER_CALL * size.graph_depth + FRAMES_PER_NESTING * (size.nesting + 1) + 200
+    patch = usable("linear_rebuild")
+    if patch:
+        from keras.src.models.sequential import Sequential
+
+        original = Sequential.__dict__["from_config"]
+        Sequential.from_config = classmethod(_sequential_from_config)
+    sys.setrecursionlimit(max(limit, needed))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+        if patch:
+            Sequential.from_config = original
+
+
+FRAMES_PER_CALL = 2  # Keras's graph walk: one frame a layer call (2 leaves room for wrappers)
+FRAMES_PER_NESTING = 60  # deserializing and building one nested model (measured: about 30)
+
+
+def _stack_depth() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def _sequential_from_config(cls, config, custom_objects=None):
+    """Keras 3.15's `Sequential.from_config`, building the model once instead of after every layer."""
+    from keras.src.legacy.saving import saving_utils
+    from keras.src.saving import serialization_lib
+
+    if "name" not in config:
+        raise ValueError(
+            "A Sequential model configuration must be a dictionary containing the 'name' and 'layers' keys. "
+            f"Received: config keys={sorted(config)[:10]}"
+        )
+    build_input_shape = config.get("build_input_shape")
+    model = cls(name=config["name"])
+    for layer_config in config["layers"]:
+        if "module" not in layer_config:  # legacy (h5) layer configs
+            layer = saving_utils.model_from_config(layer_config, custom_objects=custom_objects)
+        else:
+            layer = serialization_lib.deserialize_keras_object(layer_config, custom_objects=custom_objects)
+        model.add(layer, rebuild=False)
+    if model._layers:
+        model._maybe_rebuild()  # what Keras's last `add` does, the earlier rebuilds being overwritten
+    if not model._functional and build_input_shape and isinstance(build_input_shape, (tuple, list)):
+        model.build(build_input_shape)
+    return model
+
+
+def deserialize_model(config: dict[str, Any], *, legacy: bool, custom_objects: dict[str, Any] | None) -> Any:
+    """The object a (checked) config describes, through Keras's own deserialization with `safe_mode`.
+
+    `legacy` configs (from a `.h5` file) go through Keras's legacy `saving_utils.model_from_config`,
+    others through `serialization_lib.deserialize_keras_object` in an `ObjectSharingScope`, as Keras's
+    loaders do. Keras internals: `keras.src.saving.serialization_lib`, `keras.src.legacy.saving.saving_utils`
+    (contract "deserialize", required: no public path deserializes a legacy config)."""
+    from kmemopt.keras_compat.contracts import require
+
+    require("deserialize")
+    from keras.src.saving import serialization_lib
+
+    if legacy:
+        from keras.src.legacy.saving import saving_utils
+
+        return saving_utils.model_from_config(config, custom_objects=custom_objects)
+    with serialization_lib.ObjectSharingScope():
+        return serialization_lib.deserialize_keras_object(config, custom_objects=custom_objects, safe_mode=True)
+
+
+def load_checked_file(model_file: ModelFile, custom_objects: dict[str, Any] | None, *, compile: bool) -> Any:
+    """The model of a checked file, read by Keras's own loader for its format (by content, never by name).
+
+    Keras internals (contract "load_file_object"): `saving_lib.load_model` on the open, verified file
+    (`archive.open_verified`) for a zip; `legacy_h5_format.load_model_from_hdf5` on an `h5py.File` over
+    it for HDF5. Without them, Keras's public `keras.saving.load_model` loads the same bytes through a
+    link named for the format the content has (`_format_named_link`)."""
+    if not usable("load_file_object"):
+        return _load_through_link(model_file, custom_objects, compile=compile)
+    with open_verified(model_file) as fh:
+        if model_file.format == "keras":
+            from keras.src.saving import saving_lib
+
+            return saving_lib.load_model(fh, custom_objects=custom_objects, compile=compile, safe_mode=True)
+        import h5py
+        from keras.src.legacy.saving import legacy_h5_format
+
+        with h5py.File(fh, "r") as h5:
+            return legacy_h5_format.load_model_from_hdf5(
+                h5, custom_objects=custom_objects, compile=compile, safe_mode=True
+            )
+
+
+def _load_through_link(model_file: ModelFile, custom_objects: dict[str, Any] | None, *, compile: bool) -> Any:
+    """`keras.saving.load_model` on the verified bytes, under a name that makes Keras pick the loader for
+    their format: Keras picks its loader by the file's name (docs/security.md, step 7)."""
+    import keras
+
+    with open_verified(model_file) as fh, _format_named_link(fh, model_file.format) as path:
+        return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=True)
+
+
+@contextlib.contextmanager
+def _format_named_link(fh: IO[bytes], fmt: str) -> Iterator[str]:
+    """A path named `model.keras` (zip) or `model.h5` (HDF5) that reads exactly the open file `fh`:
+    a symlink to `/proc/self/fd/N` where there is one (the same open file, so the bytes that were
+    checked), otherwise a private copy of them in a new temp folder (0700)."""
+    with tempfile.TemporaryDirectory(prefix="kmemopt-load-") as folder:
+        path = os.path.join(folder, "model.keras" if fmt == "keras" else "model.h5")
+        proc = f"/proc/self/fd/{fh.fileno()}"
+        if os.path.exists(proc):
+            os.symlink(proc, path)
+        else:
+            fh.seek(0)
+            with open(path, "xb") as out:
+                shutil.copyfileobj(fh, out, 1 << 20)
+        yield path
+
+
+@contextlib.contextmanager
+def _weights_through_disk(saving_lib: Any) -> Iterator[None]:
+    """Make Keras write `model.weights.h5` to a temp file beside the output, then into the zip.
+
+    With enough free memory Keras builds the HDF5 file in an `io.BytesIO` and copies it into the zip
+    (two extra copies of the weights at once); its low-memory path writes the same file to disk
+    first. The zip it writes is the same either way.
+    """
+    saved = saving_lib.is_memory_sufficient
+    saving_lib.is_memory_sufficient = lambda model: False
+    try:
+        yield
+    finally:
+        saving_lib.is_memory_sufficient = saved
+
+
+def save_keras_zip(model: Any, fileobj: IO[bytes], *, through_disk: bool) -> None:
+    """Keras's own `.keras` zip of `model`, written to the open `fileobj`.
+
+    With `through_disk`, Keras's low-memory path writes the weights to a temp file beside
+    `fileobj.name` first instead of building them in memory. Keras internals (contract
+    "write_through_disk"): `saving_lib.save_model` on a file object and `saving_lib.is_memory_sufficient`.
+    Without them, Keras's public `keras.saving.save_model` writes the same zip (weights built in memory)
+    to a private temp folder (it takes only a path named `.keras`), copied from there into `fileobj`."""
+    if not usable("write_through_disk"):
+        import keras
+
+        with tempfile.TemporaryDirectory(prefix="kmemopt-save-") as folder:
+            path = os.path.join(folder, "model.keras")
+            keras.saving.save_model(model, path)
+            with open(path, "rb") as saved:
+                shutil.copyfileobj(saved, fileobj, 1 << 20)
+        return
+    from keras.src.saving import saving_lib
+
+    with _weights_through_disk(saving_lib) if through_disk else contextlib.nullcontext():
+        saving_lib.save_model(model, fileobj)
