@@ -18,6 +18,7 @@ import importlib
 import inspect
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 from kmemopt.errors import UsageError
 
@@ -46,6 +47,7 @@ class Symbol:
 
     def problem(self) -> str | None:
         """What is wrong with this symbol in the installed Keras, or None."""
+        obj: Any
         try:
             obj = importlib.import_module(self.module)
         except ImportError:

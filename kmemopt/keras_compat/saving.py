@@ -26,6 +26,7 @@ Keras internals: `keras.src.saving.saving_lib` (contract "load_in_place": `_safe
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import sys
@@ -33,6 +34,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import numpy as np
@@ -96,7 +98,10 @@ def open_stored_keras(
         # instead of from its initializer first (random values computed only to be overwritten).
         # Not with compile: TensorFlow's optimizer build needs its model's variables allocated.
         config_json = lib._safe_zip_read(zf, lib._CONFIG_FILENAME)
-        with unallocated() if lean and not compile else contextlib.nullcontext([]) as deferred:
+        scope: contextlib.AbstractContextManager[list[Any]] = (
+            unallocated() if lean and not compile else contextlib.nullcontext([])
+        )
+        with scope as deferred:
             model = lib._model_from_config(config_json, custom_objects, compile, True)
         lib._reject_zip_bomb(zf, lib._VARS_FNAME_H5)
         member = stack.enter_context(_member_stream(zf, info, path, raw))
@@ -311,7 +316,8 @@ FRAMES_PER_NESTING = 60  # deserializing and building one nested model (measured
 
 
 def _stack_depth() -> int:
-    frame, depth = sys._getframe(), 0
+    frame: FrameType | None = sys._getframe()
+    depth = 0
     while frame is not None:
         frame, depth = frame.f_back, depth + 1
     return depth
@@ -427,7 +433,7 @@ def _weights_through_disk(saving_lib: Any) -> Iterator[None]:
         saving_lib.is_memory_sufficient = saved
 
 
-def save_keras_zip(model: Any, fileobj: IO[bytes], *, through_disk: bool) -> None:
+def save_keras_zip(model: Any, fileobj: IO[bytes] | io.RawIOBase, *, through_disk: bool) -> None:
     """Keras's own `.keras` zip of `model`, written to the open `fileobj`.
 
     With `through_disk`, Keras's low-memory path writes the weights to a temp file beside
