@@ -119,9 +119,10 @@ def _print_traceback(console, exc: BaseException) -> None:
     from kmemopt.report.safe import markup
 
     chain: list[BaseException] = []
-    while exc is not None and exc not in chain and len(chain) < 16:
-        chain.append(exc)
-        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 16:
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     for i, link in enumerate(reversed(chain)):
         if i:
             console.print("\nDuring handling of the above exception, another exception occurred:\n", highlight=False)
@@ -296,18 +297,18 @@ def profile(
                     max_memory_bytes=parse_size(max_memory) if max_memory else None,
                     on_phase=lambda p: update(f"Measuring {model}: {p} ..."),
                 )
-        data = result.to_dict()
+        report = result.to_dict()
         from kmemopt.report import render_to_text, to_json
         from kmemopt.report.profile import profile_markdown, render_profile
 
         if fmt is Format.json:
-            write_output(to_json(data), output)
+            write_output(to_json(report), output)
         elif fmt is Format.markdown:
-            write_output(profile_markdown(data, top=top), output)
+            write_output(profile_markdown(report, top=top), output)
         elif output is not None:
-            write_output(render_to_text(lambda c: render_profile(data, c, top=top)), output)
+            write_output(render_to_text(lambda c: render_profile(report, c, top=top)), output)
         else:
-            render_profile(data, _stdout_console(), top=top)
+            render_profile(report, _stdout_console(), top=top)
 
 
 def _register_commands() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import runpy
 import sys
 from collections.abc import Iterator
@@ -193,7 +194,7 @@ def _extension_objects(import_keras_hub: bool = True) -> Iterator[Any]:
             yield obj
 
 
-def load_custom_objects(path: str | Path) -> dict[str, Any]:
+def load_custom_objects(path: str | os.PathLike) -> dict[str, Any]:
     """Run the user's own trusted Python file and collect the Keras objects it makes available.
 
     The contract, in order:
@@ -417,7 +418,7 @@ def _array_bytes(node: dict, where: _Where) -> int:
             raise _refuse_array("a __bytes__ value that is not a string", str(where))
         return len(value) if value.isascii() else 4 * len(value)
     dtype = inner.get("dtype") if isinstance(inner, dict) else None
-    if not isinstance(dtype, str) or dtype not in _ARRAY_DTYPES:
+    if not isinstance(inner, dict) or not isinstance(dtype, str) or dtype not in _ARRAY_DTYPES:
         raise _refuse_array(f"a serialized array of dtype {str(dtype)[:40]!r} (not a plain number type)", str(where))
     count = _count_numbers(inner.get("value"), MAX_CONFIG_ARRAY_ELEMENTS)
     if count is None:
@@ -657,7 +658,9 @@ def check_config(config: Any, allow: Allowlist, root: str = "$", *, legacy: bool
                     obj = allow.custom_objects[registered]
                 elif fn_name in allow.custom_objects:
                     obj = allow.custom_objects[fn_name]
-                elif module in _FUNCTION_NAMESPACES or (module or "").startswith(registry.PRIVATE_PREFIX):
+                elif isinstance(module, str) and (
+                    module in _FUNCTION_NAMESPACES or module.startswith(registry.PRIVATE_PREFIX)
+                ):
                     obj = _resolve(module, fn_name)
             if obj is None or not allow.allows(obj):
                 raise UnsafeModelError(

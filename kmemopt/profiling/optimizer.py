@@ -77,14 +77,14 @@ def optimizer_state(identifier: Any, model, mixed_float16: bool | None = None) -
         for d in var.shape:
             n *= int(d)
         elements += n
-        i = owner.get(id(var))
-        if i is None:
+        index = owner.get(id(var))
+        if index is None:
             name = var.name
-            i = next((j for p, j in prefixes if name.startswith(p)), None)
-        if i is None:
+            index = next((j for p, j in prefixes if name.startswith(p)), None)
+        if index is None:
             global_bytes += size
         else:
-            key = id(trainable[i])
+            key = id(trainable[index])
             per_var[key] = per_var.get(key, 0) + size
     trainable_bytes = sum(nbytes(v.shape, v.dtype) for v in trainable) or 1
     return OptimizerState(
