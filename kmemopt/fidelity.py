@@ -19,6 +19,7 @@ layer) says nothing, and the shape alone decides. The output's `kind` in the JSO
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +152,7 @@ def _vocab_size(model) -> int:
 
 
 def load_inputs(
-    model, data: str | Path | None, *, samples: int | None = None, seed: int = 0, seq_len: int | None = None
+    model, data: str | os.PathLike | None, *, samples: int | None = None, seed: int = 0, seq_len: int | None = None
 ) -> Inputs:
     """Read `data` for the model's inputs, or make synthetic ones of the right shape and dtype."""
     specs = _model_inputs(model)

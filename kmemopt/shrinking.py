@@ -558,7 +558,7 @@ def _explain(model, options: ShrinkOptions, keras, results: list[PassResult], in
     for r in results:
         if r.name in ("quantize", "prune"):
             paths.extend(a.layer for a in r.applied if a.layer not in paths)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in paths:
         ctx, _ = _run_passes(model, replace(options, only=frozenset({path}), mixed_precision=None), keras, {})
         out = fid.predict(ctx.new_model, inputs)

@@ -53,11 +53,11 @@ def _is_container(layer, keras) -> bool:
 
 
 def walk_slots(model, config_layers: list[dict[str, Any]], keras, prefix: str = "") -> list[Slot]:
-    by_name = {}
-    for entry in config_layers:
-        cfg = entry.get("config", {})
+    by_name: dict[str, dict[str, Any]] = {}
+    for config_entry in config_layers:
+        cfg = config_entry.get("config", {})
         if isinstance(cfg, dict) and "name" in cfg:
-            by_name[cfg["name"]] = entry
+            by_name[cfg["name"]] = config_entry
     slots: list[Slot] = []
     for layer in model.layers:
         entry = by_name.get(layer.name)
@@ -222,7 +222,7 @@ class RewriteContext:
             release_memory()
         with assign_initializes():
             for slot in self.slots:
-                if slot.path in from_file:
+                if source is not None and slot.path in from_file:
                     source.reload(slot.layer)
                 target = new_slots[slot.path].layer
                 self._copy_weights(slot, target, self.plan[slot.path])

@@ -473,7 +473,7 @@ def profile_model(
         )
 
     file_comp = model_file.composition if model_file is not None else None
-    if model_file is not None:
+    if file_comp is not None:
         declared = file_comp.weights_declared_bytes
         if not file_comp.weights_fully_stored:
             warnings.append(
