@@ -300,7 +300,9 @@ def _predict_tf(model, inputs: Inputs, keras):
 def _structured_feed(model, inputs: Inputs, keras):
     """The arrays in the structure the model is called with (a dict for dict-input models such as
     keras-hub backbones); `inputs.arrays` follow `model.inputs`, which is that structure flattened."""
-    struct = getattr(model, "_inputs_struct", None)
+    from kmemopt.keras_compat.layers import inputs_struct
+
+    struct = inputs_struct(model)
     if struct is None or len(keras.tree.flatten(struct)) != len(inputs.arrays):
         return inputs.feed()
     return keras.tree.pack_sequence_as(struct, list(inputs.arrays))
@@ -331,7 +333,9 @@ def output_specs(model) -> list[OutputSpec]:
 
 def _made_class_scores(tensor, depth: int = 0) -> bool | None:
     """What the layer that made `tensor` says: class scores (True), features (False), or nothing (None)."""
-    history = getattr(tensor, "_keras_history", None)
+    from kmemopt.keras_compat.layers import keras_history
+
+    history = keras_history(tensor)
     if history is None or depth > 16:
         return None
     layer = history.operation

@@ -279,7 +279,9 @@ def reload_in_child(request: dict[str, Any], arrays: list[np.ndarray]) -> tuple[
     finally:
         shutil.rmtree(link.parent, ignore_errors=True)
     feed = arrays[0] if len(arrays) == 1 else list(arrays)
-    struct = getattr(model, "_inputs_struct", None)  # dict-input models (keras-hub backbones) take a dict
+    from kmemopt.keras_compat.layers import inputs_struct
+
+    struct = inputs_struct(model)  # dict-input models (keras-hub backbones) take a dict
     if struct is not None and len(keras.tree.flatten(struct)) == len(arrays):
         feed = keras.tree.pack_sequence_as(struct, list(arrays))
     out = model.predict(feed, batch_size=int(request["batch_size"]), verbose=0)
@@ -431,8 +433,10 @@ def _shapes_from_data(model, path: Path) -> dict[str, tuple[int, ...]] | None:
     declared ones kept; reading the data later says if it does not fit); None when they cannot be read."""
     from keras import tree
 
+    from kmemopt.keras_compat.layers import keras_history
+
     inputs = list(tree.flatten(model.inputs))
-    names = [getattr(getattr(x, "_keras_history", None), "operation", x).name for x in inputs]
+    names = [getattr(keras_history(x), "operation", x).name for x in inputs]
     found = _data_shapes(path, names)
     if found is None or len(found) != len(inputs):
         return None

@@ -258,3 +258,26 @@ def test_cli_shows_one_warning_line(monkeypatch, cli, mlp_path):
     assert lines and all(line.startswith("warning: Keras ") for line in lines)
     assert len(set(lines)) == 1
     assert json.loads(result.stdout)["totals"] == json.loads(intact.stdout)["totals"]
+
+
+@pytest.mark.slow  # about 22 s: two real shrinks
+def test_cli_shrink_int8_through_public_paths(monkeypatch, cli, keras, mlp_path, tmp_path):
+    """shrink -q int8 with lean quantization and write-through-disk both unavailable: Keras's own
+    model.quantize and save give the same file contents, and each fallback is one warning line."""
+    intact_out, fallback_out = tmp_path / "intact.keras", tmp_path / "fallback.keras"
+    intact = cli("shrink", mlp_path, "-q", "int8", "--samples", "4", "-o", intact_out, "-f", "json")
+    assert intact.exit_code == 0, intact.stderr
+    break_contract(monkeypatch, "lean_quantization")
+    break_contract(monkeypatch, "write_through_disk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", KerasCompatWarning)
+        result = cli("shrink", mlp_path, "-q", "int8", "--samples", "4", "-o", fallback_out, "-f", "json")
+    assert result.exit_code == 0, result.stderr
+    lines = {line for line in result.stderr.splitlines() if line.startswith("warning: Keras ")}
+    assert any("4x each large kernel" in line for line in lines)
+    assert any("two extra copies" in line for line in lines)
+    assert len(lines) == 2
+    a, b = keras.saving.load_model(intact_out), keras.saving.load_model(fallback_out)
+    assert [w.dtype for w in a.weights] == [w.dtype for w in b.weights] and "int8" in {w.dtype for w in b.weights}
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -15,7 +15,8 @@ from typing import Any
 def flatten_layers(layer: Any, *, include_self: bool = True, recursive: bool = True) -> Iterator[Any]:
     """`layer` (unless not `include_self`) and every layer it tracks, depth first (Keras's own walk,
     `Layer._flatten_layers`, which also sees layers held in attributes, not only `.layers`)."""
-    return layer._flatten_layers(include_self=include_self, recursive=recursive)
+    kwargs = {k: v for k, v in (("include_self", include_self), ("recursive", recursive)) if not v}
+    return layer._flatten_layers(**kwargs)  # only what differs from Keras's defaults
 
 
 def functional_class() -> type:

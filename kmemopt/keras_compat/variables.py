@@ -186,3 +186,28 @@ def free_variable(variable: Any) -> None:
 def is_unallocated(variable: Any) -> bool:
     """Whether `variable` has no backend value (built unallocated or freed)."""
     return getattr(variable, "_value", 0) is None
+
+
+def can_move_value(source: Any, target: Any) -> bool:
+    """`target` (unallocated) can take over `source`'s backend variable as it is (TensorFlow only)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or not lean_build_available():
+        return False
+    import tensorflow as tf
+
+    return (
+        is_unallocated(target)
+        and isinstance(getattr(source, "_value", None), tf.Variable)
+        and source._dtype == target._dtype
+        and tuple(source.shape) == tuple(target.shape)
+        and bool(source.trainable) == bool(target.trainable)
+    )
+
+
+def move_value(source: Any, target: Any) -> None:
+    """Give `source`'s backend variable to `target` (nothing is copied) and free `source`
+    (Keras internals: the backend `Variable._initialize`, `_initializer`, `_value`)."""
+    target._initialize(source._value)
+    target._initializer = None
+    source._value = None

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 
 from kmemopt.keras_compat.layers import flatten_layers
-from kmemopt.keras_compat.variables import allocate_rest, assign_initializes, unallocated
+from kmemopt.keras_compat.variables import (
+    allocate_rest,
+    assign_initializes,
+    can_move_value,
+    free_variable,
+    lean_build_available,
+    move_value,
+    unallocated,
+)
 from kmemopt.memory import release_memory
 from kmemopt.passes.base import ShrinkOptions, SlotPlan
 
@@ -121,9 +129,11 @@ def float_weights(layer) -> list[Any]:
 
 def final_softmax_paths(model, slots: list[Slot], keras) -> set[str]:
     """Output layers whose activation is softmax (Dense(..., activation="softmax"), Softmax, ...)."""
+    from kmemopt.keras_compat.layers import keras_history
+
     outputs = set()
     for tensor in getattr(model, "outputs", None) or []:
-        history = getattr(tensor, "_keras_history", None)
+        history = keras_history(tensor)
         if history is not None:
             outputs.add(id(history[0]))
     if not outputs and slots:
@@ -211,13 +221,14 @@ class RewriteContext:
         with unallocated() as deferred:
             new_model = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects())
         new_slots = {s.path: s for s in walk_slots(new_model, new_model_config_layers(new_model, keras), keras)}
-        source = self.weights_source if self.release_source else None
+        # Freed variables are read back from the file only where they can be allocated from it again.
+        source = self.weights_source if self.release_source and lean_build_available() else None
         from_file = set()
         if source is not None:
             for slot in self.slots:
                 if slot.layer.weights and source.can_reload(slot.layer):
                     for v in slot.layer.weights:
-                        v._value = None
+                        free_variable(v)
                     from_file.add(slot.path)
             release_memory()
         with assign_initializes():
@@ -237,11 +248,9 @@ class RewriteContext:
                 f"Layer {slot.path} has {len(source)} weights but its rebuilt copy has {len(target.weights)}."
             )
         if self.release_source and plan.int8_class is None and not plan.transforms:
-            if all(_movable(v, t) for v, t in zip(source, target.weights, strict=True)):
+            if all(can_move_value(v, t) for v, t in zip(source, target.weights, strict=True)):
                 for v, t in zip(source, target.weights, strict=True):
-                    t._initialize(v._value)  # the original's own backend variable: nothing is copied
-                    t._initializer = None
-                    v._value = None
+                    move_value(v, t)  # the original's own backend variable: nothing is copied
                 return
         values = []
         for v in source:
@@ -262,25 +271,8 @@ class RewriteContext:
         so the framework can reuse its memory for the rebuilt copy."""
         value = np.asarray(variable.numpy())  # a copy (TensorFlow's numpy() always copies)
         if self.release_source:
-            variable._value = None
+            free_variable(variable)
         return value
-
-
-def _movable(source, target) -> bool:
-    """The rebuilt variable can take over the original's backend variable as it is (TensorFlow)."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return (
-        getattr(target, "_value", 0) is None
-        and isinstance(getattr(source, "_value", None), tf.Variable)
-        and source._dtype == target._dtype
-        and tuple(source.shape) == tuple(target.shape)
-        and bool(source.trainable) == bool(target.trainable)
-    )
 
 
 def new_model_config_layers(model, keras) -> list[dict[str, Any]]:

@@ -248,7 +248,9 @@ def _as_model_input(model, arrays: dict):
     from keras import tree
 
     values = list(arrays.values())
-    struct = getattr(model, "_inputs_struct", None)
+    from kmemopt.keras_compat.layers import inputs_struct
+
+    struct = inputs_struct(model)
     if isinstance(struct, dict) and set(struct) == set(arrays):
         return {name: arrays[name] for name in struct}
     if struct is not None and not isinstance(struct, dict) and len(tree.flatten(struct)) == len(values) > 1:
@@ -312,7 +314,9 @@ def _loss_name(loss) -> str:
 
 def _output_layer(model, index: int):
     try:
-        return model.outputs[index]._keras_history.operation
+        from kmemopt.keras_compat.layers import keras_history
+
+        return keras_history(model.outputs[index]).operation
     except (AttributeError, IndexError, TypeError):
         return None
 

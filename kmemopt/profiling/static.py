@@ -207,12 +207,14 @@ def _input_specs(model, input_shapes: dict[str, tuple[int, ...]] | None, seq_len
     keras = import_keras()
     from keras import tree
 
+    from kmemopt.keras_compat.layers import keras_history
+
     inputs = list(tree.flatten(model.inputs)) if getattr(model, "inputs", None) else []
     if not inputs:
         raise UsageError(f"Model {model.name!r} has no known inputs; kmemopt profiles built models only.")
     names = []
     for x in inputs:
-        history = getattr(x, "_keras_history", None)
+        history = keras_history(x)
         names.append(history.operation.name if history is not None else x.name)
     input_shapes = dict(input_shapes or {})
     unknown_names = set(input_shapes) - set(names)
