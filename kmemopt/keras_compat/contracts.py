@@ -110,7 +110,7 @@ CONTRACTS: dict[str, Contract] = {
             ),
             "models are built with their weights allocated (memory for every weight, and loading holds "
             "the weights twice)",
-            "an allocating build, for files whose weights fit in memory",
+            "an allocating build",
         ),
         Contract(
             "linear_rebuild",
@@ -163,8 +163,8 @@ CONTRACTS: dict[str, Contract] = {
                     ("filepath", "custom_objects", "compile", "safe_mode"),
                 ),
             ),
-            "the checked file is loaded by Keras's public load_model through a link to it",
-            "keras.saving.load_model on a link named by the file's format",
+            "loading takes Keras's public path (the same checked bytes, through a link named for their format)",
+            "keras.saving.load_model",
         ),
         Contract(
             "lean_quantization",
