@@ -42,18 +42,15 @@ def test_contract_holds_on_installed_keras(keras, name):
 def test_every_private_module_used_is_in_a_contract():
     """Each `keras.src` module keras_compat imports is named by some contract (so it is checked)."""
     checked = {s.module for c in CONTRACTS.values() for s in c.symbols}
-    imported = set()
+    unchecked = set()
     for path in (ROOT / "kmemopt" / "keras_compat").glob("*.py"):
         text = path.read_text()
-        imported |= set(re.findall(r"^\s*from (keras\.src[\w.]*) import", text, re.M))
-        imported |= {f"{m}.{n}" for m, n in re.findall(r"^\s*from (keras\.src[\w.]*) import (\w+)", text, re.M)}
-    unchecked = {
-        m
-        for m in imported
-        if not any(c == m or c.startswith(m + ".") or m.startswith(c + ".") or m == c for c in checked)
-    }
-    # `keras.src.backend`/`ops` (lean quantization) are public-equivalent namespaces: allowed unchecked.
-    assert unchecked <= {"keras.src", "keras.src.backend", "keras.src.ops"}, unchecked
+        for module, names in re.findall(r"^\s*from (keras\.src[\w.]*) import ([\w, ]+)", text, re.M):
+            for name in (n.split(" as ")[0].strip() for n in names.split(",")):
+                if module not in checked and f"{module}.{name}" not in checked:
+                    unchecked.add(f"{module}.{name}")
+        unchecked |= set(re.findall(r"^\s*import (keras\.src[\w.]*)", text, re.M)) - checked
+    assert unchecked == set(), unchecked
 
 
 def test_symbol_problems_are_found():

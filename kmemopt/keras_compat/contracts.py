@@ -175,6 +175,10 @@ CONTRACTS: dict[str, Contract] = {
                     ("inputs", "axis", "value_range", "dtype", "epsilon", "to_numpy"),
                 ),
                 Symbol("keras.src.quantizers", "abs_max_quantize"),
+                Symbol("keras.src.backend", "epsilon", ()),
+                Symbol("keras.src.backend", "standardize_dtype", ("dtype",)),
+                Symbol("keras.src.ops", "convert_to_numpy", ("x",)),
+                Symbol("keras.src.ops", "convert_to_tensor", ("x", "dtype")),
             ),
             "int8 quantization holds about 4x each large kernel at once",
             "Keras's own model.quantize",
@@ -209,6 +213,7 @@ CONTRACTS: dict[str, Contract] = {
                 Symbol("keras.src.saving.object_registration", "GLOBAL_CUSTOM_OBJECTS"),
                 Symbol("keras.src.api_export", "get_symbol_from_name", ("name",)),
                 Symbol("keras.src.applications"),
+                Symbol("keras.src.layers", "Dense"),  # its module globals: the legacy loader's lookup table
                 Symbol("keras.src.activations", "ALL_OBJECTS_DICT"),
                 Symbol("keras.src.initializers", "ALL_OBJECTS_DICT"),
                 Symbol("keras.src.regularizers", "ALL_OBJECTS_DICT"),

@@ -31,7 +31,9 @@ def _reduced_axes(axis, ndim: int) -> tuple[int, ...]:
 
 
 def lean_abs_max_quantize(inputs, axis, value_range=(-127, 127), dtype="int8", epsilon=None, to_numpy=False):
-    """`keras.quantizers.abs_max_quantize` with `to_numpy=True`, slice by slice (same values)."""
+    """`keras.quantizers.abs_max_quantize` with `to_numpy=True`, slice by slice (same values).
+
+    Keras internals: `keras.src.backend` (`epsilon`, `standardize_dtype`) and `keras.src.ops`."""
     from keras.src import backend, ops
 
     if epsilon is None:
@@ -76,7 +78,10 @@ def lean_abs_max_quantize(inputs, axis, value_range=(-127, 127), dtype="int8", e
 
 @contextlib.contextmanager
 def keras_quantization() -> Iterator[None]:
-    """Inside, Keras's layers quantize large kernels through `lean_abs_max_quantize`."""
+    """Inside, Keras's layers quantize large kernels through `lean_abs_max_quantize`.
+
+    Keras internals (contract "lean_quantization"): `keras.src.quantizers.quantizers.abs_max_quantize` and
+    `keras.src.quantizers.abs_max_quantize`, both replaced inside; without them nothing is patched."""
     from kmemopt.keras_compat.contracts import usable
 
     if not usable("lean_quantization"):

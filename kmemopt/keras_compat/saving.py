@@ -50,6 +50,8 @@ def load_stored_keras(
 ) -> Any | None:
     """The model of a `.keras` zip whose weights member is stored; None when it is not such a file.
 
+    Keras internals: contract "load_in_place" (see the module docstring); None when it does not hold.
+
     `lean` (the default) allocates each variable once, straight from the file (about 1x the weights at
     any time). Without it the variables are allocated as Keras's own loader does (initializers first,
     then the file's values through TensorFlow), which is what `--measure` needs: the memory a user's
@@ -187,7 +189,8 @@ class StoredKeras:
         return self._stack is not None and id(layer) in self._paths
 
     def reload(self, layer) -> None:
-        """Allocate `layer`'s (freed) variables again from the file, through Keras's own traversal."""
+        """Allocate `layer`'s (freed) variables again from the file, through Keras's own traversal
+        (`saving_lib._load_state`, `_raise_loading_failure`)."""
         failed: set = set()
         errors: dict = {}
         with assign_initializes():

@@ -43,6 +43,10 @@ def unallocated(allow_constants: bool = False) -> Iterator[list[Any]]:
     in `build`, e.g. Nadam's running product) is created normally instead of being refused: such
     values are already in memory and tiny. Slots created from initializers stay unallocated.
 
+    Keras internals: `StatelessScope(initialize_variables=False)`, `in_stateless_scope`, the global
+    "uninitialized_variables" and "stateless_scope" attributes, `Variable.__init__` (patched with
+    `allow_constants`). Contract "unallocated_build".
+
     Yields a list that holds, on exit, the variables created inside and left unallocated (always
     empty when the contract does not hold: then every variable is allocated as Keras creates it).
     """
@@ -94,7 +98,9 @@ def assign_initializes() -> Iterator[None]:
     once into an aligned array that the variable then uses as its own buffer (DLPack, no copy):
     TensorFlow's own conversion of a NumPy array allocates twice its size on the way.
 
-    Without the contract the variables were allocated when built, and Keras assigns as usual.
+    Keras internals: the backend `Variable._direct_assign` and `keras.src.backend.common.variables.
+    Variable.assign` (both patched inside), `_initialize`, `_value`, `_initializer`. Contract
+    "unallocated_build"; without it the variables were allocated when built, and Keras assigns as usual.
     """
     if not lean_build_available():
         yield
@@ -171,7 +177,9 @@ def _adopt_buffer(value, variable):
 
 
 def allocate_rest(variables: list[Any]) -> None:
-    """Allocate, from their initializers, the variables nothing assigned (state no file stores)."""
+    """Allocate, from their initializers, the variables nothing assigned (state no file stores).
+
+    Keras internals: `Variable._deferred_initialize`, `_value`, `_initializer`."""
     for v in variables:
         if getattr(v, "_value", None) is None and getattr(v, "_initializer", None) is not None:
             v._deferred_initialize()
