@@ -235,7 +235,7 @@ def _not_evaluated(check: Check, exc: UsageError) -> str:
 
 
 def measurement() -> Callable[..., Any]:
-    """Issue 3's measurement (`kmemopt.profiling.measure.measure_profile`), or a usage error saying it is missing."""
+    """The measurement (`kmemopt.profiling.measure.measure_profile`), or a usage error saying it is missing."""
     try:
         from kmemopt.profiling.measure import measure_profile
     except ImportError:

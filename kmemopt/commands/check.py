@@ -88,7 +88,10 @@ def check(
         ),
     ] = None,
     measure: Annotated[
-        bool, typer.Option("--measure", help="Use measured memory (issue 3) instead of the static estimate.")
+        bool,
+        typer.Option(
+            "--measure", help="Use memory measured in a child process (docs/measure.md) instead of the static estimate."
+        ),
     ] = False,
     custom_objects: Annotated[
         Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
