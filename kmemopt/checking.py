@@ -199,26 +199,6 @@ def _load_baseline(path: Path, name: str) -> bg.Baseline:
     return bg.baseline_from_json(data, name)
 
 
-def _weight_totals(model) -> tuple[int, int]:
-    """(parameters, bytes) of a built, unallocated model's weights: exact, and needing no input shape.
-
-    The same variables, deduplicated the same way, as the profile's per-layer rows sum to."""
-    from kmemopt.profiling.dtypes import nbytes
-
-    params = size = 0
-    seen: set[int] = set()
-    for v in model.weights:
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
-        n = 1
-        for d in v.shape:
-            n *= int(d)
-        params += n
-        size += nbytes(v.shape, v.dtype)
-    return params, size
-
-
 def _profile_value(metric: Metric, result) -> int:
     t = result.totals
     return {
@@ -331,7 +311,9 @@ def evaluate_checks(
                 weights = (t.params, t.param_bytes)
             elif counted:
                 try:
-                    weights = _weight_totals(open_checked(path, custom_objects)[1])
+                    from kmemopt.profiling.dtypes import weight_totals
+
+                    weights = weight_totals(open_checked(path, custom_objects)[1])
                 except UsageError as exc:
                     not_evaluated.update({i: _not_evaluated(group[i], exc) for i in counted})
         except (UnsafeModelError, MalformedModelError) as exc:

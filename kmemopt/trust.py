@@ -518,9 +518,9 @@ def check_loadable(model_file, model) -> None:
     or whose config asks for more weight bytes than the file holds (Dense(units=2**40) over a small
     weights file), is refused with exit 3.
     """
-    from kmemopt.profiling.dtypes import nbytes
+    from kmemopt.profiling.dtypes import weight_totals
 
-    check_stored(model_file, sum(nbytes(v.shape, v.dtype) for v in model.weights))
+    check_stored(model_file, weight_totals(model)[1])
 
 
 def check_stored(model_file, needed: int) -> None:

@@ -23,3 +23,20 @@ def nbytes(shape, dtype) -> int:
     for d in shape:
         n *= int(d)
     return n * itemsize(dtype)
+
+
+def weight_totals(model) -> tuple[int, int]:
+    """(parameters, bytes) of a built (possibly unallocated) model's weights: exact, needing no input
+    shape, each variable counted once as the profile's per-layer rows count them."""
+    params = size = 0
+    seen: set[int] = set()
+    for v in model.weights:
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        n = 1
+        for d in v.shape:
+            n *= int(d)
+        params += n
+        size += nbytes(v.shape, v.dtype)
+    return params, size
