@@ -226,7 +226,7 @@ def _at(profile, b):
 
 def run(log) -> list[dict]:
     from kmemopt.api import profile as static_profile
-    from kmemopt.build import build_from_file  # noqa: F401  (same path as the CLI)
+    from kmemopt.load.build import build_from_file  # noqa: F401  (same path as the CLI)
 
     cache_path = os.environ.get("KMEMOPT_MEASURE_CACHE")
     workdir = Path(os.environ.get("KMEMOPT_BENCH_MODELS") or tempfile.mkdtemp(prefix="kmemopt-bench-"))

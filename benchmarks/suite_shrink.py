@@ -189,7 +189,7 @@ import json, os, resource, sys
 import kmemopt
 from kmemopt._keras import import_keras
 import_keras()
-import kmemopt.shrinking, kmemopt.layers, kmemopt.fidelity  # imported before the baseline is taken
+import kmemopt.passes.pipeline, kmemopt.layers, kmemopt.passes.fidelity  # imported before the baseline is taken
 import numpy as np
 keras = import_keras()
 # The framework's own start-up (TensorFlow's runtime, the predict machinery) is part of the baseline.
@@ -220,8 +220,8 @@ print("RESULT" + json.dumps({"baseline": baseline, "peak": peak, "reload_child_p
 
 def _model_libraries(src: Path) -> str:
     """Libraries the model's classes come from, besides Keras (keras-hub), for the RSS child's baseline."""
-    from kmemopt.archive import read_model_file
-    from kmemopt.trust import mentions_keras_hub
+    from kmemopt.load.archive import read_model_file
+    from kmemopt.load.trust import mentions_keras_hub
 
     return "keras_hub" if mentions_keras_hub(read_model_file(src).config) else ""
 
@@ -265,8 +265,8 @@ def _fidelity_row(fid) -> dict:
 
 def run(log) -> list[dict]:
     import kmemopt
-    from kmemopt import fidelity as F
     from kmemopt._keras import import_keras
+    from kmemopt.passes import fidelity as F
 
     keras = import_keras()
     only = {m.strip() for m in os.environ.get("KMEMOPT_BENCH_SHRINK_MODELS", "").split(",") if m.strip()}

@@ -52,7 +52,7 @@ import sys
 sys.path.insert(0, {str(ROOT / "tests")!r})
 from kmemopt._keras import import_keras
 keras = import_keras()
-from kmemopt.build import unallocated
+from kmemopt.load.build import unallocated
 from factories import write_declared_model
 folder = {str(folder)!r}
 model = keras.applications.ResNet50(weights=None)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kmemopt.budgets import CheckReport
+    from kmemopt.gate.budgets import CheckReport
     from kmemopt.profiling.static import ProfileResult
 
 __all__ = ["__version__", "check", "load_model", "profile", "shrink"]
@@ -99,7 +99,7 @@ def check(
     """
     import os
 
-    from kmemopt.checking import check as _check
+    from kmemopt.gate.check import check as _check
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -138,7 +138,7 @@ def shrink(path_or_model: Any, out: Any = None, **options: Any):
         >>> r = kmemopt.shrink("sample_models/digits_mlp.keras", "mlp.slim.keras", quantize="int8")
         >>> r.after.file_bytes / r.before.file_bytes
     """
-    from kmemopt.shrinking import shrink as _shrink
+    from kmemopt.passes.pipeline import shrink as _shrink
 
     return _shrink(path_or_model, out, **options)
 

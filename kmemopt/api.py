@@ -6,7 +6,7 @@ import contextlib
 import os
 from typing import Any
 
-from kmemopt.archive import ModelFile, read_model_file
+from kmemopt.load.archive import ModelFile, read_model_file
 from kmemopt.units import parse_size
 
 
@@ -15,15 +15,15 @@ def resolve_custom_objects(custom_objects: dict[str, Any] | str | os.PathLike | 
         return {}
     if isinstance(custom_objects, dict):
         return dict(custom_objects)
-    from kmemopt.trust import load_custom_objects
+    from kmemopt.load.trust import load_custom_objects
 
     return load_custom_objects(custom_objects)
 
 
 def open_checked(path: str | os.PathLike, custom_objects=None):
     """Read a model file's metadata, check it against the allowlist, build it unallocated."""
-    from kmemopt.build import build_from_file
-    from kmemopt.trust import build_allowlist, mentions_keras_hub, precheck_file
+    from kmemopt.load.build import build_from_file
+    from kmemopt.load.trust import build_allowlist, mentions_keras_hub, precheck_file
 
     model_file = read_model_file(path)
     precheck_file(model_file, custom_objects=custom_objects is not None)  # before Keras is imported
@@ -78,8 +78,8 @@ def open_model(path, *, custom_objects=None, compile=False, lean=True):
     `.keras` archive and an HDF5 file as a legacy model, through the handle `archive.open_verified`
     gives. Anything Keras or h5py raises on a file that passed the checks is a malformed file (exit 3)."""
     model_file: ModelFile = read_model_file(path)
-    from kmemopt.build import build_from_file
-    from kmemopt.trust import build_allowlist, check_loadable, mentions_keras_hub, precheck_file
+    from kmemopt.load.build import build_from_file
+    from kmemopt.load.trust import build_allowlist, check_loadable, mentions_keras_hub, precheck_file
 
     precheck_file(model_file, custom_objects=custom_objects is not None)  # before Keras is imported
     allow = build_allowlist(resolve_custom_objects(custom_objects), keras_hub=mentions_keras_hub(model_file.config))
@@ -88,7 +88,7 @@ def open_model(path, *, custom_objects=None, compile=False, lean=True):
     check_loadable(model_file, build_from_file(model_file, allow=allow, require_built=False))
     custom = allow.custom_objects or None
     from kmemopt.keras_compat.saving import keras_room
-    from kmemopt.model_size import model_size
+    from kmemopt.load.model_size import model_size
 
     # Keras's own deserialization, with the room the structure needs (linear Sequential rebuild, enough
     # recursion for the graph's depth: both bounded by the MODEL-SIZE limits checked while reading).
@@ -114,8 +114,8 @@ def _load_checked(model_file: ModelFile, custom, *, compile: bool, lean: bool):
 @contextlib.contextmanager
 def loading_errors(model_file: ModelFile):
     """Keras's and h5py's own errors while loading a checked file, as one kmemopt error (exit 3)."""
-    from kmemopt.archive import RULE_LOAD_FAILED
     from kmemopt.errors import KmemoptError, MalformedModelError
+    from kmemopt.load.archive import RULE_LOAD_FAILED
 
     try:
         yield

@@ -183,7 +183,7 @@ def write_output(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    from kmemopt.fileio import atomic_write_text
+    from kmemopt.write.fileio import atomic_write_text
 
     atomic_write_text(output, text)
     from kmemopt.report.safe import markup
@@ -261,8 +261,8 @@ def profile(
     """
     with guarded():
         from kmemopt.api import profile as run_profile
-        from kmemopt.fileio import refuse_same_file
         from kmemopt.units import parse_size
+        from kmemopt.write.fileio import refuse_same_file
 
         refuse_same_file(output, model, "report")
 

@@ -10,7 +10,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kmemopt.shrinking import ShrinkResult
+    from kmemopt.passes.pipeline import ShrinkResult
 
 
 class ExitCode(IntEnum):

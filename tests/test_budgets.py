@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kmemopt import budgets as bg
-from kmemopt.budgets import Budget, Level, Metric, Status
 from kmemopt.errors import UsageError
+from kmemopt.gate import budgets as bg
+from kmemopt.gate.budgets import Budget, Level, Metric, Status
 
 
 def entry(**kw):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import kmemopt
-from kmemopt import checking
+from kmemopt.gate import check as checking
 
 MLP_PARAMS = 16 * 32 + 32 + 4 * 32 + 32 * 4 + 4  # Dense, BatchNormalization (4 vectors), Dense
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from kmemopt.archive import load_json, read_model_file
 from kmemopt.errors import MalformedModelError, UnsafeModelError
-from kmemopt.trust import MAX_CONFIG_ARRAY_BYTES, MAX_CONFIG_ARRAY_ELEMENTS, precheck_config
+from kmemopt.load.archive import load_json, read_model_file
+from kmemopt.load.trust import MAX_CONFIG_ARRAY_BYTES, MAX_CONFIG_ARRAY_ELEMENTS, precheck_config
 
 GIB = 1024**3
 
@@ -257,7 +257,7 @@ def long_list_path(mlp_path, tmp_path_factory) -> Path:
 
 
 def test_a_config_of_too_many_values_is_refused_while_reading(mlp_path, tmp_path):
-    from kmemopt.archive import read_model_file
+    from kmemopt.load.archive import read_model_file
 
     for name, filler in (("ints", [0] * (12 * 1024**2)), ("objects", [{}] * (8 * 1024**2))):
         cfg = _config_of(mlp_path)
@@ -272,8 +272,8 @@ def test_a_config_of_too_many_values_is_refused_while_reading(mlp_path, tmp_path
 WALK = textwrap.dedent(
     """
     import sys
-    from kmemopt.archive import read_model_file
-    from kmemopt import trust
+    from kmemopt.load.archive import read_model_file
+    from kmemopt.load import trust
 
     def rss(field):
         return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field))
@@ -353,7 +353,7 @@ def test_config_json_with_a_byte_order_mark_loads(mlp_path, tmp_path, keras):
 
 @pytest.fixture(scope="module")
 def allow(keras):
-    from kmemopt.trust import build_allowlist
+    from kmemopt.load.trust import build_allowlist
 
     return build_allowlist()
 
@@ -378,7 +378,7 @@ def _edit_h5(path: Path, attr: str, edit) -> None:
 
 
 def _check(path: Path, allow) -> None:
-    from kmemopt.build import checked_configs
+    from kmemopt.load.build import checked_configs
 
     checked_configs(read_model_file(path), allow)
 
@@ -435,7 +435,7 @@ def test_compile_strings_resolving_to_functions_are_refused(keras, tmp_path, all
 
 def test_keras_format_compile_and_node_strings_are_checked(keras, mlp_path, tmp_path, allow):
     """`.keras` files too: compile_from_config and node kwargs look strings up in Keras's registry."""
-    from kmemopt.build import checked_configs
+    from kmemopt.load.build import checked_configs
 
     checked_configs(read_model_file(mlp_path), allow)
     cfg = _config_of(mlp_path)
@@ -452,7 +452,7 @@ def test_keras_format_compile_and_node_strings_are_checked(keras, mlp_path, tmp_
 
 def test_keras_format_keeps_strings_that_only_legacy_resolves(keras, tmp_path, allow):
     """`score_mode="dot"` is a plain string in a .keras file (only the legacy loader looks it up)."""
-    from kmemopt.build import checked_configs
+    from kmemopt.load.build import checked_configs
 
     q = keras.Input((2, 4), name="q")
     path = tmp_path / "att.keras"
@@ -547,7 +547,7 @@ def gated_model(keras, tmp_path, monkeypatch):
 )
 def test_custom_objects_file_that_imports_its_class(gated_model, tmp_path, source):
     import kmemopt
-    from kmemopt.trust import load_custom_objects
+    from kmemopt.load.trust import load_custom_objects
 
     path, mylayers = gated_model
     with pytest.raises(UnsafeModelError):
@@ -559,7 +559,7 @@ def test_custom_objects_file_that_imports_its_class(gated_model, tmp_path, sourc
 
 
 def test_imported_plain_functions_are_not_taken(gated_model, tmp_path):
-    from kmemopt.trust import load_custom_objects
+    from kmemopt.load.trust import load_custom_objects
 
     (tmp_path / "custom.py").write_text("from os import system\nfrom mylayers import Gated, swishy\n")
     found = load_custom_objects(tmp_path / "custom.py")
@@ -569,7 +569,7 @@ def test_imported_plain_functions_are_not_taken(gated_model, tmp_path):
 
 def test_custom_objects_file_next_to_its_module_outside_cwd(keras, tmp_path):
     """The file's folder is on sys.path while it runs, as `python custom.py` would have it."""
-    from kmemopt.trust import load_custom_objects
+    from kmemopt.load.trust import load_custom_objects
 
     folder = tmp_path / "proj"
     folder.mkdir()

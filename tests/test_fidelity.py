@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmemopt import fidelity as fid
 from kmemopt.errors import UsageError
+from kmemopt.passes import fidelity as fid
 
 
 def test_compare_output_exact():

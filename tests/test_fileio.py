@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from kmemopt.errors import UsageError
-from kmemopt.fileio import atomic_path, atomic_write_text
+from kmemopt.write.fileio import atomic_path, atomic_write_text
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temp(tmp_path):
@@ -60,7 +60,7 @@ def test_sigkill_while_writing_leaves_nothing(tmp_path):
     target = tmp_path / "model.keras"
     code = (
         "import sys, time\n"
-        "from kmemopt.fileio import atomic_path\n"
+        "from kmemopt.write.fileio import atomic_path\n"
         f"with atomic_path({str(target)!r}) as tmp:\n"
         "    with open(tmp, 'wb') as fh:\n"
         "        fh.write(b'x' * 1_000_000)\n"

@@ -182,7 +182,7 @@ def test_zip_after_other_bytes_is_refused(files, tmp_path):
 def test_file_replaced_after_the_checks_is_refused(files, tmp_path, monkeypatch):
     """The loader reopens the file and compares it with what was checked."""
     import kmemopt.api as api
-    from kmemopt import archive
+    from kmemopt.load import archive
 
     path = tmp_path / "swapped.keras"
     shutil.copy(files["dir"] / "model.keras", path)

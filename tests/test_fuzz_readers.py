@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kmemopt.archive import read_model_file
 from kmemopt.errors import KmemoptError
+from kmemopt.load.archive import read_model_file
 
 EXAMPLES = int(os.environ.get("KMEMOPT_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -100,7 +100,7 @@ def mutate(data: bytes, edits) -> bytes:
 @pytest.fixture(scope="module")
 def allow(keras):
     """The allowlist, behind a function so Hypothesis's failure reports do not print its thousand classes."""
-    from kmemopt.trust import build_allowlist
+    from kmemopt.load.trust import build_allowlist
 
     allowlist = build_allowlist()
     return lambda: allowlist
@@ -123,8 +123,8 @@ def valid(keras, tmp_path_factory) -> dict[str, Path]:
 
 def read_and_check(path: Path, allow) -> None:
     """Everything profile does with a file before building it."""
-    from kmemopt.build import checked_configs
-    from kmemopt.trust import precheck_file
+    from kmemopt.load.build import checked_configs
+    from kmemopt.load.trust import precheck_file
 
     model_file = read_model_file(path)
     precheck_file(model_file)
@@ -254,8 +254,8 @@ def _replace(tree, path, value):
 @given(data=st.data())
 def test_mutated_config_through_build(valid, allow, data):
     """config.json with 1-3 subtrees replaced by random JSON, read, checked and built unallocated."""
-    from kmemopt.build import build_from_file
-    from kmemopt.trust import precheck_file
+    from kmemopt.load.build import build_from_file
+    from kmemopt.load.trust import precheck_file
 
     members = _members(valid["keras"])
     config = json.loads(members["config.json"])

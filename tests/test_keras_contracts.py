@@ -166,9 +166,9 @@ def test_allocating_build_when_unallocated_is_broken(monkeypatch, mlp_path):
 
 def test_allocating_build_refused_for_large_weights(monkeypatch, mlp_path):
     from kmemopt import sandbox
-    from kmemopt.archive import read_model_file
-    from kmemopt.build import build_from_file
     from kmemopt.errors import UsageError
+    from kmemopt.load.archive import read_model_file
+    from kmemopt.load.build import build_from_file
 
     break_contract(monkeypatch, "unallocated_build")
     monkeypatch.setattr(sandbox, "default_max_memory", lambda: 1000)

@@ -130,8 +130,8 @@ def test_save_container_writes_weights_through_a_temp_file_not_memory(keras, nes
     """shrink's writer keeps Keras off its in-memory weights copy, even into an unnamed temp output."""
     from keras.src.saving import saving_lib
 
-    from kmemopt.fileio import atomic_path
-    from kmemopt.shrinking import save_container
+    from kmemopt.write.fileio import atomic_path
+    from kmemopt.write.save import save_container
 
     model = keras.models.load_model(nested_path, compile=False)
     stores = []

@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 from kmemopt.errors import UnsafeModelError
-from kmemopt.model_size import (
+from kmemopt.load.model_size import (
     MAX_GRAPH_DEPTH,
     MAX_LAYER_CALLS,
     MAX_LAYERS,
@@ -294,7 +294,7 @@ def test_keras_sequential_loader_is_replaced_only_inside(keras):
     """Outside kmemopt's build, Keras's own Sequential.from_config is untouched."""
     from keras.src.models.sequential import Sequential
 
-    from kmemopt.build import build_from_config
+    from kmemopt.load.build import build_from_config
 
     before = Sequential.__dict__["from_config"]
     model = build_from_config(_sequential(9))
@@ -309,7 +309,7 @@ def test_counting_needs_no_keras():
     import sys
 
     code = (
-        "import sys, kmemopt.model_size as m; m.model_size({'class_name': 'Sequential', 'config': {'layers': []}}); "
+        "import sys, kmemopt.load.model_size as m; m.model_size({'class_name': 'Sequential', 'config': {'layers': []}}); "
         "print('keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -318,7 +318,7 @@ def test_counting_needs_no_keras():
 
 def test_constructor_built_models_count_their_blocks():
     """A keras-hub backbone's config lists no layers; its block counts are what Keras would build."""
-    from kmemopt.model_size import LAYERS_PER_BLOCK, MAX_LAYERS, check_model_size, model_size
+    from kmemopt.load.model_size import LAYERS_PER_BLOCK, MAX_LAYERS, check_model_size, model_size
 
     llama = {
         "module": "keras_hub.src.models.llama.llama_backbone",

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import kmemopt
-from kmemopt import fidelity as fid
 from kmemopt.errors import MalformedModelError, UsageError
+from kmemopt.passes import fidelity as fid
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 BERT_ARGS = dict(

@@ -99,8 +99,8 @@ def test_max_memory_lowers_the_limit(cli, mlp_path, tmp_path):
 def test_the_batch_that_runs_is_the_one_checked(keras, tmp_path):
     """A large per-sample input runs one sample at a time: the check uses batch 1, not 32."""
     from kmemopt.api import profile
+    from kmemopt.passes.pipeline import HELD_BYTES_PER_OUTPUT_ELEMENT, run_memory_estimate
     from kmemopt.profiling.static import peaks_at
-    from kmemopt.shrinking import HELD_BYTES_PER_OUTPUT_ELEMENT, run_memory_estimate
 
     inp = keras.Input((2**18 + 1,))
     path = tmp_path / "wide.keras"
@@ -118,7 +118,7 @@ def test_the_batch_that_runs_is_the_one_checked(keras, tmp_path):
 
 def test_data_rows_set_the_samples(keras, tmp_path):
     from kmemopt.api import profile
-    from kmemopt.shrinking import run_memory_estimate
+    from kmemopt.passes.pipeline import run_memory_estimate
 
     inp = keras.Input((6,), name="x")
     path = tmp_path / "m.keras"
@@ -164,7 +164,7 @@ def test_child_errors_come_back_by_type_with_their_traceback(keras, tmp_path):
 
     request = {"model": str(tmp_path / "missing.keras"), "import_kmemopt": False, "batch_size": 1}
     with pytest.raises(sandbox.ChildFailed) as info:
-        sandbox.run_child("kmemopt.shrinking:reload_in_child", request, [np.zeros((1, 4))], max_memory_bytes=8 * GiB)
+        sandbox.run_child("kmemopt.write.save:reload_in_child", request, [np.zeros((1, 4))], max_memory_bytes=8 * GiB)
     assert info.value.child_type == "ValueError" and info.value.exit_code == 4
     assert "keras" in str(info.value.__cause__)
 
@@ -200,7 +200,7 @@ def test_a_child_over_its_memory_limit_is_stopped(tmp_path):
     """The reload child loads TensorFlow (hundreds of MiB resident): a 64 MiB limit stops it."""
     request = {"model": str(tmp_path / "m.keras"), "import_kmemopt": False, "batch_size": 1}
     with pytest.raises(sandbox.RunLimitExceeded) as info:
-        sandbox.run_child("kmemopt.shrinking:reload_in_child", request, [np.zeros((1, 4))], max_memory_bytes=64 << 20)
+        sandbox.run_child("kmemopt.write.save:reload_in_child", request, [np.zeros((1, 4))], max_memory_bytes=64 << 20)
     assert info.value.rule == "RUN-MEMORY" and 64 << 20 < info.value.peak_rss_bytes < 3 * GiB
 
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLES
 
-from kmemopt.archive import Limits, read_model_file
 from kmemopt.errors import MalformedModelError, UnsafeModelError
+from kmemopt.load.archive import Limits, read_model_file
 
 POPEN = {"module": "subprocess", "class_name": "Popen", "config": {"args": ["true"]}, "registered_name": None}
 
 
 @pytest.fixture(scope="module")
 def allow(keras):
-    from kmemopt.trust import build_allowlist
+    from kmemopt.load.trust import build_allowlist
 
     return build_allowlist()
 
@@ -42,8 +42,8 @@ def _rewrite(src: Path, dst: Path, config: dict, **extra: bytes) -> Path:
 
 @pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.keras")))
 def test_real_models_pass_every_rule(sample, allow):
-    from kmemopt.build import build_from_file, checked_configs
-    from kmemopt.trust import check_loadable, precheck_file
+    from kmemopt.load.build import build_from_file, checked_configs
+    from kmemopt.load.trust import check_loadable, precheck_file
 
     model_file = read_model_file(SAMPLES / sample)
     precheck_file(model_file)
@@ -55,8 +55,8 @@ def test_legacy_h5_without_module_keys_passes(keras, tmp_path, allow):
     """Keras 2 style configs name classes only: looked up by name in the allowlist."""
     import h5py
 
-    from kmemopt.build import checked_configs
-    from kmemopt.trust import precheck_file
+    from kmemopt.load.build import checked_configs
+    from kmemopt.load.trust import precheck_file
 
     inp = keras.Input((4,))
     h = keras.layers.Dense(3, kernel_regularizer="l2", kernel_constraint="non_neg", name="d")(inp)
@@ -90,7 +90,7 @@ def test_legacy_h5_without_module_keys_passes(keras, tmp_path, allow):
     ],
 )
 def test_refusal_names_rule_and_json_path(nested_path, tmp_path, where, rule, allow):
-    from kmemopt.build import checked_configs
+    from kmemopt.load.build import checked_configs
 
     cfg = _config_of(nested_path)
     dense = cfg["config"]["layers"][1]
@@ -123,7 +123,7 @@ def test_precheck_refuses_without_importing_keras(nested_path, tmp_path):
 
 def test_precheck_leaves_custom_modules_to_the_allowlist(nested_path, tmp_path):
     """With --custom-objects, a class from the user's own module is decided by the allowlist, not the pre-check."""
-    from kmemopt.trust import precheck_config
+    from kmemopt.load.trust import precheck_config
 
     entry = {"module": "my_layers", "class_name": "MyDense", "config": {}, "registered_name": "MyDense"}
     with pytest.raises(UnsafeModelError):
@@ -135,7 +135,7 @@ def test_precheck_leaves_custom_modules_to_the_allowlist(nested_path, tmp_path):
 
 
 def test_custom_objects_file_allows_its_class(tmp_path, keras, allow):
-    from kmemopt.trust import build_allowlist, check_config, load_custom_objects
+    from kmemopt.load.trust import build_allowlist, check_config, load_custom_objects
 
     source = tmp_path / "mine.py"
     source.write_text(
@@ -208,7 +208,7 @@ def test_damaged_hdf5_is_malformed_not_a_crash(nested_path, tmp_path):
 
 
 def test_every_rule_id_is_documented():
-    from kmemopt import archive, trust
+    from kmemopt.load import archive, trust
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
     rules = {v for m in (archive, trust) for k, v in vars(m).items() if k.startswith("RULE_")}
@@ -238,7 +238,7 @@ def test_reading_in_a_child_returns_the_same_model_file(nested_path, monkeypatch
 
 def test_class_entry_resolving_to_a_function_is_refused(allow):
     """Keras hands back a function found through a class entry as is; it could then run as an activation."""
-    from kmemopt.trust import check_config
+    from kmemopt.load.trust import check_config
 
     entry = {
         "module": "keras_hub.src.utils.preset_utils",
@@ -256,7 +256,7 @@ def test_class_entry_resolving_to_a_function_is_refused(allow):
 
 def test_functional_graph_naming_a_missing_layer_is_malformed(nested_path, tmp_path, allow):
     """Found by fuzzing: Keras raises RuntimeError for an input layer that does not exist (was exit 4)."""
-    from kmemopt.build import build_from_file
+    from kmemopt.load.build import build_from_file
 
     cfg = _config_of(nested_path)
     cfg["config"]["input_layers"] = [["nope", 0, 0]]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kmemopt
-from kmemopt.archive import read_model_file
+from kmemopt.load.archive import read_model_file
 from kmemopt.passes import Reason
 
 

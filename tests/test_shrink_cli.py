@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-import kmemopt.shrinking as shrinking
+from kmemopt.write import save as write_stage
 
 
 @pytest.fixture()
@@ -76,7 +76,7 @@ def test_ctrl_c_while_writing_leaves_nothing(cli, folder, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shrinking, "verify_reload", interrupted)
+    monkeypatch.setattr(write_stage, "verify_reload", interrupted)
     result = cli("shrink", folder / "mlp.keras", "--samples", "4")
     assert result.exit_code == 130
     assert sorted(p.name for p in folder.iterdir()) == ["mlp.keras"]

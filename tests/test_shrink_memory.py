@@ -12,11 +12,11 @@ import pytest
 # The tiny trained CNN (every kind of layer the passes treat differently) is shared with test_shrink.py.
 from test_shrink import cnn_path, work  # noqa: F401
 
-from kmemopt import fidelity as fid
 from kmemopt.api import open_model
 from kmemopt.keras_compat.saving import open_stored_keras
+from kmemopt.passes import fidelity as fid
 from kmemopt.passes.base import ShrinkOptions
-from kmemopt.shrinking import _run_passes, make_options
+from kmemopt.passes.pipeline import _run_passes, make_options
 
 
 def _weights(model) -> dict[str, np.ndarray]:

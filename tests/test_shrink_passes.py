@@ -11,7 +11,7 @@ import pytest
 from test_shrink import _dtypes_by_layer, _layer_config, _pass, cnn_path, work  # noqa: F401, F811
 
 import kmemopt
-from kmemopt.archive import read_model_file
+from kmemopt.load.archive import read_model_file
 from kmemopt.passes import Reason
 
 

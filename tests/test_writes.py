@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from kmemopt.errors import UsageError
-from kmemopt.fileio import atomic_path, refuse_same_file
+from kmemopt.write.fileio import atomic_path, refuse_same_file
 
 
 def _digest(path) -> str:

@@ -1,4 +1,4 @@
-"""`kmemopt check`: memory and size budgets for CI. Parse, call kmemopt.checking, render, exit."""
+"""`kmemopt check`: memory and size budgets for CI. Parse, call kmemopt.gate.check, render, exit."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def check(
     from kmemopt import cli
 
     with cli.guarded():
-        from kmemopt.checking import check as run_check
+        from kmemopt.gate.check import check as run_check
 
         shapes = cli.parse_input_shapes(input_shape)
         with cli.progress("Checking ...") as update:

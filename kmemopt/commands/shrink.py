@@ -1,4 +1,4 @@
-"""`kmemopt shrink`: parse, call kmemopt.shrinking, render, exit."""
+"""`kmemopt shrink`: parse, call kmemopt.passes.pipeline, render, exit."""
 
 from __future__ import annotations
 
@@ -176,9 +176,9 @@ def shrink(
 
     with guarded():
         from kmemopt.errors import GateFailed
+        from kmemopt.passes.pipeline import shrink as run_shrink
         from kmemopt.report import render_to_text, to_json
         from kmemopt.report.shrink import render_shrink, shrink_markdown
-        from kmemopt.shrinking import shrink as run_shrink
         from kmemopt.units import parse_percent
 
         def emit(data):
@@ -191,7 +191,7 @@ def shrink(
             else:
                 render_shrink(data, _stdout_console(), all_layers=all_layers)
 
-        from kmemopt.fileio import refuse_same_file
+        from kmemopt.write.fileio import refuse_same_file
 
         refuse_same_file(report, model, "report")
         refuse_same_file(report, out, "report")

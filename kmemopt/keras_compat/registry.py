@@ -1,4 +1,4 @@
-"""Keras's registry and its own classes, as the allowlist (`kmemopt.trust`) needs them.
+"""Keras's registry and its own classes, as the allowlist (`kmemopt.load.trust`) needs them.
 
 Keras internals (contract "model_classes", required: the allowlist has no public equivalent, so a Keras
 without them is refused with one sentence, never allowed by default): `keras.src.saving.object_registration.

@@ -39,10 +39,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from kmemopt.archive import ModelFile, _open_member, open_verified
 from kmemopt.keras_compat.contracts import usable
 from kmemopt.keras_compat.variables import allocate_rest, assign_initializes, lean_build_available, unallocated
-from kmemopt.model_size import ModelSize
+from kmemopt.load.archive import ModelFile, _open_member, open_verified
+from kmemopt.load.model_size import ModelSize
 
 
 def load_stored_keras(
@@ -287,7 +287,7 @@ def _MemberH5Store(stream, h5py, lazy=True):  # noqa: N802  (built lazily: impor
 
 @contextlib.contextmanager
 def keras_room(size: ModelSize) -> Iterator[None]:
-    """Inside, Keras rebuilds a model within `kmemopt.model_size`'s limits in linear time, without RecursionError.
+    """Inside, Keras rebuilds a model within `kmemopt.load.model_size`'s limits in linear time, without RecursionError.
 
     Keras's `Sequential.from_config` rebuilds the whole model after adding each layer (quadratic: a
     400-layer Sequential took minutes); here each Sequential is built once, after its last layer, which

@@ -524,7 +524,7 @@ def run(spec: dict) -> dict:
     # script would see on top of them (shrink's lean loader would leave a different allocator state).
     model = load_model(spec["path"], custom_objects=custom, compile=False, lean=False)
     if keras.backend.backend() == "tensorflow":
-        from kmemopt.fidelity import check_tensorflow_names
+        from kmemopt.passes.fidelity import check_tensorflow_names
 
         check_tensorflow_names(model)  # exit 3 with the name, not a failure deep inside tf.function
     result["load_peak_bytes"] = hwm.peak() - baseline
@@ -556,7 +556,7 @@ def run(spec: dict) -> dict:
             y = make_targets(model, outputs, losses)
             loss = keras.tree.pack_sequence_as(outputs, losses) if len(losses) > 1 else losses[0]
             del outputs
-            from kmemopt.build import make_optimizer
+            from kmemopt.load.build import make_optimizer
 
             model.compile(optimizer=make_optimizer(spec.get("optimizer") or "adam"), loss=loss)
             hwm.reset()

@@ -396,14 +396,14 @@ def measure_profile(
     if Path(path).exists():
         # Weights the file does not store are refused for what they are (HDF5-SHAPE-BOMB, HDF5-RATIO)
         # before the memory they would take is weighed against the limit.
-        from kmemopt.archive import read_model_file
-        from kmemopt.trust import check_stored
+        from kmemopt.load.archive import read_model_file
+        from kmemopt.load.trust import check_stored
 
         check_stored(read_model_file(path), result.totals.param_bytes)
     check_run_memory(result, batch_sizes or [result.batch_size], max_memory_bytes)
     loss = None
     if Path(path).exists():
-        from kmemopt.archive import read_model_file
+        from kmemopt.load.archive import read_model_file
 
         compile_config = read_model_file(path).compile_config or {}
         loss = compile_config.get("loss")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kmemopt.build import make_optimizer
 from kmemopt.keras_compat.variables import unallocated
+from kmemopt.load.build import make_optimizer
 from kmemopt.profiling.dtypes import nbytes
 
 

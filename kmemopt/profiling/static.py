@@ -1,6 +1,6 @@
 """The static profile: exact parameter, gradient and optimizer bytes; estimated activations and peaks.
 
-Nothing here allocates a weight: the model is built unallocated (kmemopt.build), its graph traced
+Nothing here allocates a weight: the model is built unallocated (kmemopt.load.build), its graph traced
 symbolically (graph.py), the optimizer built over it unallocated (optimizer.py). The numbers that can
 be exact are exact (they equal what Keras counts); activations and peaks follow the memory model
 documented in the README.
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kmemopt.archive import FileComposition, ModelFile
 from kmemopt.errors import UsageError
+from kmemopt.load.archive import FileComposition, ModelFile
 from kmemopt.profiling import graph as g
 from kmemopt.profiling.dtypes import nbytes
 from kmemopt.profiling.internals import layer_internals, runtime_costs

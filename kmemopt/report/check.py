@@ -8,7 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from kmemopt.budgets import format_value, uses_si
+from kmemopt.gate.budgets import format_value, uses_si
 from kmemopt.report.safe import github_data, github_property, markdown, markdown_code, markup, visible
 
 _STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "error": "bold magenta"}

@@ -513,7 +513,7 @@ def precheck_file(model_file, *, custom_objects: bool = False) -> None:
 def check_loadable(model_file, model) -> None:
     """Refuse to load weights the file does not really store, before Keras allocates anything.
 
-    `model` is the architecture built unallocated (kmemopt.build): its variables' bytes are what
+    `model` is the architecture built unallocated (kmemopt.load.build): its variables' bytes are what
     loading would allocate. A file whose HDF5 datasets declare more than they store (a "shape bomb"),
     or whose config asks for more weight bytes than the file holds (Dense(units=2**40) over a small
     weights file), is refused with exit 3.
@@ -525,7 +525,7 @@ def check_loadable(model_file, model) -> None:
 
 def check_stored(model_file, needed: int) -> None:
     """`check_loadable` given the weight bytes the architecture needs (e.g. a profile's param bytes)."""
-    from kmemopt.archive import RULE_HDF5_RATIO
+    from kmemopt.load.archive import RULE_HDF5_RATIO
 
     comp = model_file.composition
     for array in (*model_file.weights, *model_file.optimizer_weights):

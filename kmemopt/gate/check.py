@@ -1,6 +1,6 @@
 """`kmemopt check`: find the config, expand the globs, profile each model once, hold it against its budgets.
 
-The glue between files and the pure budget logic in `kmemopt.budgets`. Models are profiled statically
+The glue between files and the pure budget logic in `kmemopt.gate.budgets`. Models are profiled statically
 (no weight is read, so a check takes seconds) once per (batch size, optimizer, input shapes); parameter
 budgets need no shapes (the unallocated build's weights). A model rejected as unsafe or malformed is
 recorded and the other models are still checked, and the report's exit code is then 3; a budget that
@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kmemopt import budgets as bg
-from kmemopt.budgets import Budget, CheckReport, Config, Metric, Overrides
 from kmemopt.errors import MalformedModelError, UnsafeModelError, UsageError
+from kmemopt.gate import budgets as bg
+from kmemopt.gate.budgets import Budget, CheckReport, Config, Metric, Overrides
 
 CONFIG_NAME = "pyproject.toml"
 _WEIGHT_METRICS = (Metric.params, Metric.param_memory)  # exact from the unallocated build: no shapes needed
@@ -261,7 +261,7 @@ def evaluate_checks(
     or time limit, or a crash) fails, with the reason, rather than passing on a guess.
     """
     from kmemopt.api import open_checked, profile
-    from kmemopt.archive import read_model_file
+    from kmemopt.load.archive import read_model_file
 
     results: list[bg.BudgetResult] = []
     errors: list[bg.ModelError] = []

@@ -1,6 +1,6 @@
 """CI budgets: the config model, baselines and verdicts. Pure: no I/O, no Keras, no rich.
 
-`kmemopt.checking` reads files and profiles models; this module only turns what it is handed
+`kmemopt.gate.check` reads files and profiles models; this module only turns what it is handed
 (a parsed `[tool.kmemopt]` table, flag values, measured numbers, a parsed baseline JSON) into
 typed budgets and results.
 

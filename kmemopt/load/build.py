@@ -10,13 +10,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kmemopt.archive import ModelFile
 from kmemopt.errors import MalformedModelError, UsageError
 from kmemopt.keras_compat.contracts import KERAS_TESTED
 from kmemopt.keras_compat.saving import deserialize_model, keras_room
 from kmemopt.keras_compat.variables import lean_build_available, unallocated
-from kmemopt.model_size import check_model_size
-from kmemopt.trust import Allowlist, build_allowlist, check_config
+from kmemopt.load.archive import ModelFile
+from kmemopt.load.model_size import check_model_size
+from kmemopt.load.trust import Allowlist, build_allowlist, check_config
 
 
 def checked_configs(model_file: ModelFile, allow: Allowlist) -> None:
@@ -57,7 +57,7 @@ def build_from_config(
 ):
     """The model a config describes, built unallocated; refused first if over kmemopt's size limits.
 
-    The limits (`kmemopt.model_size`, rule MODEL-SIZE) are counted from the config before Keras sees it,
+    The limits (`kmemopt.load.model_size`, rule MODEL-SIZE) are counted from the config before Keras sees it,
     and Keras then gets the room they promise: see `keras_room`."""
     from kmemopt._keras import import_keras
 

@@ -870,7 +870,7 @@ def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, raw=Non
 
 def _check_structure(config: Any) -> None:
     """Refuse a model too big in structure (layers, depth, nesting) for Keras to rebuild in seconds."""
-    from kmemopt.model_size import check_model_size
+    from kmemopt.load.model_size import check_model_size
 
     check_model_size(config)
 
