@@ -12,23 +12,7 @@ from typing import Any
 
 from kmemopt.errors import UsageError
 from kmemopt.profiling.dtypes import itemsize
-
-
-@dataclass(frozen=True)
-class Line:
-    """Bytes as a function of the batch size: fixed + per_sample * B."""
-
-    fixed: int = 0
-    per_sample: int = 0
-
-    def at(self, batch_size: int) -> int:
-        return self.fixed + self.per_sample * batch_size
-
-    def __add__(self, other: Line) -> Line:
-        return Line(self.fixed + other.fixed, self.per_sample + other.per_sample)
-
-
-ZERO = Line()
+from kmemopt.profiling.line import ZERO, Line
 
 
 @dataclass
@@ -220,21 +204,21 @@ def inference_peak(graph: Graph, batch_size: int) -> tuple[Line, int]:
     for t in graph.inputs:
         if t not in live:
             live.add(t)
-            fixed, per = fixed + graph.tensors[t].size.fixed, per + graph.tensors[t].size.per_sample
+            fixed, per = fixed + graph.tensors[t].size.fixed_bytes, per + graph.tensors[t].size.per_sample_bytes
     best = Line(fixed, per)
     best_at = -1
     for i, call in enumerate(graph.calls):
         for t in call.outputs:
             if t not in live:
                 live.add(t)
-                fixed, per = fixed + graph.tensors[t].size.fixed, per + graph.tensors[t].size.per_sample
+                fixed, per = fixed + graph.tensors[t].size.fixed_bytes, per + graph.tensors[t].size.per_sample_bytes
         current = Line(fixed, per) + call.transient
         if current.at(batch_size) > best.at(batch_size):
             best, best_at = current, i
         for t in set(call.inputs) | set(call.outputs):
             if last_use.get(t, i) <= i and t in live:
                 live.discard(t)
-                fixed, per = fixed - graph.tensors[t].size.fixed, per - graph.tensors[t].size.per_sample
+                fixed, per = fixed - graph.tensors[t].size.fixed_bytes, per - graph.tensors[t].size.per_sample_bytes
     return best, best_at
 
 
@@ -293,6 +277,6 @@ def backward_transient(graph: Graph, batch_size: int) -> Line:
 def _sum(lines) -> Line:
     fixed = per = 0
     for line in lines:
-        fixed += line.fixed
-        per += line.per_sample
+        fixed += line.fixed_bytes
+        per += line.per_sample_bytes
     return Line(fixed, per)

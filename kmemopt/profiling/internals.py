@@ -8,7 +8,7 @@ These rules are the part of the static model that measurements calibrate (see RE
 from __future__ import annotations
 
 from kmemopt.profiling.dtypes import itemsize
-from kmemopt.profiling.graph import ZERO, Line
+from kmemopt.profiling.line import ZERO, Line
 
 
 def _per_sample(shape, dtype) -> int:
@@ -79,7 +79,7 @@ def layer_internals(layer, in_specs, out_specs) -> tuple[Line, Line]:
     out = Line(0, sum(_per_sample(s.shape, s.dtype) for s in out_specs))
     extra = activation_extra(layer)
     if extra:
-        saved = saved + Line(0, extra * out.per_sample)
+        saved = saved + Line(0, extra * out.per_sample_bytes)
     if type(layer).__name__ in ONEDNN_REORDERING:
         inp = Line(0, sum(_per_sample(s.shape, s.dtype) for s in in_specs))
         transient = transient + inp + out

@@ -16,6 +16,7 @@ from kmemopt.load.archive import FileComposition, ModelFile
 from kmemopt.profiling import graph as g
 from kmemopt.profiling.dtypes import nbytes
 from kmemopt.profiling.internals import layer_internals, runtime_costs
+from kmemopt.profiling.line import ZERO, Line
 from kmemopt.profiling.optimizer import OptimizerState, optimizer_state
 
 SCHEMA_VERSION = 1
@@ -87,20 +88,6 @@ class Totals:
 
 
 @dataclass(frozen=True)
-class BatchLine:
-    """peak(B) = fixed_bytes + B * per_sample_bytes, exact at the profiled batch size."""
-
-    fixed_bytes: int
-    per_sample_bytes: int
-
-    def at(self, batch_size: int) -> int:
-        return self.fixed_bytes + self.per_sample_bytes * batch_size
-
-    def to_dict(self) -> dict[str, int]:
-        return {"fixed_bytes": self.fixed_bytes, "per_sample_bytes": self.per_sample_bytes}
-
-
-@dataclass(frozen=True)
 class BudgetFit:
     budget_bytes: int
     max_inference_batch: int
@@ -140,8 +127,8 @@ class ProfileResult:
     inputs: tuple[InputSpec, ...]
     layers: tuple[LayerProfile, ...]
     totals: Totals
-    inference: BatchLine
-    training: BatchLine
+    inference: Line
+    training: Line
     file: FileComposition | None
     budget: BudgetFit | None
     warnings: tuple[str, ...] = ()
@@ -345,8 +332,8 @@ def profile_model(
                 tbytes += b
                 obytes += opt.per_variable_bytes.get(id(v), 0)
         calls = calls_by_layer.get(id(layer), [])
-        out_line = g.ZERO
-        act_line = g.ZERO  # what training keeps of this layer's calls: kept outputs + internal saves
+        out_line = ZERO
+        act_line = ZERO  # what training keeps of this layer's calls: kept outputs + internal saves
         shapes = []
         for call in calls:
             for t in call.outputs:
@@ -378,7 +365,7 @@ def profile_model(
                 compute_dtype=getattr(policy, "compute_dtype", None),
                 output_bytes=out_line.at(batch_size),
                 activation_bytes=act_line.at(batch_size),
-                activation_bytes_per_sample=act_line.per_sample,
+                activation_bytes_per_sample=act_line.per_sample_bytes,
                 gradient_bytes=tbytes,
                 optimizer_bytes=obytes,
             )
@@ -404,7 +391,7 @@ def profile_model(
                     compute_dtype=tensor.dtype,
                     output_bytes=tensor.size.at(batch_size),
                     activation_bytes=tensor.size.at(batch_size),
-                    activation_bytes_per_sample=tensor.size.per_sample,
+                    activation_bytes_per_sample=tensor.size.per_sample_bytes,
                     gradient_bytes=0,
                     optimizer_bytes=0,
                 ),
@@ -437,11 +424,13 @@ def profile_model(
     costs = runtime_costs(graph, param_bytes)
     run_inf = costs["loader_residue"] + costs["inference_graph"] + costs["input_copy"]
     run_train = costs["loader_residue"] + costs["training_graph"] + costs["input_copy"]
-    inference = BatchLine(param_bytes + act_peak.fixed + run_inf.fixed, act_peak.per_sample + run_inf.per_sample)
+    inference = Line(
+        param_bytes + act_peak.fixed_bytes + run_inf.fixed_bytes, act_peak.per_sample_bytes + run_inf.per_sample_bytes
+    )
     fixed_train = param_bytes + gradient_bytes + opt.total_bytes
-    training = BatchLine(
-        fixed_train + saved.fixed + back.fixed + run_train.fixed,
-        saved.per_sample + back.per_sample + run_train.per_sample,
+    training = Line(
+        fixed_train + saved.fixed_bytes + back.fixed_bytes + run_train.fixed_bytes,
+        saved.per_sample_bytes + back.per_sample_bytes + run_train.per_sample_bytes,
     )
 
     totals = Totals(
