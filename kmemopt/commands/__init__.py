@@ -1,1 +1,2 @@
-"""CLI commands that live in their own modules; each has register(app), called from kmemopt.cli."""
+"""One module a command, each with a `command(...)` function that `kmemopt.cli` registers; what they
+share (the error-to-exit-code mapping, output, progress, common options) is in `_common`."""

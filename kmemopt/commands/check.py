@@ -8,6 +8,18 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from kmemopt.commands._common import (
+    CustomObjectsOpt,
+    OptimizerOpt,
+    OutputOpt,
+    SeqLenOpt,
+    emit,
+    guarded,
+    parse_input_shapes,
+    progress,
+    stderr_console,
+)
+
 
 class CheckFormat(str, Enum):
     table = "table"
@@ -30,7 +42,8 @@ def _budget_option(metric: str, example: str) -> Any:
     )
 
 
-def check(
+def command(
+    ctx: typer.Context,
     paths: Annotated[
         Optional[list[str]],
         typer.Argument(
@@ -52,13 +65,8 @@ def check(
             "--batch-size", "-b", min=1, help="Batch size for memory budgets (default: the config's, else 32)."
         ),
     ] = None,
-    optimizer: Annotated[
-        Optional[str],
-        typer.Option("--optimizer", help="Optimizer for training memory (default: the file's, else adam)."),
-    ] = None,
-    seq_len: Annotated[
-        Optional[int], typer.Option("--seq-len", min=1, help="Fill every unknown non-batch input dimension.")
-    ] = None,
+    optimizer: OptimizerOpt = None,
+    seq_len: SeqLenOpt = None,
     input_shape: Annotated[
         Optional[list[str]],
         typer.Option("--input-shape", help="NAME=D1,D2: fill an input's unknown dimensions. Repeatable."),
@@ -93,11 +101,9 @@ def check(
             "--measure", help="Use memory measured in a child process (docs/measure.md) instead of the static estimate."
         ),
     ] = False,
-    custom_objects: Annotated[
-        Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
-    ] = None,
+    custom_objects: CustomObjectsOpt = None,
     fmt: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.table,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to this file.")] = None,
+    output: OutputOpt = None,
     exit_zero: Annotated[
         bool, typer.Option("--exit-zero", help="Exit 0 even when a budget fails (report only).")
     ] = False,
@@ -110,13 +116,11 @@ def check(
 
     Exit codes: 0 all budgets pass, 1 an error-level budget fails, 2 usage or config error (or a memory budget on a model that needs --seq-len; the others are still checked), 3 a model was rejected as unsafe or malformed (the other models are still checked), 4 internal error.
     """
-    from kmemopt import cli
-
-    with cli.guarded():
+    with guarded(ctx):
         from kmemopt.gate.check import check as run_check
 
-        shapes = cli.parse_input_shapes(input_shape)
-        with cli.progress("Checking ...") as update:
+        shapes = parse_input_shapes(input_shape)
+        with progress("Checking ...") as update:
             report = run_check(
                 paths or (),
                 config=config,
@@ -136,33 +140,22 @@ def check(
                 measure=measure,
                 on_model=lambda name: update(f"Checking {name} ..."),
             )
-        data = report.to_dict()
-        from kmemopt.report import render_to_text, to_json
+        report_dict = report.to_dict()
+        from kmemopt.report import render_error, to_json
         from kmemopt.report.check import check_github, check_junit, check_markdown, render_check
 
-        if fmt is CheckFormat.json:
-            cli.write_output(to_json(data), output)
-        elif fmt is CheckFormat.markdown:
-            cli.write_output(check_markdown(data), output)
-        elif fmt is CheckFormat.github:
-            cli.write_output(check_github(data), output)
-        elif fmt is CheckFormat.junit:
-            cli.write_output(check_junit(data), output)
-        elif output is not None:
-            cli.write_output(render_to_text(lambda c: render_check(data, c)), output)
-        else:
-            render_check(data, cli._stdout_console())
-        if report.errors:
-            from kmemopt.report import render_error
-
-            console = cli._stderr_console()
-            for err in report.errors:
-                rule = f"[{err.rule}] " if err.rule else ""
-                render_error(console, f"{err.model} was not checked: {rule}{err.message}")
+        text_formats = {
+            CheckFormat.json: to_json,
+            CheckFormat.markdown: check_markdown,
+            CheckFormat.github: check_github,
+            CheckFormat.junit: check_junit,
+        }
+        text = text_formats[fmt](report_dict) if fmt in text_formats else None
+        emit(output, lambda console: render_check(report_dict, console), text)
+        console = stderr_console()
+        for err in report.errors:
+            rule = f"[{err.rule}] " if err.rule else ""
+            render_error(console, f"{err.model} was not checked: {rule}{err.message}")
         code = report.exit_code(exit_zero=exit_zero)
         if code:
             raise typer.Exit(code)
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="check")(check)

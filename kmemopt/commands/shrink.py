@@ -8,6 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from kmemopt.commands._common import (
+    CustomObjectsOpt,
+    Format,
+    ModelArg,
+    emit,
+    guarded,
+    parse_input_shapes,
+    progress,
+)
+
 
 class QuantizeChoice(str, Enum):
     int8 = "int8"
@@ -21,18 +31,13 @@ class MixedChoice(str, Enum):
     bfloat16 = "bfloat16"
 
 
-class ShrinkFormat(str, Enum):
-    table = "table"
-    json = "json"
-    markdown = "markdown"
-
-
 PASSES = "Passes (applied in this order)"
 FIDELITY = "Fidelity"
 
 
-def shrink(
-    model: Annotated[Path, typer.Argument(help="A .keras or legacy .h5 model file.", show_default=False)],
+def command(
+    ctx: typer.Context,
+    model: ModelArg,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Output .keras file (default: <stem>.slim.keras beside the input)."),
@@ -146,9 +151,7 @@ def shrink(
         Optional[list[str]],
         typer.Option("--input-shape", help="NAME=D1,D2: an input's dimensions after the batch. Repeatable."),
     ] = None,
-    custom_objects: Annotated[
-        Optional[Path], typer.Option("--custom-objects", help="A Python file with your own trusted layers (it is run).")
-    ] = None,
+    custom_objects: CustomObjectsOpt = None,
     max_memory: Annotated[
         Optional[str],
         typer.Option(
@@ -160,7 +163,7 @@ def shrink(
     timeout: Annotated[
         float, typer.Option("--timeout", min=1, help="Seconds the fresh-process reload check may run.")
     ] = 900,
-    fmt: Annotated[ShrinkFormat, typer.Option("--format", "-f", help="Report format.")] = ShrinkFormat.table,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Report format.")] = Format.table,
     report: Annotated[
         Optional[Path], typer.Option("--report", help="Write the report to this file instead of stdout.")
     ] = None,
@@ -172,26 +175,22 @@ def shrink(
 
     Example: kmemopt shrink model.keras --quantize int8 --data test.npz --min-agreement 99%
     """
-    from kmemopt.cli import _stdout_console, guarded, parse_input_shapes, progress, write_output
-
-    with guarded():
+    with guarded(ctx):
         from kmemopt.errors import GateFailed
         from kmemopt.passes.pipeline import shrink as run_shrink
-        from kmemopt.report import render_to_text, to_json
+        from kmemopt.report import to_json
         from kmemopt.report.shrink import render_shrink, shrink_markdown
         from kmemopt.units import parse_percent
-
-        def emit(data):
-            if fmt is ShrinkFormat.json:
-                write_output(to_json(data), report)
-            elif fmt is ShrinkFormat.markdown:
-                write_output(shrink_markdown(data), report)
-            elif report is not None:
-                write_output(render_to_text(lambda c: render_shrink(data, c, all_layers=all_layers)), report)
-            else:
-                render_shrink(data, _stdout_console(), all_layers=all_layers)
-
         from kmemopt.write.fileio import refuse_same_file
+
+        def render(result) -> None:
+            data = result.to_dict()
+            text = None
+            if fmt is Format.json:
+                text = to_json(data)
+            elif fmt is Format.markdown:
+                text = shrink_markdown(data)
+            emit(report, lambda console: render_shrink(data, console, all_layers=all_layers), text)
 
         refuse_same_file(report, model, "report")
         refuse_same_file(report, out, "report")
@@ -225,10 +224,6 @@ def shrink(
                 )
             except GateFailed as exc:
                 if exc.result is not None:
-                    emit(exc.result.to_dict())
+                    render(exc.result)
                 raise
-        emit(result.to_dict())
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(shrink)
+        render(result)
