@@ -44,6 +44,39 @@ def is_container(obj: Any) -> bool:
     return is_functional(obj) or is_sequential(obj)
 
 
+def model_leaves(model: Any) -> Iterator[tuple[str, Any]]:
+    """(path, layer) for every layer of `model`'s own graph, nested functional and Sequential models
+    expanded (paths like `encoder/dense`), their InputLayers left out, in order. This is how the
+    profile and the measuring child name layers.
+
+    Iterative (a stack of layer iterators), so deep nesting costs no Python recursion."""
+    InputLayer = input_layer_class()
+    stack = [(iter(model.layers), "", model)]
+    while stack:
+        layers, prefix, owner = stack[-1]
+        layer = next(layers, None)
+        if layer is None:
+            stack.pop()
+        elif is_container(layer) and layer is not owner:
+            stack.append((iter(layer.layers), prefix + layer.name + "/", layer))
+        elif isinstance(layer, InputLayer) and len(stack) > 1:
+            continue
+        else:
+            yield prefix + layer.name, layer
+
+
+def tracked_leaves(model: Any, *, weighted: bool = False) -> list[tuple[str, Any]]:
+    """(path, layer) for every layer Keras tracks under `model` that has no sublayers (with `weighted`,
+    only those holding weights). Unlike `model_leaves` this also sees layers a subclassed layer or
+    model holds in attributes (a keras-hub backbone's blocks), so it serves models whose config does
+    not list their layers; paths are Keras's `layer.path` where it has one."""
+    return [
+        (getattr(layer, "path", None) or layer.name, layer)
+        for layer in flatten_layers(model, include_self=False)
+        if (not weighted or layer.weights) and not list(flatten_layers(layer, include_self=False))
+    ]
+
+
 def input_layer_class() -> type:
     import keras
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from kmemopt.keras_compat.layers import tracked_leaves
 from kmemopt.passes.base import Action, Pass, PassResult, Reason, ShrinkOptions
-from kmemopt.passes.rewrite import leaf_layers, quantized_in_input
+from kmemopt.passes.rewrite import quantized_in_input
 
 
 def is_kernel(name: str) -> bool:
@@ -70,7 +71,7 @@ class Prune(Pass):
     def _prepare_in_place(self, ctx, result: PassResult, sparsity: float) -> None:
         """A model whose config lists no layers is pruned in place (its layers cannot be rebuilt), when
         shrink loaded it itself."""
-        leaves = leaf_layers(ctx.model)
+        leaves = tracked_leaves(ctx.model, weighted=True)
         weighted = [layer for _, layer in leaves if any(is_kernel(v.name) and len(v.shape) >= 2 for v in layer.weights)]
         spared = set() if ctx.options.prune_first_last or len(weighted) < 3 else {id(weighted[0]), id(weighted[-1])}
         for path, layer in leaves:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 
+from kmemopt.keras_compat.layers import tracked_leaves
 from kmemopt.passes.base import Action, Pass, PassResult, QuantizeMode, Reason, ShrinkOptions
 from kmemopt.passes.rewrite import (
     float_weights,
     is_normalization,
     keras_quantizable,
-    leaf_layers,
     quantizable_sublayers,
     quantized_in_input,
 )
@@ -125,7 +125,7 @@ class Quantize(Pass):
         rebuilt layer by layer; Keras's own `model.quantize` still works on it, in place, for int8/int4."""
         keras, mode = ctx.keras, ctx.options.quantize
         in_place = mode in (QuantizeMode.int8, QuantizeMode.int4) and ctx.release_source
-        for path, layer in leaf_layers(ctx.model):
+        for path, layer in tracked_leaves(ctx.model, weighted=True):
             reason = ctx.options.skipped(path)
             if reason is None and quantized_in_input(layer):
                 reason = Reason.ALREADY_QUANTIZED

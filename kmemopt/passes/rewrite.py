@@ -113,16 +113,6 @@ def quantized_in_input(layer) -> bool:
     return False
 
 
-def leaf_layers(model) -> list[tuple[str, Any]]:
-    """(path, layer) for every layer with weights and no sublayers, found by walking the model itself:
-    for models whose config does not list their layers (no slots)."""
-    return [
-        (getattr(layer, "path", None) or layer.name, layer)
-        for layer in flatten_layers(model, include_self=False)
-        if layer.weights and not list(flatten_layers(layer, include_self=False))
-    ]
-
-
 def float_weights(layer) -> list[Any]:
     return [v for v in layer.weights if "float" in str(v.dtype)]
 

@@ -411,18 +411,9 @@ def _record_layers(model, x) -> dict[str, int]:
     sizes: dict[str, int] = {}
     patched = []
 
-    from kmemopt.keras_compat.layers import input_layer_class
+    from kmemopt.keras_compat.layers import input_layer_class, model_leaves
 
     InputLayer = input_layer_class()
-
-    from kmemopt.profiling.graph import _is_functional, _is_sequential
-
-    def walk(m, prefix):
-        for layer in m.layers:
-            if _is_functional(layer) or _is_sequential(layer):
-                walk(layer, prefix + layer.name + "/")
-            elif not isinstance(layer, InputLayer):
-                yield_leaf(layer, prefix + layer.name)
 
     def yield_leaf(layer, path):
         original = layer.call
@@ -445,7 +436,9 @@ def _record_layers(model, x) -> dict[str, int]:
         layer.call = call
         patched.append(layer)
 
-    walk(model, "")
+    for path, layer in model_leaves(model):
+        if not isinstance(layer, InputLayer):
+            yield_leaf(layer, path)
     try:
         model(x, training=False)
     finally:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kmemopt.errors import UsageError
+from kmemopt.keras_compat.layers import is_container, is_functional, is_sequential
 from kmemopt.profiling.dtypes import itemsize
 from kmemopt.profiling.line import ZERO, Line
 
@@ -67,18 +68,6 @@ def tensor_line(shape, dtype, where: str) -> Line:
     return Line(0, b) if batched else Line(b, 0)
 
 
-def _is_functional(op) -> bool:
-    from kmemopt.keras_compat.layers import is_functional
-
-    return is_functional(op)
-
-
-def _is_sequential(op) -> bool:
-    from kmemopt.keras_compat.layers import is_sequential
-
-    return is_sequential(op)
-
-
 class Tracer:
     """Walks a built model's graph symbolically; no tensor is ever allocated."""
 
@@ -106,11 +95,11 @@ class Tracer:
         return self.graph
 
     def _trace_model(self, model, in_ids, in_specs, prefix):
-        if _is_sequential(model) and getattr(model, "_functional", None) is not None:
+        if is_sequential(model) and getattr(model, "_functional", None) is not None:
             return self._trace_functional(model._functional, in_ids, in_specs, prefix)
-        if _is_functional(model):
+        if is_functional(model):
             return self._trace_functional(model, in_ids, in_specs, prefix)
-        if _is_sequential(model):
+        if is_sequential(model):
             ids, specs = in_ids, in_specs
             for layer in model.layers:
                 ids, specs = self._leaf(layer, ids, specs, (specs[0] if len(specs) == 1 else specs,), {}, None, prefix)
@@ -140,7 +129,7 @@ class Tracer:
                 op = node.operation
                 ids = [td_id[id(x)] for x in node.input_tensors]
                 specs = [td_spec[id(x)] for x in node.input_tensors]
-                if _is_functional(op) or _is_sequential(op):
+                if is_container(op):
                     out_ids, out_specs = self._trace_model(op, ids, specs, prefix + op.name + "/")
                 else:
                     if self.recompute:

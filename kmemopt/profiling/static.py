@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kmemopt.errors import UsageError
+from kmemopt.keras_compat.layers import model_leaves
 from kmemopt.load.archive import FileComposition, ModelFile
 from kmemopt.profiling import graph as g
 from kmemopt.profiling.dtypes import nbytes
@@ -153,7 +154,14 @@ class ProfileResult:
             "warnings": list(self.warnings),
             "estimate": self.estimate,
             "measured": self.measured.to_dict() if hasattr(self.measured, "to_dict") else self.measured,
+            "timeline": _timeline(self),
         }
+
+
+def _timeline(result: ProfileResult) -> dict[str, Any] | None:
+    from kmemopt.profiling.timeline import timeline_dict  # the training step, step by step (HTML report)
+
+    return timeline_dict(result)
 
 
 def _version() -> str:
@@ -163,28 +171,6 @@ def _version() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _walk_layers(model):
-    """(path, layer) for every leaf layer, nested functional/sequential models expanded, in order.
-
-    Iterative (a stack of layer iterators), so deep nesting costs no Python recursion."""
-    from kmemopt.keras_compat.layers import input_layer_class
-
-    InputLayer = input_layer_class()
-
-    stack = [(iter(model.layers), "", model)]
-    while stack:
-        layers, prefix, owner = stack[-1]
-        layer = next(layers, None)
-        if layer is None:
-            stack.pop()
-        elif (g._is_functional(layer) or g._is_sequential(layer)) and layer is not owner:
-            stack.append((iter(layer.layers), prefix + layer.name + "/", layer))
-        elif isinstance(layer, InputLayer) and len(stack) > 1:
-            continue
-        else:
-            yield prefix + layer.name, layer
 
 
 def _input_specs(model, input_shapes: dict[str, tuple[int, ...]] | None, seq_len: int | None):
@@ -304,7 +290,7 @@ def profile_model(
     seen_vars: set[int] = set()
     kept = g.kept_tensors(graph)
     rows: list[LayerProfile] = []
-    walked = list(_walk_layers(model))
+    walked = list(model_leaves(model))
     walked_ids = {id(layer) for _, layer in walked}
     # Operations called directly in a functional graph (keras.ops.add(x, y)) are graph nodes
     # without being layers of the model: they get rows too, so every tensor belongs to a row.
