@@ -238,10 +238,6 @@ def problems(name: str) -> list[str]:
     return CONTRACTS[name].problems()
 
 
-def holds(name: str) -> bool:
-    return not problems(name)
-
-
 def _installed_keras() -> str:
     try:
         import keras

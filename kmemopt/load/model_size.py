@@ -79,7 +79,7 @@ def model_size(config: Any) -> ModelSize:
                 max(1, len(e["inbound_nodes"]) if isinstance(e.get("inbound_nodes"), list) else 1) for e in entries
             )
             nesting = max(nesting, level)
-            depth = max(depth, _graph_depth(node, entries))
+            depth = max(depth, _graph_depth(entries))
             level += 1
         stack.extend((v, level) for v in node.values() if isinstance(v, (dict, list)))
     return ModelSize(layers=layers, calls=calls, graph_depth=depth, nesting=nesting)
@@ -119,7 +119,7 @@ def _entry_name(entry: dict) -> Any:
     return name if isinstance(name, str) else None
 
 
-def _graph_depth(container: dict, entries: list[dict]) -> int:
+def _graph_depth(entries: list[dict]) -> int:
     """Layer calls on the longest path of one model's graph, as Keras will walk it."""
     if not any(isinstance(e.get("inbound_nodes"), list) and e["inbound_nodes"] for e in entries):
         # A Sequential: Keras builds one chain of all its layers.

@@ -38,7 +38,6 @@ NORMALIZATION_CLASS_NAMES = (
     "SpectralNormalization",
     "Normalization",
 )
-KERAS_QUANTIZABLE_NAMES = ("Dense", "EinsumDense", "Embedding", "ReversibleEmbedding")
 
 
 @dataclass
