@@ -6,7 +6,7 @@ KMEMOPT := $(VENV)/bin/kmemopt
 SUITE ?= all
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint typecheck format bench samples clean
+.PHONY: install browser demo test test-fast lint typecheck format bench samples clean
 
 install: $(VENV)/.installed
 
@@ -16,13 +16,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The HTML report tests drive Debian's Chromium through playwright (which downloads no browser of its own).
+# Installed here when missing and apt-get can (root); elsewhere those tests skip, except in CI (CI=true).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no Chromium (apt-get install chromium): the browser tests of the HTML report will skip"; fi
+
 demo: install
 	$(KMEMOPT) profile sample_models/digits_cnn.keras --batch-size 64 --budget 512MiB
 
-test: install
+test: install browser
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install browser
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: install
