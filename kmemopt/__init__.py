@@ -11,12 +11,15 @@ Example:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from kmemopt.gate.budgets import CheckReport
+    from kmemopt.passes.pipeline import ShrinkResult
     from kmemopt.profiling.static import ProfileResult
 
 __all__ = ["__version__", "check", "load_model", "profile", "shrink"]
@@ -125,22 +128,89 @@ def check(
     )
 
 
-def shrink(path_or_model: Any, out: Any = None, **options: Any):
+def shrink(
+    path_or_model: Any,
+    out: str | os.PathLike | None = None,
+    *,
+    quantize: str | None = None,
+    allow_custom_layers: bool = False,
+    prune: float | str | None = None,
+    prune_first_last: bool = False,
+    compress: bool = False,
+    mixed_precision: str | None = None,
+    skip: str | None = None,
+    keep_optimizer: bool = False,
+    data: str | os.PathLike | None = None,
+    samples: int | None = None,
+    min_agreement: float | str | None = None,
+    max_accuracy_drop: float | str | None = None,
+    explain: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    batch_size: int = 32,
+    optimizer: Any = None,
+    custom_objects: dict[str, Any] | str | os.PathLike | None = None,
+    seq_len: int | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    max_memory: int | str | None = None,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ShrinkResult:
     """Write a slimmer copy of a model (default `<stem>.slim.keras` beside it) and report on it.
 
-    Options mirror `kmemopt shrink` (quantize="int8", allow_custom_layers=True, prune=0.5,
-    compress=True, mixed_precision="float16", skip="regex", keep_optimizer=True, data="x.npz",
-    min_agreement=0.99, max_accuracy_drop=0.01, explain=True, dry_run=True, force=True, ...).
+    `path_or_model` is a `.keras`/`.h5` file or an in-memory `keras.Model` (then `out` is required,
+    unless `dry_run`). The arguments are `kmemopt shrink`'s options:
+
+    - passes, in the order they apply: `keep_optimizer` (saved optimizer state is dropped unless
+      True), `prune` (a sparsity, 0.5 or "50%"; implies `compress`) with `prune_first_last`,
+      `quantize` ("int8", "int4", "float16", "bfloat16"), `allow_custom_layers` (int8 convolutions
+      with kmemopt's own layers), `mixed_precision` ("float16", "bfloat16"), `compress` (deflate),
+      `skip` (a regex of layer paths left alone by every pass);
+    - fidelity: `data` (.npy, or .npz keyed by input name or x, labels under y; default synthetic
+      inputs), `samples` (at most this many), the gates `min_agreement` (top-1 agreement, 0.99 or
+      "99%") and `max_accuracy_drop` (needs labels), `explain` (one layer at a time);
+    - output and run: `dry_run` (report only, write nothing), `force` (overwrite an existing output,
+      never the input), `batch_size`, `optimizer`, `seq_len` and `input_shapes` for the peaks in the
+      report, `custom_objects` (a dict, or a Python file of trusted layers), `max_memory` (bytes or
+      "8GiB" that running the model may take; default half the physical memory), `timeout` (seconds
+      the fresh-process reload check may run), `progress` (called with one line as each step starts).
+
     Returns a `ShrinkResult` (`to_dict()` is the documented JSON); a failed fidelity gate raises
-    `kmemopt.errors.GateFailed` (its `.result` holds the report) and writes nothing.
+    `kmemopt.errors.GateFailed` (its `.result` holds the report) and writes nothing; a bad option
+    raises `kmemopt.errors.UsageError` before anything is read.
 
     Example:
         >>> r = kmemopt.shrink("sample_models/digits_mlp.keras", "mlp.slim.keras", quantize="int8")
         >>> r.after.file_bytes / r.before.file_bytes
     """
+    from kmemopt.passes.pipeline import make_request
     from kmemopt.passes.pipeline import shrink as _shrink
 
-    return _shrink(path_or_model, out, **options)
+    request = make_request(
+        quantize=quantize,
+        allow_custom_layers=allow_custom_layers,
+        prune=prune,
+        prune_first_last=prune_first_last,
+        compress=compress,
+        mixed_precision=mixed_precision,
+        skip=skip,
+        keep_optimizer=keep_optimizer,
+        data=data,
+        samples=samples,
+        min_agreement=min_agreement,
+        max_accuracy_drop=max_accuracy_drop,
+        explain=explain,
+        dry_run=dry_run,
+        force=force,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        custom_objects=custom_objects,
+        seq_len=seq_len,
+        input_shapes=input_shapes,
+        max_memory=max_memory,
+        timeout=timeout,
+    )
+    return _shrink(path_or_model, out, request, progress=progress)
 
 
 # Files written with --allow-custom-layers name kmemopt's layers: register them with Keras as soon as

@@ -83,11 +83,11 @@ def test_ctrl_c_while_writing_leaves_nothing(cli, folder, monkeypatch):
 
 
 def test_killed_reload_process_leaves_nothing(cli, folder, monkeypatch):
-    import sys
-
     from kmemopt import sandbox
 
-    killed = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    # The reload child only: the metadata reader runs through the same sandbox and must still work.
+    kill = "import os, signal, sys\nif 'reload_in_child' in sys.argv[1]: os.kill(os.getpid(), signal.SIGKILL)\n"
+    killed = (*sandbox.CHILD_COMMAND[:-1], kill + sandbox.CHILD_COMMAND[-1])
     monkeypatch.setattr(sandbox, "CHILD_COMMAND", killed)
     result = cli("shrink", folder / "mlp.keras", "--samples", "4")
     assert result.exit_code == 4
@@ -120,3 +120,70 @@ def test_markdown_and_table_reports(cli, folder):
     assert "| File |" in result.stdout and "### Passes" in result.stdout
     result = cli("shrink", src, "--dry-run", "-q", "int8")
     assert result.exit_code == 0 and "Dry run: nothing was written." in result.stdout
+
+
+def test_the_cli_and_the_library_build_the_same_request(cli, folder, monkeypatch):
+    """The CLI parses its options into one ShrinkRequest, the one `kmemopt.shrink` builds from the same
+    values, and the pipeline receives it unchanged."""
+    import inspect
+
+    import kmemopt
+    from kmemopt.errors import UsageError
+    from kmemopt.passes import pipeline
+    from kmemopt.passes.base import MixedPrecision, QuantizeMode
+
+    received = []
+
+    def fake_shrink(path_or_model, out=None, request=pipeline.ShrinkRequest(), *, progress=None):
+        received.append((path_or_model, out, request))
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(pipeline, "shrink", fake_shrink)
+    args = ["--quantize", "int8", "--prune", "50%", "--mixed-precision", "bfloat16", "--keep-optimizer"]
+    args += ["--min-agreement", "99%", "--max-accuracy-drop", "0.01", "--samples", "5", "-b", "4"]
+    args += ["--input-shape", "x=3", "--max-memory", "1GiB", "--timeout", "60", "--skip", "^dense"]
+    assert cli("shrink", folder / "mlp.keras", "-o", folder / "out.keras", *args).exit_code == 2
+    kwargs = dict(
+        quantize="int8",
+        prune="50%",
+        mixed_precision="bfloat16",
+        keep_optimizer=True,
+        min_agreement="99%",
+        max_accuracy_drop=0.01,
+        samples=5,
+        batch_size=4,
+        input_shapes={"x": (3,)},
+        max_memory="1GiB",
+        timeout=60,
+        skip="^dense",
+    )
+    with pytest.raises(UsageError, match="stop here"):
+        kmemopt.shrink(folder / "mlp.keras", folder / "out.keras", **kwargs)
+    (_, _, from_cli), (_, _, from_api) = received
+    assert from_cli == from_api
+    assert from_cli.passes.quantize is QuantizeMode.int8 and from_cli.passes.prune == 0.5
+    assert from_cli.passes.mixed_precision is MixedPrecision.bfloat16 and not from_cli.passes.strip_optimizer
+    assert (from_cli.min_agreement, from_cli.max_accuracy_drop) == (0.99, 0.01)
+    assert (from_cli.max_memory_bytes, from_cli.timeout, from_cli.batch_size) == (2**30, 60, 4)
+    # kmemopt.shrink's keywords are exactly make_request's, plus the progress callback.
+    public = set(inspect.signature(kmemopt.shrink).parameters) - {"path_or_model", "out", "progress"}
+    assert public == set(inspect.signature(pipeline.make_request).parameters)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"samples": 0}, "--samples must be at least 1"),
+        ({"timeout": 0}, "--timeout must be a positive"),
+        ({"max_memory": 0}, "--max-memory must be a positive size"),
+        ({"min_agreement": "lots"}, "as a percentage"),
+        ({"quantize": "int3"}, "--quantize takes"),
+    ],
+)
+def test_a_bad_request_is_refused_before_anything_is_read(tmp_path, kwargs, message):
+    import kmemopt
+    from kmemopt.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        kmemopt.shrink(tmp_path / "missing.keras", **kwargs)

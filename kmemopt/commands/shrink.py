@@ -177,10 +177,10 @@ def command(
     """
     with guarded(ctx):
         from kmemopt.errors import GateFailed
+        from kmemopt.passes.pipeline import make_request
         from kmemopt.passes.pipeline import shrink as run_shrink
         from kmemopt.report import to_json
         from kmemopt.report.shrink import render_shrink, shrink_markdown
-        from kmemopt.units import parse_percent
         from kmemopt.write.fileio import refuse_same_file
 
         def render(result) -> None:
@@ -192,36 +192,34 @@ def command(
                 text = shrink_markdown(data)
             emit(report, lambda console: render_shrink(data, console, all_layers=all_layers), text)
 
+        request = make_request(
+            quantize=quantize,
+            allow_custom_layers=allow_custom_layers,
+            prune=prune,
+            prune_first_last=prune_first_last,
+            compress=compress,
+            mixed_precision=mixed_precision,
+            skip=skip,
+            keep_optimizer=keep_optimizer,
+            data=data,
+            samples=samples,
+            min_agreement=min_agreement,
+            max_accuracy_drop=max_accuracy_drop,
+            explain=explain,
+            dry_run=dry_run,
+            force=force,
+            batch_size=batch_size,
+            custom_objects=custom_objects,
+            seq_len=seq_len,
+            input_shapes=parse_input_shapes(input_shape),
+            max_memory=max_memory,
+            timeout=timeout,
+        )
         refuse_same_file(report, model, "report")
         refuse_same_file(report, out, "report")
         with progress("Shrinking ...") as update:
             try:
-                result = run_shrink(
-                    model,
-                    out,
-                    quantize=quantize,
-                    allow_custom_layers=allow_custom_layers,
-                    prune=prune,
-                    prune_first_last=prune_first_last,
-                    compress=compress,
-                    mixed_precision=mixed_precision,
-                    skip=skip,
-                    keep_optimizer=keep_optimizer,
-                    data=data,
-                    samples=samples,
-                    min_agreement=parse_percent(min_agreement) if min_agreement is not None else None,
-                    max_accuracy_drop=parse_percent(max_accuracy_drop) if max_accuracy_drop is not None else None,
-                    explain=explain,
-                    dry_run=dry_run,
-                    force=force,
-                    batch_size=batch_size,
-                    custom_objects=custom_objects,
-                    seq_len=seq_len,
-                    input_shapes=parse_input_shapes(input_shape) or None,
-                    progress=update,
-                    max_memory=max_memory,
-                    timeout=timeout,
-                )
+                result = run_shrink(model, out, request, progress=update)
             except GateFailed as exc:
                 if exc.result is not None:
                     render(exc.result)

@@ -14,7 +14,7 @@ import os
 import re
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,104 @@ def make_options(
         compress=compress,
         mixed_precision=mp,
         skip=skip,
+    )
+
+
+@dataclass(frozen=True)
+class ShrinkRequest:
+    """Everything one shrink is asked to do, checked once (`make_request`, called by the CLI and by
+    `kmemopt.shrink`) and passed unchanged to the pipeline. Defaults: strip the optimizer, nothing else.
+    """
+
+    passes: ShrinkOptions = ShrinkOptions()
+    data: Path | None = None  # .npy/.npz inputs for the fidelity check; None: synthetic inputs
+    samples: int | None = None  # at most this many samples (synthetic default: fidelity.DEFAULT_SYNTHETIC_SAMPLES)
+    min_agreement: float | None = None  # gate: top-1 agreement at least this (a fraction)
+    max_accuracy_drop: float | None = None  # gate: accuracy may drop at most this (a fraction; needs labels)
+    explain: bool = False  # quantize (or prune) one layer at a time to find the layers that hurt most
+    dry_run: bool = False
+    force: bool = False  # overwrite an existing output (never the input)
+    batch_size: int = 32  # for the peaks in the report
+    optimizer: Any = None  # for the training peak (default: the file's, else adam)
+    custom_objects: dict[str, Any] | str | os.PathLike | None = None
+    seq_len: int | None = None
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    max_memory_bytes: int | None = None  # what running the model may take; None: `sandbox.default_max_memory()`
+    timeout: float | None = None  # seconds the reload check's child may run; None: its default
+
+
+def _fraction(value: float | str | None) -> float | None:
+    """A gate threshold: a fraction, or a percentage such as "99%"."""
+    if value is None:
+        return None
+    from kmemopt.units import parse_percent
+
+    return parse_percent(value) if isinstance(value, str) else float(value)
+
+
+def make_request(
+    *,
+    quantize: str | None = None,
+    allow_custom_layers: bool = False,
+    prune: float | str | None = None,
+    prune_first_last: bool = False,
+    compress: bool = False,
+    mixed_precision: str | None = None,
+    skip: str | None = None,
+    keep_optimizer: bool = False,
+    data: str | os.PathLike | None = None,
+    samples: int | None = None,
+    min_agreement: float | str | None = None,
+    max_accuracy_drop: float | str | None = None,
+    explain: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    batch_size: int = 32,
+    optimizer: Any = None,
+    custom_objects: dict[str, Any] | str | os.PathLike | None = None,
+    seq_len: int | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    max_memory: int | str | None = None,
+    timeout: float | None = None,
+) -> ShrinkRequest:
+    """A checked `ShrinkRequest` from the values `kmemopt shrink` takes (see `kmemopt.shrink`); a value
+    out of range raises `UsageError` (exit 2) before anything is read."""
+    from kmemopt import sandbox
+
+    gates = _fraction(min_agreement), _fraction(max_accuracy_drop)
+    passes = make_options(
+        quantize=quantize,
+        allow_custom_layers=allow_custom_layers,
+        prune=prune,
+        prune_first_last=prune_first_last,
+        compress=compress,
+        mixed_precision=mixed_precision,
+        skip=skip,
+        keep_optimizer=keep_optimizer,
+    )
+    if batch_size < 1:
+        raise UsageError(f"The batch size must be at least 1. Received: batch_size={batch_size}.")
+    if samples is not None and samples < 1:
+        raise UsageError(f"--samples must be at least 1. Received: {samples}.")
+    max_memory_bytes = sandbox.resolve_max_memory(max_memory) if max_memory is not None else None
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be a positive number of seconds. Received: {timeout!r}.")
+    return ShrinkRequest(
+        passes=passes,
+        data=Path(data) if data is not None else None,
+        samples=samples,
+        min_agreement=gates[0],
+        max_accuracy_drop=gates[1],
+        explain=explain,
+        dry_run=dry_run,
+        force=force,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        custom_objects=custom_objects,
+        seq_len=seq_len,
+        input_shapes=dict(input_shapes) if input_shapes else None,
+        max_memory_bytes=max_memory_bytes,
+        timeout=timeout,
     )
 
 
@@ -371,37 +469,16 @@ def _explain(model, options: ShrinkOptions, keras, results: list[PassResult], in
 def shrink(
     path_or_model: Any,
     out: str | os.PathLike | None = None,
+    request: ShrinkRequest = ShrinkRequest(),
     *,
-    quantize: str | None = None,
-    allow_custom_layers: bool = False,
-    prune: float | str | None = None,
-    prune_first_last: bool = False,
-    compress: bool = False,
-    mixed_precision: str | None = None,
-    skip: str | None = None,
-    keep_optimizer: bool = False,
-    data: str | os.PathLike | None = None,
-    samples: int | None = None,
-    min_agreement: float | None = None,
-    max_accuracy_drop: float | None = None,
-    explain: bool = False,
-    dry_run: bool = False,
-    force: bool = False,
-    batch_size: int = 32,
-    optimizer: Any = None,
-    custom_objects: Any = None,
-    seq_len: int | None = None,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
     progress: Callable[[str], None] | None = None,
-    max_memory: int | str | None = None,
-    timeout: float | None = None,
 ) -> ShrinkResult:
     """Write a slimmer copy of a model and report what changed and how faithful it stays.
 
-    `max_memory` (bytes or a size such as "8GiB"; default: half the physical memory, see
-    `kmemopt.sandbox`) caps what running the model may take: the fidelity run is refused before it
-    starts when the static estimate is over it (exit 3, RUN-MEMORY), and the reload check's child runs
-    under it; `timeout` (seconds, default 900) bounds that child.
+    `request.max_memory_bytes` (default: half the physical memory, see `kmemopt.sandbox`) caps what
+    running the model may take: the fidelity run is refused before it starts when the static estimate
+    is over it (exit 3, RUN-MEMORY), and the reload check's child runs under it; `request.timeout`
+    (seconds, default 900) bounds that child. `progress` is told what runs now, one line at a time.
     """
     from kmemopt import sandbox
     from kmemopt._keras import import_keras
@@ -412,23 +489,10 @@ def shrink(
 
     started = time.perf_counter()
     say = progress or (lambda message: None)
-    options = make_options(
-        quantize=quantize,
-        allow_custom_layers=allow_custom_layers,
-        prune=prune,
-        prune_first_last=prune_first_last,
-        compress=compress,
-        mixed_precision=mixed_precision,
-        skip=skip,
-        keep_optimizer=keep_optimizer,
-    )
-    if batch_size < 1:
-        raise UsageError(f"The batch size must be at least 1. Received: batch_size={batch_size}.")
-    if samples is not None and samples < 1:
-        raise UsageError(f"--samples must be at least 1. Received: {samples}.")
-    limit = sandbox.resolve_max_memory(max_memory)
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout must be a positive number of seconds. Received: {timeout!r}.")
+    options = request.passes
+    seq_len = request.seq_len  # both filled below when the model's inputs leave a dimension unknown
+    input_shapes = dict(request.input_shapes) if request.input_shapes else None
+    limit = sandbox.resolve_max_memory(request.max_memory_bytes)
     keras = import_keras()
     src: Path | None = None
     target: Path | None
@@ -436,13 +500,13 @@ def shrink(
         src = Path(path_or_model)
         target = Path(out) if out is not None else save.default_output(src)
     elif isinstance(path_or_model, keras.Model):
-        if out is None and not dry_run:
+        if out is None and not request.dry_run:
             raise UsageError("shrink() of an in-memory model needs an output path: shrink(model, 'out.keras').")
         target = Path(out) if out is not None else None
     else:
         raise UsageError(f"shrink() takes a path or a keras.Model. Received: {type(path_or_model).__name__}.")
-    if target is not None and not dry_run:
-        save.check_output(src, target, force)
+    if target is not None and not request.dry_run:
+        save.check_output(src, target, request.force)
 
     stored = None  # the open input file while the original may still be read back from it
     try:
@@ -453,8 +517,8 @@ def shrink(
 
             # The architecture, built without its weights: the static profile, and the memory check
             # below, come before anything is allocated or run.
-            model_file, static_model, _ = open_checked(src, custom_objects)
-            if not dry_run:
+            model_file, static_model, _ = open_checked(src, request.custom_objects)
+            if not request.dry_run:
                 from kmemopt.load.trust import check_loadable
 
                 # Weights the file does not store are refused as such before the run's memory is weighed.
@@ -465,7 +529,9 @@ def shrink(
                 "optimizer_variables": len(model_file.optimizer_weights),
                 "optimizer_bytes": model_file.composition.optimizer_bytes,
             }
-            opt_ident = optimizer if optimizer is not None else _optimizer_identifier(model_file, None)[0]
+            opt_ident = (
+                request.optimizer if request.optimizer is not None else _optimizer_identifier(model_file, None)[0]
+            )
             before_bytes = model_file.file_bytes
         else:
             static_model, model_file = path_or_model, None
@@ -474,11 +540,11 @@ def shrink(
                 "optimizer_variables": 0,
                 "optimizer_bytes": 0,
             }
-            opt_ident = optimizer if optimizer is not None else "adam"
+            opt_ident = request.optimizer if request.optimizer is not None else "adam"
             before_bytes = None
-        if data is not None and seq_len is None and not input_shapes and _has_unknown_dims(static_model):
+        if request.data is not None and seq_len is None and not input_shapes and _has_unknown_dims(static_model):
             # The fidelity run feeds the user's arrays: size the peaks (and the RUN-MEMORY check) by them.
-            input_shapes = _shapes_from_data(static_model, Path(data)) or input_shapes
+            input_shapes = _shapes_from_data(static_model, Path(request.data)) or input_shapes
         if seq_len is None and not input_shapes and _has_unknown_dims(static_model):
             # Peaks need every dimension; shrink's job is the file, so pick one and say so.
             seq_len = fid.DEFAULT_SEQ_LEN
@@ -489,17 +555,19 @@ def shrink(
         before_profile = profile_model(
             static_model,
             model_file=model_file,
-            batch_size=batch_size,
+            batch_size=request.batch_size,
             optimizer=opt_ident,
             seq_len=seq_len,
             input_shapes=input_shapes,
         )
         del static_model
-        if not dry_run:
-            check_run_memory(before_profile, data=data, samples=samples, max_memory_bytes=limit)
+        if not request.dry_run:
+            check_run_memory(before_profile, data=request.data, samples=request.samples, max_memory_bytes=limit)
         say("Loading the model ...")
         if src is not None:
-            model, stored = open_model(src, custom_objects=custom_objects, compile=keep_optimizer and compiled)
+            model, stored = open_model(
+                src, custom_objects=request.custom_objects, compile=(not options.strip_optimizer) and compiled
+            )
         else:
             model = path_or_model
         opt_name = (
@@ -520,7 +588,7 @@ def shrink(
                 written=False,
                 dry_run=False,
                 options=options,
-                batch_size=batch_size,
+                batch_size=request.batch_size,
                 optimizer=opt_name,
                 before=before,
                 after=None,
@@ -529,7 +597,7 @@ def shrink(
             )
             return ShrinkResult(**{**common, **fields})
 
-        if dry_run:
+        if request.dry_run:
             ctx, results = _run_passes(model, options, keras, file_info, rebuild=False)
             return result(
                 output=str(target) if target else None,
@@ -539,21 +607,26 @@ def shrink(
                 custom_layers=any(p.int8_class is not None for p in ctx.plan.values()),
             )
 
-        inputs = fid.load_inputs(model, data, samples=samples, seq_len=seq_len)
+        inputs = fid.load_inputs(model, request.data, samples=request.samples, seq_len=seq_len)
         names = _output_names(model)
         say(f"Running the original model on {inputs.samples} {inputs.source} inputs ...")
         ref = fid.predict(model, inputs)
 
         say("Applying the passes ...")
         ctx, results = _run_passes(
-            model, options, keras, file_info, release_source=src is not None and not explain, weights_source=stored
+            model,
+            options,
+            keras,
+            file_info,
+            release_source=src is not None and not request.explain,
+            weights_source=stored,
         )
         if stored is not None:
             stored.close()  # only the rebuild reads the file again
         new_model = ctx.new_model
         custom = any(p.int8_class is not None for p in ctx.plan.values())
 
-        if new_model is not model and not explain:
+        if new_model is not model and not request.explain:
             # The original's weights are no longer needed: free them before running the new one (its
             # slots hold its layers, and so its variables, too).
             ctx.model, ctx.slots = None, []
@@ -563,8 +636,8 @@ def shrink(
         say("Measuring fidelity ...")
         new_out = fid.predict(new_model, inputs)
         fidelity = fid.compare(names, ref, new_out, inputs)
-        fid.apply_gates(fidelity, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
-        if explain:
+        fid.apply_gates(fidelity, min_agreement=request.min_agreement, max_accuracy_drop=request.max_accuracy_drop)
+        if request.explain:
             say("Explaining: one layer at a time ...")
             fidelity.explain = _explain(model, options, keras, results, inputs, ref, names)
 
@@ -591,7 +664,9 @@ def shrink(
 
         assert target is not None  # only a dry run has no output path, and it returned above
         say(f"Writing {target} ...")
-        with atomic_path(target, replace=force) as tmp:
+        # The reload check's child loads custom layers from their file (a dict cannot cross to it).
+        custom_file = request.custom_objects if isinstance(request.custom_objects, (str, os.PathLike)) else None
+        with atomic_path(target, replace=request.force) as tmp:
             save.save_container(new_model, tmp, compress=ctx.compress)
             say("Reloading the written file in a fresh process with plain Keras ...")
             reloaded, reload_info = save.verify_reload(
@@ -599,9 +674,9 @@ def shrink(
                 inputs,
                 new_out,
                 custom_layers=custom,
-                custom_objects=custom_objects if isinstance(custom_objects, (str, os.PathLike)) else None,
+                custom_objects=custom_file,
                 max_memory_bytes=limit,
-                timeout_s=timeout,
+                timeout_s=request.timeout,
             )
             fidelity_reloaded = fid.compare(names, ref, reloaded, inputs)
             fidelity_reloaded.gates = fidelity.gates
@@ -610,9 +685,9 @@ def shrink(
             say("Profiling the result ...")
             after_profile = profile(
                 tmp,
-                batch_size=batch_size,
+                batch_size=request.batch_size,
                 optimizer=opt_ident,
-                custom_objects=custom_objects,
+                custom_objects=request.custom_objects,
                 seq_len=seq_len,
                 input_shapes=input_shapes,
             )
