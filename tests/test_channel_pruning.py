@@ -1,0 +1,311 @@
+"""Structured channel pruning (kmemopt.passes.channels): tied channels, rebuilt plain-Keras models.
+
+The main check is an equivalence: zero the channels pruning removes in the *original* model (their
+filters and biases, BatchNorm shift, attention heads' output rows) and the original must then compute
+what the pruned model computes. That fails for any wrong slice, offset or tie.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kmemopt.passes.channels import Amount, Ranking, prune_channels, pruned_model_config
+from kmemopt.passes.channels.graph import CONV_TRANSPOSE, DEPTHWISE, RNN_GATES
+from kmemopt.passes.channels.select import layer_weights
+
+
+def _removed(kept, size):
+    if kept is None:
+        return np.array([], dtype=int)
+    return np.setdiff1d(np.arange(size), kept)
+
+
+def _zero(array, axis, idx):
+    array = array.copy()
+    index = [slice(None)] * array.ndim
+    index[axis] = idx
+    array[tuple(index)] = 0
+    return array
+
+
+def masked_original(keras, model, result):
+    """The original model with every removed channel's contribution zeroed."""
+    sel = result.selection
+    analysis, groups = sel.analysis, sel.analysis.groups
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    nodes = {n.name: n for n in analysis.nodes}
+    for name, usage in analysis.usage.items():
+        node, layer = nodes[name], clone.get_layer(name)
+        weights = layer_weights(layer)
+        own = usage.own
+        own_removed = _removed(sel.of(own), groups.size[groups.find(own)]) if own is not None else []
+        layout = usage.inputs.get("0")
+        in_removed = _removed(sel.layout_kept(layout), layout.width) if layout is not None else []
+        new = []
+        for key, w in weights.items():
+            leaf, cls = key.rsplit("/", 1)[-1], node.class_name
+            if cls in RNN_GATES:
+                units = groups.size[groups.find(own)]
+                cols = np.concatenate([g * units + own_removed for g in range(RNN_GATES[cls])]).astype(int)
+                w = _zero(w, w.ndim - 1, cols)
+            elif cls == "MultiHeadAttention":
+                if key == "attention_output/kernel":
+                    heads = _removed(sel.of(usage.heads), node.config["num_heads"])
+                    w = _zero(w, 0, heads)
+                    w = _zero(w, 2, _removed(sel.layout_kept(usage.out), usage.out.width))
+                elif key == "attention_output/bias":
+                    w = _zero(w, 0, _removed(sel.layout_kept(usage.out), usage.out.width))
+            elif cls == "BatchNormalization" and leaf in ("beta", "moving_mean"):
+                w = _zero(w, 0, in_removed)
+            elif cls in DEPTHWISE and leaf == "bias":
+                w = _zero(w, 0, in_removed)
+            elif own is not None and leaf in ("kernel", "pointwise_kernel", "embeddings"):
+                w = _zero(w, w.ndim - 2 if cls in CONV_TRANSPOSE else w.ndim - 1, own_removed)
+            elif own is not None and leaf == "bias":
+                w = _zero(w, 0, own_removed)
+            new.append(w)
+        layer.set_weights(new)
+    return clone
+
+
+def assert_equivalent(keras, model, result, x):
+    want = masked_original(keras, model, result).predict(x, verbose=0)
+    got = result.model.predict(x, verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def widths(result):
+    return {(row.layer, row.what): (row.before, row.after) for row in result.report.layers}
+
+
+@pytest.fixture(scope="module")
+def residual_cnn(keras):
+    """Residual CNN with BatchNorm: an Add ties stem and b2, a depthwise-separable branch, a
+    Concatenate, Flatten into Dense."""
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    inp = keras.Input((12, 12, 3), name="img")
+    x = L.ReLU()(L.BatchNormalization(name="stem_bn")(L.Conv2D(16, 3, padding="same", name="stem")(inp)))
+    y = L.ReLU()(L.BatchNormalization(name="b1_bn")(L.Conv2D(12, 3, padding="same", name="b1")(x)))
+    y = L.BatchNormalization(name="b2_bn")(L.Conv2D(16, 3, padding="same", name="b2")(y))
+    x = L.Add(name="add")([x, y])
+    d = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    s = L.SeparableConv2D(8, 3, padding="same", depth_multiplier=2, name="sep")(d)
+    c = L.Concatenate(name="cat")([s, x])
+    c = L.MaxPooling2D(3)(L.Conv2D(10, 1, name="mix")(c))
+    f = L.Dense(6, activation="relu", name="fc")(L.Flatten(name="flat")(c))
+    model = keras.Model(inp, L.Dense(4, name="out")(f), name="residual")
+    for layer in model.layers:  # BatchNorm statistics that are not the identity
+        if isinstance(layer, L.BatchNormalization):
+            n = layer.gamma.shape[0]
+            rng = np.random.default_rng(len(layer.name))
+            layer.set_weights(
+                [rng.uniform(0.5, 2, n), rng.normal(0, 0.3, n), rng.normal(0, 0.3, n), rng.uniform(0.5, 2, n)]
+            )
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).random((5, 12, 12, 3)).astype("float32")
+
+
+def test_residual_cnn_halves_every_free_group_and_ties_the_add(keras, residual_cnn, images):
+    result = prune_channels(residual_cnn, 0.5, batch_size=None)
+    w = widths(result)
+    assert w[("stem", "filters")] == (16, 8)
+    assert w[("b1", "filters")] == (12, 6)
+    assert w[("b2", "filters")] == (16, 8)
+    assert w[("sep", "filters")] == (8, 4)
+    assert w[("mix", "filters")] == (10, 5)
+    assert w[("fc", "units")] == (6, 3)
+    assert w[("out", "units")] == (4, 4)  # the model's output keeps its width
+    sel, usage = result.selection, result.selection.analysis.usage
+    # The Add ties stem and b2: one group, the same channels kept in both.
+    assert sel.analysis.groups.find(usage["stem"].own) == sel.analysis.groups.find(usage["b2"].own)
+    np.testing.assert_array_equal(sel.of(usage["stem"].own), sel.of(usage["b2"].own))
+    assert result.model.get_layer("dw").get_weights()[0].shape == (3, 3, 8, 1)
+    assert result.model.get_layer("sep").get_weights()[1].shape == (1, 1, 16, 4)  # 8 channels x multiplier 2
+    assert result.model.get_layer("mix").get_weights()[0].shape == (1, 1, 4 + 8, 5)  # the concatenation
+    assert result.model.get_layer("fc").get_weights()[0].shape == (4 * 4 * 5, 3)  # Flatten: 4x4 positions
+    assert_equivalent(keras, residual_cnn, result, images)
+
+
+def test_exact_parameter_count_and_profile_match_the_config_only_prediction(keras, residual_cnn):
+    from kmemopt.load.build import build_from_config
+    from kmemopt.profiling.static import profile_model
+
+    result = prune_channels(residual_cnn, 0.5, batch_size=None)
+    config = pruned_model_config(keras.saving.serialize_keras_object(residual_cnn), 0.5)
+    predicted = build_from_config(config)
+    # Worked by hand: stem 3*3*3*8+8, 3 BN of 4*8 / 4*6, b1 3*3*8*6+6, b2 3*3*6*8+8, dw 9*8+8,
+    # sep 9*8*2 + 16*4 + 4, mix 12*5+5, fc 80*3+3, out 3*4+4.
+    expected = (224 + 32) + (438 + 24) + (440 + 32) + 80 + 212 + 65 + 243 + 16
+    assert result.model.count_params() == expected == predicted.count_params()
+    p_pred = profile_model(predicted, batch_size=8).totals
+    p_real = profile_model(result.model, batch_size=8).totals
+    assert (p_pred.params, p_pred.inference_peak_bytes, p_pred.training_peak_bytes) == (
+        p_real.params,
+        p_real.inference_peak_bytes,
+        p_real.training_peak_bytes,
+    )
+
+
+def test_zero_percent_is_an_exact_identity(keras, residual_cnn, images):
+    result = prune_channels(residual_cnn, 0.0, batch_size=None)
+    assert result.model.count_params() == residual_cnn.count_params()
+    assert np.array_equal(result.model.predict(images, verbose=0), residual_cnn.predict(images, verbose=0))
+
+
+def test_pruned_model_reloads_with_plain_keras(keras, residual_cnn, images, tmp_path):
+    result = prune_channels(residual_cnn, 0.5, batch_size=None)
+    path = tmp_path / "pruned.keras"
+    result.model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    assert {type(layer).__module__.split(".")[0] for layer in reloaded.layers} == {"keras"}
+    np.testing.assert_array_equal(reloaded.predict(images, verbose=0), result.model.predict(images, verbose=0))
+
+
+def test_report_prices_both_models_with_the_static_profile(keras, residual_cnn):
+    from kmemopt.profiling.static import profile_model
+
+    result = prune_channels(residual_cnn, 0.5, batch_size=16)
+    report = result.report
+    after = profile_model(result.model, batch_size=16).totals
+    assert report.before.params == residual_cnn.count_params()
+    assert (report.after.params, report.after.training_peak_bytes) == (after.params, after.training_peak_bytes)
+    assert report.after.inference_peak_bytes < report.before.inference_peak_bytes
+    assert report.to_dict()["flops"].startswith("not computed")
+
+
+def test_importance_keeps_the_largest_filters(keras):
+    L = keras.layers
+    inp = keras.Input((5,))
+    model = keras.Model(inp, L.Dense(2, name="out")(L.Dense(4, name="h")(inp)))
+    kernel = np.zeros((5, 4), "float32")
+    kernel[:, 1], kernel[:, 3] = 2.0, -3.0  # columns 1 and 3 are the large ones
+    model.get_layer("h").set_weights([kernel, np.zeros(4, "float32")])
+    result = prune_channels(model, 0.5, batch_size=None)
+    np.testing.assert_array_equal(result.selection.of(result.selection.analysis.usage["h"].own), [1, 3])
+
+
+def test_activation_importance_needs_data_and_uses_it(keras, residual_cnn, images):
+    from kmemopt.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs input data"):
+        prune_channels(residual_cnn, 0.5, criterion="activation", batch_size=None)
+    result = prune_channels(residual_cnn, 0.5, criterion="activation", data=images, batch_size=None)
+    assert widths(result)[("stem", "filters")] == (16, 8)
+    assert_equivalent(keras, residual_cnn, result, images)
+
+
+def test_global_ranking_keeps_a_floor_and_removes_the_asked_fraction(keras, residual_cnn, images):
+    result = prune_channels(residual_cnn, Amount(0.5, Ranking.global_, floor=0.25), batch_size=None)
+    analysis = result.selection.analysis
+    groups = [g for g in analysis.prunable()]
+    sizes = sum(analysis.groups.size[g] for g in groups)
+    kept = sum(result.selection.width(g) for g in groups)
+    assert sizes - kept == round(0.5 * sizes)
+    for g in groups:
+        assert result.selection.width(g) >= max(1, -(-analysis.groups.size[g] // 4))
+    assert_equivalent(keras, residual_cnn, result, images)
+
+
+def test_round_to_multiples_of_8(keras, residual_cnn):
+    result = prune_channels(residual_cnn, Amount(0.5, round_to=8), batch_size=None)
+    w = widths(result)
+    assert w[("stem", "filters")] == (16, 8)
+    assert w[("b1", "filters")] == (12, 8)  # 6 rounds up to 8
+    assert w[("fc", "units")] == (6, 6)  # never above the original width
+
+
+def test_attention_loses_whole_heads(keras):
+    keras.utils.set_random_seed(2)
+    L = keras.layers
+    tokens = keras.Input((6, 8), name="seq")
+    h = L.Dense(16, name="proj")(tokens)
+    att = L.MultiHeadAttention(4, 4, name="mha")(h, h)
+    h = L.Add(name="res")([h, att])
+    h = L.Dense(12, activation="relu", name="ffn")(h)
+    model = keras.Model(tokens, L.Dense(3, name="out")(L.GlobalAveragePooling1D()(h)))
+    x = np.random.default_rng(3).normal(size=(4, 6, 8)).astype("float32")
+    result = prune_channels(model, 0.5, batch_size=None)
+    w = widths(result)
+    assert w[("mha", "heads")] == (4, 2)
+    assert w[("proj", "units")] == (16, 8)
+    mha = result.model.get_layer("mha")
+    assert [tuple(v.shape) for v in mha.weights][:2] == [(8, 2, 4), (2, 4)]
+    assert tuple(mha.weights[-2].shape) == (2, 4, 8)
+    assert_equivalent(keras, model, result, x)
+
+
+def test_sequential_rnn_and_embedding(keras):
+    keras.utils.set_random_seed(3)
+    L = keras.layers
+    for rnn in (L.LSTM(8, return_sequences=True, name="rnn"), L.GRU(8, name="rnn"), L.SimpleRNN(8, name="rnn")):
+        model = keras.Sequential(
+            [keras.Input((5,), dtype="int32"), L.Embedding(20, 6, name="emb"), rnn, L.Flatten(), L.Dense(2, name="out")]
+        )
+        x = np.random.default_rng(0).integers(0, 20, (3, 5)).astype("int32")
+        result = prune_channels(model, 0.5, batch_size=None)
+        w = widths(result)
+        assert (w[("emb", "output_dim")], w[("rnn", "units")]) == ((6, 3), (8, 4))
+        assert_equivalent(keras, model, result, x)
+
+
+@pytest.fixture(scope="module")
+def custom_layer_class(keras):
+    @keras.saving.register_keras_serializable(package="kmemopt_test")
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    return Doubler
+
+
+def test_unknown_layer_and_its_channels_are_left_alone(keras, custom_layer_class, images):
+    L = keras.layers
+    inp = keras.Input((12, 12, 3))
+    a = L.Conv2D(8, 3, name="a")(inp)
+    b = L.Conv2D(8, 3, name="b")(custom_layer_class(name="odd")(a))
+    model = keras.Model(inp, L.Dense(2, name="out")(L.GlobalMaxPooling2D()(b)))
+    result = prune_channels(model, 0.5, batch_size=None)
+    w = widths(result)
+    assert w[("a", "filters")] == (8, 8)
+    assert w[("b", "filters")] == (8, 4)
+    kept = {row.layer: row.kept_because for row in result.report.layers}
+    assert "Doubler" in kept["a"] and "odd" in kept["a"]
+    assert [(name, cls) for name, cls, _ in result.report.left_alone] == [("odd", "Doubler")]
+    assert_equivalent(keras, model, result, images)
+
+
+def test_channels_that_cannot_be_followed_keep_their_width(keras, images):
+    L = keras.layers
+    inp = keras.Input((12, 12, 3))
+    a = L.Conv2D(8, 3, name="a")(inp)
+    r = L.Reshape((10, 80), name="mixing")(a)  # channels and positions mixed: not followed
+    model = keras.Model(inp, L.Dense(2, name="out")(L.Flatten()(r)))
+    result = prune_channels(model, 0.5, batch_size=None)
+    assert widths(result)[("a", "filters")] == (8, 8)
+    assert np.array_equal(result.model.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MobileNetV2", "ResNet50"])
+def test_real_architectures_prune_30_percent(keras, name, tmp_path):
+    from kmemopt.load.build import build_from_config
+
+    model = getattr(keras.applications, name)(weights=None, input_shape=(64, 64, 3))
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
+    result = prune_channels(model, 0.3, batch_size=None)
+    predicted = build_from_config(pruned_model_config(keras.saving.serialize_keras_object(model), 0.3))
+    assert result.model.count_params() == predicted.count_params() < 0.6 * model.count_params()
+    path = tmp_path / f"{name}.keras"
+    result.model.save(path)
+    out = keras.models.load_model(path).predict(x, verbose=0)
+    assert out.shape == (2, 1000) and np.isfinite(out).all()
+    assert [r.layer for r in result.report.layers if r.kept_because] == ["predictions"]
+    same = prune_channels(model, 0.0, batch_size=None).model
+    assert np.array_equal(same.predict(x, verbose=0), model.predict(x, verbose=0))
