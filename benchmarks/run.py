@@ -13,7 +13,6 @@ committed rows are kept.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import json
 import os
@@ -29,6 +28,8 @@ REPORT = ROOT / "BENCHMARKS.md"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
+
+import provenance  # noqa: E402  (benchmarks/provenance.py, found through the path set above)
 
 SUITE_ORDER = ["estimate", "shrink", "speed"]
 
@@ -63,26 +64,33 @@ def log(message: str) -> None:
 
 
 def render(results: dict) -> str:
-    m = results.get("machine", {})
+    machines = results.get("machines", {})
     out = [
         "# Benchmarks",
         "",
-        "Every figure below is measured by `make bench` (all suites) or `make bench SUITE=<name>`, on the",
-        "machine described here; the same numbers are in `benchmarks/results.json`. Not run in CI.",
-        "",
-        f"- Machine: {m.get('cores')} cores, {m.get('memory_bytes', 0) / 1024**3:.0f} GiB, {m.get('cpu')}, {m.get('os')}",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
+        "Every figure below is measured by `make bench` (all suites) or `make bench SUITE=<name>`; the same",
+        "numbers are in `benchmarks/results.json`, where each row carries the commit, date and machine it was",
+        "measured on (`measured_at`). Not run in CI. Under each title: what the suite's latest run measured;",
+        "rows it did not measure are marked † with where they come from.",
         "",
     ]
+    for mid, m in sorted(machines.items()):
+        out.append(
+            f"- Machine `{mid}`: {m.get('cores')} cores, {m.get('memory_bytes', 0) / 1024**3:.0f} GiB, {m.get('cpu')}, "
+            f"{m.get('os')}; " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+        )
+    out.append("")
     for name in available_suites():
         mod = importlib.import_module(f"suite_{name}")
         meta = results.get("runs", {}).get(name)
         if mod.KEY not in results:
             continue
+        rows = results[mod.KEY]
         out += [f"## {mod.TITLE}", ""]
-        if meta:
-            out += [f"Command: `{meta['command']}` · run {meta['date']} · {meta['seconds']:.0f} s", ""]
-        out += [mod.markdown(results[mod.KEY]).rstrip(), ""]
+        described = provenance.describe(rows, meta, machines)
+        if described:
+            out += described + [""]
+        out += [mod.markdown(provenance.marked(rows, meta)).rstrip(), ""]
     return "\n".join(out) + "\n"
 
 
@@ -100,20 +108,28 @@ def main(argv: list[str] | None = None) -> int:
             mod = importlib.import_module(f"suite_{name}")
             log(f"suite {name}: start")
             started = time.time()
+            this_machine = machine()
+            stamp = provenance.current(this_machine)
             rows = mod.run(log)
             seconds = time.time() - started
+            fresh, carried = provenance.stamp(rows, stamp)
             # Merge into the file as it is now, not as it was when this (possibly hour-long) suite
             # started: another suite run meanwhile keeps its rows.
             results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
             results[mod.KEY] = rows
             results.setdefault("runs", {})[name] = {
                 "command": f"make bench SUITE={name}",
-                "date": dt.date.today().isoformat(),
+                "started": stamp["date"],
+                "commit": stamp["commit"],
+                "dirty": stamp["dirty"],
+                "machine": stamp["machine"],
                 "seconds": round(seconds, 1),
+                "rows_measured": fresh,
+                "rows_carried": carried,
             }
-            results["machine"] = machine()
+            results.setdefault("machines", {})[stamp["machine"]] = this_machine
             RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-            log(f"suite {name}: done in {seconds:.0f} s")
+            log(f"suite {name}: done in {seconds:.0f} s ({fresh} rows measured, {carried} carried from earlier runs)")
     REPORT.write_text(render(results))
     log(f"wrote {REPORT.relative_to(ROOT)} and {RESULTS.relative_to(ROOT)}")
     return 0

@@ -1,0 +1,60 @@
+"""Benchmark rows say when, on what code and on what machine they were measured (issue 18)."""
+
+from __future__ import annotations
+
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import provenance  # noqa: E402
+import run as bench  # noqa: E402
+
+RUN = {"command": "make bench SUITE=x", "started": "2026-12-03T10:00:00Z", "commit": "c" * 40, "dirty": False}
+NOW = {"commit": "c" * 40, "dirty": False, "date": "2026-12-03T10:05:00Z", "machine": "m1"}
+OLD = {"commit": "a" * 40, "dirty": False, "date": "2026-11-20T09:00:00Z", "machine": "m1"}
+
+
+def test_stamp_keeps_the_stamp_of_rows_carried_from_an_earlier_run():
+    carried = {"model": "A", "measured_at": dict(OLD)}
+    fresh = {"model": "B"}
+    assert provenance.stamp([carried, fresh], NOW) == (1, 1)
+    assert carried["measured_at"] == OLD and fresh["measured_at"] == NOW
+
+
+def test_rows_the_latest_run_did_not_measure_are_marked_and_counted():
+    rows = [{"model": "A", "measured_at": dict(OLD)}, {"model": "B", "measured_at": dict(NOW)}]
+    shown = provenance.marked(rows, RUN)
+    assert [r["model"] for r in shown] == ["A †", "B"]
+    assert rows[0]["model"] == "A"  # the results themselves are not changed
+    lines = provenance.describe(rows, RUN, {})
+    assert "it measured 1 of the 2 rows below" in lines[0] and "`cccccccccc`" in lines[0]
+    assert lines[1] == "Rows marked † were carried from earlier runs: 1 measured on `aaaaaaaaaa` (2026-11-20)."
+
+
+def test_a_row_from_the_same_commit_but_an_earlier_run_is_still_carried():
+    earlier = {"model": "A", "measured_at": {**NOW, "date": "2026-12-03T09:00:00Z"}}
+    assert provenance.run_of([earlier], RUN) == [False]
+
+
+def test_a_dirty_tree_is_said():
+    lines = provenance.describe([{"model": "A", "measured_at": dict(NOW)}], {**RUN, "dirty": True, "seconds": 5}, {})
+    assert "plus uncommitted changes" in lines[0] and "it measured 1 of the 1 rows" in lines[0]
+
+
+def test_every_committed_row_carries_its_commit_date_and_machine():
+    import json
+
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    for key in ("shrink", "estimate_vs_measured", "speed"):
+        for row in results[key]:
+            at = row["measured_at"]
+            assert len(at["commit"]) == 40 and at["date"][:4] == "2026" and at["machine"] in results["machines"]
+
+
+def test_benchmarks_md_is_what_results_json_renders_to():
+    import json
+
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    assert bench.render(results) == (ROOT / "BENCHMARKS.md").read_text()
