@@ -66,6 +66,11 @@ class Setting:
     strategy: str
     settings: Mapping[str, Any]
     label: str  # "batch 16 x 4 accumulation steps"
+    # What the setting gives up, for ranking plans (lower is cheaper; a plan's penalty is the sum of its
+    # settings'). Scale: 0.5 compute only (remat, accumulation), 1 numerics (mixed precision), 2 training
+    # dynamics (another optimizer, a smaller effective batch), 3+ what is trained or the network itself
+    # (LoRA, freezing, pruning). A strategy that does not say is ranked as changing the network.
+    penalty: float = 5.0
 
 
 @runtime_checkable
