@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import provenance  # noqa: E402  (benchmarks/provenance.py, found through the path set above)
+import readme_figures  # noqa: E402
 
 SUITE_ORDER = ["estimate", "shrink", "speed"]
 
@@ -131,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             RESULTS.write_text(json.dumps(results, indent=2) + "\n")
             log(f"suite {name}: done in {seconds:.0f} s ({fresh} rows measured, {carried} carried from earlier runs)")
     REPORT.write_text(render(results))
-    log(f"wrote {REPORT.relative_to(ROOT)} and {RESULTS.relative_to(ROOT)}")
+    readme = ROOT / "README.md"
+    readme.write_text(readme_figures.replace_block(readme.read_text(), readme_figures.generate(results)))
+    log(f"wrote {REPORT.relative_to(ROOT)}, the README's figures and {RESULTS.relative_to(ROOT)}")
     return 0
 
 

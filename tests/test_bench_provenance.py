@@ -9,6 +9,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import provenance  # noqa: E402
+import readme_figures  # noqa: E402
 import run as bench  # noqa: E402
 
 RUN = {"command": "make bench SUITE=x", "started": "2026-12-03T10:00:00Z", "commit": "c" * 40, "dirty": False}
@@ -58,3 +59,43 @@ def test_benchmarks_md_is_what_results_json_renders_to():
 
     results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
     assert bench.render(results) == (ROOT / "BENCHMARKS.md").read_text()
+
+
+def test_the_readme_figures_are_what_results_json_says():
+    import json
+
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert readme_figures.generate(results) in readme
+
+
+def test_readme_figures_say_in_sample_vs_held_out_and_put_fidelity_beside_size():
+    rows = [
+        {"model": "A", "estimator": "kmemopt", "ratio": 0.7, "error_pct": -30.0, "batch_size": 8, "phase": "training"},
+        {
+            "model": "B",
+            "estimator": "kmemopt",
+            "ratio": 1.0,
+            "error_pct": 0.0,
+            "batch_size": 1,
+            "phase": "inference",
+            "held_out": True,
+        },
+    ]
+    shrink = [
+        {"model": "M", "method": "float32 reference (plain Keras, no optimizer)", "ratio": 1.0},
+        {
+            "model": "M",
+            "method": "kmemopt int8 (portable)",
+            "ratio": 0.25,
+            "top1_agreement": 0.5,
+            "relative_l2_error": 0.2,
+            "fidelity_samples": 8,
+            "fidelity_source": "synthetic",
+        },
+    ]
+    text = readme_figures.generate({"estimate_vs_measured": rows, "shrink": shrink})
+    assert "(in-sample) (A; batch 1, 8, 32; inference and training): 0 of 1 rows" in text
+    assert "1 under-estimates (the lowest 0.70x: A, b=8, training)" in text
+    assert "held-out models it was not fitted on (B;" in text and "1 of 1 rows" in text
+    assert "0.250x (50.0% top-1 agreement, relative L2 0.2 on 8 synthetic inputs, random weights)" in text
