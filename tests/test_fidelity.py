@@ -51,12 +51,14 @@ def _fidelity(agreement_ref, agreement_new, labels=None):
 def test_gates_pass_and_fail():
     f = _fidelity([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]], labels=np.array([0, 1]))
     assert f.top1_agreement == 0.5 and f.accuracy_before == 1.0 and f.accuracy_after == 0.5
-    fid.apply_gates(f, min_agreement=0.5, max_accuracy_drop=0.6)
-    assert f.passed
-    f.gates.clear()
-    fid.apply_gates(f, min_agreement=0.51, max_accuracy_drop=0.4)
-    assert [g["passed"] for g in f.gates] == [False, False]
-    message = str(fid.gate_failure(f))
+    assert fid.apply_gates(f, min_agreement=0.5, max_accuracy_drop=0.6).passed
+    failed = fid.apply_gates(f, min_agreement=0.51, max_accuracy_drop=0.4)
+    assert [g.passed for g in failed.gates] == [False, False] and f.gates == ()  # a new Fidelity; f is unchanged
+    assert [g.to_dict() for g in failed.gates] == [
+        {"gate": "min_agreement", "threshold": 0.51, "value": 0.5, "passed": False},
+        {"gate": "max_accuracy_drop", "threshold": 0.4, "value": 0.5, "passed": False},
+    ]
+    message = str(fid.gate_failure(failed))
     assert "below --min-agreement" in message and "Nothing was written" in message
 
 

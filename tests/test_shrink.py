@@ -109,6 +109,28 @@ def test_json_report_has_the_documented_keys(int8):
     assert {p["name"] for p in data["passes"]} == {"strip-optimizer", "quantize"}
     assert data["fidelity"]["source"] == "data" and data["fidelity"]["samples"] == 48
     assert data["fidelity"]["accuracy_before"] == 1.0
+    assert list(data["fidelity"]) == [
+        "source",
+        "samples",
+        "note",
+        "outputs",
+        "top1_agreement",
+        "accuracy_before",
+        "accuracy_after",
+        "accuracy_drop",
+        "gates",
+        "passed",
+        "explain",
+    ]
+    assert list(data["fidelity"]["outputs"][0]) == [
+        "name",
+        "max_abs_error",
+        "relative_l2_error",
+        "cosine_similarity",
+        "top1_agreement",
+        "kind",
+    ]
+    assert (data["fidelity"]["gates"], data["fidelity"]["passed"], data["fidelity"]["explain"]) == ([], True, [])
     assert data["output"] == int8.output and data["loads_with_plain_keras"] is True
 
 
@@ -151,7 +173,11 @@ def test_in_memory_model(keras, work, mlp_model):
 def test_in_memory_model_is_not_modified(keras, mlp_model, work):
     before = [w.copy() for w in mlp_model.get_weights()]
     r = kmemopt.shrink(mlp_model, work / "memory2.keras", quantize="int8", samples=8, explain=True)
-    assert {row["layer"] for row in r.fidelity.explain} == {"hidden", "out"}  # one layer at a time
+    assert {row.layer for row in r.fidelity.explain} == {"hidden", "out"}  # one layer at a time
+    errors = [row.relative_l2_error for row in r.fidelity.explain]
+    assert errors == sorted(errors, reverse=True)  # the layer that hurts most first
+    keys = ["layer", "top1_agreement", "relative_l2_error", "max_abs_error", "accuracy_after"]
+    assert [list(row) for row in r.to_dict()["fidelity"]["explain"]] == [keys, keys]
     assert all(np.array_equal(a, b) for a, b in zip(before, mlp_model.get_weights(), strict=True))
     assert getattr(mlp_model.get_layer("hidden"), "quantization_mode", None) is None
 

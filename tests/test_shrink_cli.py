@@ -69,6 +69,8 @@ def test_failed_gate_exits_1_and_writes_nothing(cli, folder):
     assert "Fidelity gate failed" in result.stderr
     data = json.loads(result.stdout)  # the report is still printed
     assert data["written"] is False and data["fidelity"]["passed"] is False
+    (gate,) = data["fidelity"]["gates"]
+    assert gate == {"gate": "min_agreement", "threshold": 1.01, "value": gate["value"], "passed": False}
     assert sorted(p.name for p in folder.iterdir()) == ["mlp.keras"]
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +91,58 @@ class OutputFidelity:
         return dict(self.__dict__)
 
 
-@dataclass
+class GateName(str, Enum):
+    """A fidelity gate; the value is the key in the JSON report."""
+
+    min_agreement = "min_agreement"
+    max_accuracy_drop = "max_accuracy_drop"
+
+
+@dataclass(frozen=True)
+class FidelityGate:
+    """One fidelity gate's verdict: `value` held against `threshold` (fractions)."""
+
+    gate: GateName
+    threshold: float
+    value: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate.value, "threshold": self.threshold, "value": self.value, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class LayerHarm:
+    """`--explain`: what one layer's pass, applied alone, does to the outputs (the first output's errors)."""
+
+    layer: str
+    top1_agreement: float | None
+    relative_l2_error: float
+    max_abs_error: float
+    accuracy_after: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "top1_agreement": self.top1_agreement,
+            "relative_l2_error": self.relative_l2_error,
+            "max_abs_error": self.max_abs_error,
+            "accuracy_after": self.accuracy_after,
+        }
+
+
+@dataclass(frozen=True)
 class Fidelity:
+    """The shrunk model's outputs against the original's; `gates` and `explain` are added with
+    `dataclasses.replace` (`apply_gates`, the pipeline's --explain)."""
+
     source: str
     samples: int
-    outputs: list[OutputFidelity]
+    outputs: tuple[OutputFidelity, ...]
     accuracy_before: float | None = None
     accuracy_after: float | None = None
-    gates: list[dict[str, Any]] = field(default_factory=list)
-    explain: list[dict[str, Any]] = field(default_factory=list)
+    gates: tuple[FidelityGate, ...] = ()
+    explain: tuple[LayerHarm, ...] = ()  # the layers that hurt most first
     note: str | None = None
 
     @property
@@ -116,7 +160,7 @@ class Fidelity:
 
     @property
     def passed(self) -> bool:
-        return all(g["passed"] for g in self.gates)
+        return all(g.passed for g in self.gates)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,9 +172,9 @@ class Fidelity:
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
             "accuracy_drop": self.accuracy_drop,
-            "gates": list(self.gates),
+            "gates": [g.to_dict() for g in self.gates],
             "passed": self.passed,
-            "explain": list(self.explain),
+            "explain": [e.to_dict() for e in self.explain],
         }
 
 
@@ -424,15 +468,16 @@ def compare(
     return Fidelity(
         source=inputs.source,
         samples=inputs.samples,
-        outputs=outputs,
+        outputs=tuple(outputs),
         accuracy_before=accuracy(ref, inputs.labels, declared),
         accuracy_after=accuracy(new, inputs.labels, declared),
         note=note,
     )
 
 
-def apply_gates(fidelity: Fidelity, *, min_agreement: float | None, max_accuracy_drop: float | None) -> None:
-    """Record each gate's verdict on `fidelity.gates` (the caller decides what a failure does)."""
+def apply_gates(fidelity: Fidelity, *, min_agreement: float | None, max_accuracy_drop: float | None) -> Fidelity:
+    """`fidelity` with each gate's verdict added to its `gates` (the caller decides what a failure does)."""
+    gates = list(fidelity.gates)
     if min_agreement is not None:
         value = fidelity.top1_agreement
         if value is None:
@@ -440,34 +485,28 @@ def apply_gates(fidelity: Fidelity, *, min_agreement: float | None, max_accuracy
                 "--min-agreement needs an output of class scores (batch x classes, from a softmax, sigmoid or "
                 "logits layer); this model has none: use its relative error or cosine similarity instead."
             )
-        fidelity.gates.append(
-            {"gate": "min_agreement", "threshold": min_agreement, "value": value, "passed": value >= min_agreement}
-        )
+        gates.append(FidelityGate(GateName.min_agreement, min_agreement, value, passed=value >= min_agreement))
     if max_accuracy_drop is not None:
         drop = fidelity.accuracy_drop
         if drop is None:
             raise UsageError("--max-accuracy-drop needs labels: give --data with a 'y' array.")
-        fidelity.gates.append(
-            {
-                "gate": "max_accuracy_drop",
-                "threshold": max_accuracy_drop,
-                "value": drop,
-                "passed": drop <= max_accuracy_drop + 1e-12,
-            }
+        gates.append(
+            FidelityGate(GateName.max_accuracy_drop, max_accuracy_drop, drop, passed=drop <= max_accuracy_drop + 1e-12)
         )
+    return replace(fidelity, gates=tuple(gates))
 
 
 def gate_failure(fidelity: Fidelity) -> GateFailed:
-    failed = [g for g in fidelity.gates if not g["passed"]]
+    failed = [g for g in fidelity.gates if not g.passed]
     parts = []
     for g in failed:
-        if g["gate"] == "min_agreement":
-            parts.append(f"top-1 agreement {g['value']:.2%} is below --min-agreement {g['threshold']:.2%}")
+        if g.gate is GateName.min_agreement:
+            parts.append(f"top-1 agreement {g.value:.2%} is below --min-agreement {g.threshold:.2%}")
         else:
-            parts.append(f"accuracy dropped {g['value']:.2%}, more than --max-accuracy-drop {g['threshold']:.2%}")
+            parts.append(f"accuracy dropped {g.value:.2%}, more than --max-accuracy-drop {g.threshold:.2%}")
     hint = ""
     if fidelity.explain:
-        worst = ", ".join(e["layer"] for e in fidelity.explain[:3])
+        worst = ", ".join(e.layer for e in fidelity.explain[:3])
         hint = f"; the layers that hurt most: {worst}"
     elif failed:
         hint = "; run with --explain to find the layers that hurt most, and --skip them"

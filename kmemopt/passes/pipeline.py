@@ -15,9 +15,9 @@ import re
 import time
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from kmemopt.errors import UsageError
 from kmemopt.memory import release_memory
 from kmemopt.passes import MixedPrecision, PassResult, QuantizeMode, ShrinkOptions, enabled_passes
 from kmemopt.write import save
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kmemopt.passes.fidelity import Fidelity, LayerHarm
 
 SCHEMA_VERSION = 1
 
@@ -56,7 +59,7 @@ class ShrinkResult:
     after: Side | None
     layers: list[dict[str, Any]]
     passes: list[PassResult]
-    fidelity: Any = None
+    fidelity: Fidelity | None = None
     reload: dict[str, Any] | None = None
     custom_layers: bool = False
     elapsed_s: float = 0.0
@@ -436,34 +439,34 @@ def _run_passes(
     return ctx, results
 
 
-def _explain(model, options: ShrinkOptions, keras, results: list[PassResult], inputs, ref, names) -> list[dict]:
+def _explain(
+    model, options: ShrinkOptions, keras, results: list[PassResult], inputs, ref, names
+) -> tuple[LayerHarm, ...]:
     """Quantize (or prune) one layer at a time and measure what each does to the outputs alone."""
-    from dataclasses import replace
-
     from kmemopt.passes import fidelity as fid
 
     paths: list[str] = []
     for r in results:
         if r.name in ("quantize", "prune"):
             paths.extend(a.layer for a in r.applied if a.layer not in paths)
-    rows: list[dict[str, Any]] = []
+    rows: list[LayerHarm] = []
     for path in paths:
         ctx, _ = _run_passes(model, replace(options, only=frozenset({path}), mixed_precision=None), keras, {})
         out = fid.predict(ctx.new_model, inputs)
         f = fid.compare(names, ref, out, inputs)
         first = f.outputs[0]
         rows.append(
-            {
-                "layer": path,
-                "top1_agreement": f.top1_agreement,
-                "relative_l2_error": first.relative_l2_error,
-                "max_abs_error": first.max_abs_error,
-                "accuracy_after": f.accuracy_after,
-            }
+            fid.LayerHarm(
+                layer=path,
+                top1_agreement=f.top1_agreement,
+                relative_l2_error=first.relative_l2_error,
+                max_abs_error=first.max_abs_error,
+                accuracy_after=f.accuracy_after,
+            )
         )
         del ctx
-    rows.sort(key=lambda r: -(r["relative_l2_error"] or 0.0))
-    return rows
+    rows.sort(key=lambda r: -(r.relative_l2_error or 0.0))
+    return tuple(rows)
 
 
 def shrink(
@@ -636,10 +639,12 @@ def shrink(
         say("Measuring fidelity ...")
         new_out = fid.predict(new_model, inputs)
         fidelity = fid.compare(names, ref, new_out, inputs)
-        fid.apply_gates(fidelity, min_agreement=request.min_agreement, max_accuracy_drop=request.max_accuracy_drop)
+        fidelity = fid.apply_gates(
+            fidelity, min_agreement=request.min_agreement, max_accuracy_drop=request.max_accuracy_drop
+        )
         if request.explain:
             say("Explaining: one layer at a time ...")
-            fidelity.explain = _explain(model, options, keras, results, inputs, ref, names)
+            fidelity = replace(fidelity, explain=_explain(model, options, keras, results, inputs, ref, names))
 
         def partial(after=None, output=None, written=False, reload=None) -> ShrinkResult:
             return result(
@@ -678,10 +683,10 @@ def shrink(
                 max_memory_bytes=limit,
                 timeout_s=request.timeout,
             )
-            fidelity_reloaded = fid.compare(names, ref, reloaded, inputs)
-            fidelity_reloaded.gates = fidelity.gates
-            fidelity_reloaded.explain = fidelity.explain
-            fidelity = fidelity_reloaded
+            # The report's errors are the reloaded file's; the gates and --explain were decided above.
+            fidelity = replace(
+                fid.compare(names, ref, reloaded, inputs), gates=fidelity.gates, explain=fidelity.explain
+            )
             say("Profiling the result ...")
             after_profile = profile(
                 tmp,
