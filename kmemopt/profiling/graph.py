@@ -13,7 +13,9 @@ from typing import Any
 from kmemopt.errors import UsageError
 from kmemopt.keras_compat.layers import is_container, is_functional, is_sequential
 from kmemopt.profiling.dtypes import itemsize
+from kmemopt.profiling.internals import Source, activation_source, traced_units
 from kmemopt.profiling.line import ZERO, Line
+from kmemopt.profiling.trace import OpTrace, OpTracer, Untraceable
 
 
 @dataclass
@@ -26,14 +28,27 @@ class TensorInfo:
 
 @dataclass
 class Call:
-    """One call of a leaf layer in the flattened graph."""
+    """One call of a leaf layer in the flattened graph.
+
+    A traced call (see trace.py) also knows its backward workspace, which of its inputs and outputs
+    its gradient reads, and how many operations it runs; other calls leave those to the layer rules."""
 
     layer: Any
     path: str
     inputs: list[int]
     outputs: list[int]
     saved_extra: Line = ZERO  # internal activations a training step keeps for the backward pass
-    transient: Line = ZERO  # internal workspace alive only while the layer runs
+    transient: Line = ZERO  # internal workspace alive only while the layer runs (forward)
+    source: str = Source.EXACT  # where saved_extra and transient come from
+    backward: Line | None = None  # internal workspace of its backward step, when it differs from `transient`
+    reads_inputs: tuple[bool, ...] | None = None  # per input: its gradient reads it (None: the layer tables say)
+    reads_outputs: tuple[bool, ...] | None = None
+    units: int | None = None  # runtime graph units (internals.op_units) when traced
+
+    @property
+    def backward_transient(self) -> Line:
+        """Internal workspace while the call's backward step runs."""
+        return self.transient if self.backward is None else self.backward
 
 
 @dataclass
@@ -43,6 +58,7 @@ class Graph:
     inputs: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # layers that could not be traced, and why
 
 
 class UnknownDimension(UsageError):
@@ -71,11 +87,13 @@ def tensor_line(shape, dtype, where: str) -> Line:
 class Tracer:
     """Walks a built model's graph symbolically; no tensor is ever allocated."""
 
-    def __init__(self, internals=None):
+    def __init__(self, internals=None, ops: OpTracer | None = None):
         self.graph = Graph()
         self._next = 0
         self.internals = internals  # callable(layer, in_specs, out_specs) -> (saved_extra, transient)
+        self.ops = ops  # traces the calls of layers no rule knows exactly (None: rules only)
         self.recompute = False
+        self._untraced: dict[tuple[str, str], list[str]] = {}  # (class, reason) -> paths
 
     def _new_tensor(self, spec, where: str) -> int:
         tid = self._next
@@ -92,6 +110,12 @@ class Tracer:
         self.graph.input_names = list(input_names)
         out_ids, _ = self._trace_model(model, ids, list(input_specs), prefix="")
         self.graph.outputs = out_ids
+        for (cls, reason), paths in self._untraced.items():
+            named = ", ".join(repr(p) for p in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+            self.graph.warnings.append(
+                f"{cls} layer(s) {named} could not be traced ({reason}); their activations are estimated "
+                "from their outputs and layer rules only (source 'opaque'), likely an under-estimate."
+            )
         return self.graph
 
     def _trace_model(self, model, in_ids, in_specs, prefix):
@@ -160,11 +184,49 @@ class Tracer:
                 ) from exc
             out_specs = list(tree.flatten(out))
         out_ids = [self._new_tensor(s, f"layer {path!r}") for s in out_specs]
-        saved, transient = ZERO, ZERO
+        call = Call(layer, path, list(in_ids), out_ids)
         if self.internals is not None:
-            saved, transient = self.internals(layer, in_specs, out_specs)
-        self.graph.calls.append(Call(layer, path, list(in_ids), out_ids, saved, transient))
+            call.source = activation_source(layer)
+            if call.source == Source.TRACED:
+                if args is None:  # the functional node's own arguments (KerasTensors)
+                    args, kwargs = node.arguments.args, node.arguments.kwargs
+                self._traced(call, args, kwargs or {}, len(out_ids))
+            if call.source != Source.TRACED:
+                call.saved_extra, call.transient = self.internals(layer, in_specs, out_specs)
+        self.graph.calls.append(call)
         return out_ids, out_specs
+
+    def _traced(self, call: Call, args, kwargs, n_outputs: int) -> None:
+        """Fill `call` from an operation-level trace of its layer; an untraceable one becomes opaque."""
+        t: OpTrace | None = None
+        if self.ops is None:
+            reason: str | None = "operation-level tracing is off"
+        else:
+            try:
+                t = self.ops.trace(call.layer, tuple(args), dict(kwargs))
+                reason = _incomplete(t)
+            except Untraceable as exc:
+                reason = str(exc)
+        if t is None or reason is not None:
+            call.source = Source.OPAQUE
+            self._untraced.setdefault((type(call.layer).__name__, str(reason)), []).append(call.path)
+            return
+        call.saved_extra, call.transient, call.backward = t.saved, t.transient, t.backward_transient
+        # Inputs and outputs are matched to the trace's by position; any doubt keeps them all.
+        if len(t.reads_inputs) == len(call.inputs):
+            call.reads_inputs = t.reads_inputs
+        if len(t.reads_outputs) == n_outputs:
+            call.reads_outputs = t.reads_outputs
+        call.units = traced_units(t.forward_ops)
+
+
+def _incomplete(t: OpTrace) -> str | None:
+    """Why a trace does not account for every tensor (None when it does)."""
+    if t.control_flow:
+        return f"it runs {t.control_flow} control-flow operation(s) whose insides a graph walk cannot size"
+    if t.unsized:
+        return f"{t.unsized} of its tensors have shapes the graph does not know"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,10 +302,11 @@ def kept_tensors(graph: Graph) -> set[int]:
 
     needed = {root(t) for t in list(graph.inputs) + list(graph.outputs)}
     for call in graph.calls:
-        if grad_needs_input(call.layer):
-            needed.update(root(t) for t in call.inputs)
-        if grad_needs_output(call.layer):
-            needed.update(root(t) for t in call.outputs)
+        # A traced call says which of its inputs and outputs its gradient reads; others follow the tables.
+        reads_in = call.reads_inputs or (grad_needs_input(call.layer),) * len(call.inputs)
+        reads_out = call.reads_outputs or (grad_needs_output(call.layer),) * len(call.outputs)
+        needed.update(root(t) for t, read in zip(call.inputs, reads_in) if read)
+        needed.update(root(t) for t, read in zip(call.outputs, reads_out) if read)
     return needed
 
 
@@ -254,10 +317,11 @@ def saved_for_backward(graph: Graph) -> Line:
 
 
 def backward_transient(graph: Graph, batch_size: int) -> Line:
-    """The largest set of gradient tensors one layer's backward step holds: d(outputs) and d(inputs)."""
+    """The largest set of gradient tensors one layer's backward step holds: d(outputs) and d(inputs),
+    plus its internal workspace."""
     best = ZERO
     for call in graph.calls:
-        line = _sum(graph.tensors[t].size for t in set(call.inputs) | set(call.outputs)) + call.transient
+        line = _sum(graph.tensors[t].size for t in set(call.inputs) | set(call.outputs)) + call.backward_transient
         if line.at(batch_size) > best.at(batch_size):
             best = line
     return best

@@ -16,7 +16,7 @@ from kmemopt.keras_compat.layers import model_leaves
 from kmemopt.load.archive import FileComposition, ModelFile
 from kmemopt.profiling import graph as g
 from kmemopt.profiling.dtypes import nbytes
-from kmemopt.profiling.internals import layer_internals, runtime_costs
+from kmemopt.profiling.internals import layer_internals, least_certain, runtime_costs
 from kmemopt.profiling.line import ZERO, Line
 from kmemopt.profiling.optimizer import OptimizerState, optimizer_state
 
@@ -41,6 +41,7 @@ class LayerProfile:
     activation_bytes_per_sample: int
     gradient_bytes: int
     optimizer_bytes: int
+    activation_source: str = "exact"  # internals.Source: exact, traced, rule or opaque
 
     @property
     def non_trainable_params(self) -> int:
@@ -64,6 +65,7 @@ class LayerProfile:
             "activation_bytes_per_sample": self.activation_bytes_per_sample,
             "gradient_bytes": self.gradient_bytes,
             "optimizer_bytes": self.optimizer_bytes,
+            "activation_source": self.activation_source,
         }
 
 
@@ -83,6 +85,7 @@ class Totals:
     backward_transient_bytes: int
     runtime_inference_bytes: int = 0  # TensorFlow's own costs for this model (see internals.runtime_costs)
     runtime_training_bytes: int = 0
+    activation_source: str = "exact"  # the least certain source among the rows (internals.least_certain)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -271,7 +274,9 @@ def profile_model(
     if batch_size < 1:
         raise UsageError(f"The batch size must be at least 1. Received: batch_size={batch_size}.")
     specs, names, recompute = _input_specs(model, input_shapes, seq_len)
-    tracer = g.Tracer(internals=layer_internals)
+    from kmemopt.profiling.trace import OpTracer
+
+    tracer = g.Tracer(internals=layer_internals, ops=OpTracer(batch_size))
     tracer.recompute = recompute
     from kmemopt.keras_compat.variables import unallocated
 
@@ -319,6 +324,7 @@ def profile_model(
                 obytes += opt.per_variable_bytes.get(id(v), 0)
         calls = calls_by_layer.get(id(layer), [])
         out_line = ZERO
+        sources: list[str] = []
         act_line = ZERO  # what training keeps of this layer's calls: kept outputs + internal saves
         shapes = []
         for call in calls:
@@ -327,6 +333,7 @@ def profile_model(
                 if t in kept:
                     act_line = act_line + graph.tensors[t].size
             act_line = act_line + call.saved_extra
+            sources.append(call.source)
             shapes.append([list(graph.tensors[t].shape) for t in call.outputs])
         if type(layer).__name__ == "InputLayer" and layer.name in input_tensor_of:
             tensor = graph.tensors[input_tensor_of[layer.name]]
@@ -354,6 +361,7 @@ def profile_model(
                 activation_bytes_per_sample=act_line.per_sample_bytes,
                 gradient_bytes=tbytes,
                 optimizer_bytes=obytes,
+                activation_source=str(least_certain(sources)),
             )
         )
 
@@ -390,7 +398,7 @@ def profile_model(
     trainable = sum(r.trainable_params for r in rows)
     param_bytes = sum(r.param_bytes for r in rows)
     gradient_bytes = sum(r.gradient_bytes for r in rows)
-    warnings: list[str] = []
+    warnings: list[str] = list(graph.warnings)  # layers that could not be traced
     if extra:
         warnings.append(f"{len(extra)} variable(s) belong to no layer row; they are counted in the totals.")
         for v in extra:
@@ -434,6 +442,7 @@ def profile_model(
         backward_transient_bytes=back.at(batch_size),
         runtime_inference_bytes=run_inf.at(batch_size),
         runtime_training_bytes=run_train.at(batch_size),
+        activation_source=str(least_certain(r.activation_source for r in rows)),
     )
 
     fit = None

@@ -77,7 +77,7 @@ def training_timeline(graph: g.Graph, batch_size: int) -> list[dict[str, Any]]:
                 if t not in kept:
                     loose -= size(t)
     for call in reversed(graph.calls):
-        held = sum(size(t) for t in set(call.inputs) | set(call.outputs)) + call.transient.at(batch_size)
+        held = sum(size(t) for t in set(call.inputs) | set(call.outputs)) + call.backward_transient.at(batch_size)
         steps.append({"phase": "backward", "layer": call.path, "activations": activations, "transient": held})
     steps.append({"phase": "update", "layer": None, "activations": 0, "transient": 0})
     return steps
