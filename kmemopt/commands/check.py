@@ -27,6 +27,7 @@ class CheckFormat(str, Enum):
     markdown = "markdown"
     github = "github"
     junit = "junit"
+    html = "html"
 
 
 def _budget_option(metric: str, example: str) -> Any:
@@ -102,6 +103,14 @@ def command(
         ),
     ] = False,
     custom_objects: CustomObjectsOpt = None,
+    why: Annotated[
+        bool,
+        typer.Option(
+            "--why",
+            help="Also show which layers grew or shrank against the baseline, new and removed ones (per-layer diff).",
+            rich_help_panel="Baseline",
+        ),
+    ] = False,
     fmt: Annotated[CheckFormat, typer.Option("--format", "-f", help="Output format.")] = CheckFormat.table,
     output: OutputOpt = None,
     exit_zero: Annotated[
@@ -111,6 +120,7 @@ def command(
     """Fail (exit 1) when a model outgrows its memory or size budget; every budget is evaluated.
 
     Example: kmemopt check models/*.keras --max-file-size 50MB --max-training-memory 6GiB -b 32
+    Example: kmemopt check --baseline main.json --max-increase 5% --why --format markdown
 
     With no arguments, checks the \\[\\[tool.kmemopt.budget]] entries of pyproject.toml.
 
@@ -139,16 +149,19 @@ def command(
                 custom_objects=custom_objects,
                 measure=measure,
                 on_model=lambda name: update(f"Checking {name} ..."),
+                why=why,
             )
         report_dict = report.to_dict()
         from kmemopt.report import render_error, to_json
         from kmemopt.report.check import check_github, check_junit, check_markdown, render_check
+        from kmemopt.report.html import check_html
 
         text_formats = {
             CheckFormat.json: to_json,
             CheckFormat.markdown: check_markdown,
             CheckFormat.github: check_github,
             CheckFormat.junit: check_junit,
+            CheckFormat.html: check_html,
         }
         text = text_formats[fmt](report_dict) if fmt in text_formats else None
         emit(output, lambda console: render_check(report_dict, console), text)

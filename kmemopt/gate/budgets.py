@@ -388,11 +388,95 @@ def _common_suffix(a: str, b: str) -> int:
 
 
 @dataclass(frozen=True)
+class LayerBytes:
+    """What one layer holds in a training step: its weights, their gradients and optimizer state, and the
+    activations it keeps for the backward pass (a line in the batch size, as the profile counts them)."""
+
+    path: str
+    class_name: str
+    param_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int  # at the batch size of the ModelLayers holding it
+    activation_bytes_per_sample: int = 0
+
+    def weight_bytes(self) -> int:
+        return self.param_bytes + self.gradient_bytes + self.optimizer_bytes
+
+    def activations_at(self, batch_size: int, profiled_at: int) -> int:
+        fixed = self.activation_bytes - self.activation_bytes_per_sample * profiled_at
+        return fixed + self.activation_bytes_per_sample * batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ModelLayers:
+    """A model's per-layer bytes at one batch size: what `check --why` compares."""
+
+    model: str
+    batch_size: int
+    layers: tuple[LayerBytes, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "batch_size": self.batch_size, "layers": [r.to_dict() for r in self.layers]}
+
+
+def model_layers(model: str, batch_size: Any, rows: Any, where: str) -> ModelLayers:
+    """Per-layer rows of a profile or check JSON (their `layers`) -> ModelLayers."""
+    try:
+        return ModelLayers(
+            model,
+            int(batch_size),
+            tuple(
+                LayerBytes(
+                    str(r["path"]),
+                    str(r.get("class_name") or ""),
+                    int(r["param_bytes"]),
+                    int(r.get("gradient_bytes") or 0),
+                    int(r.get("optimizer_bytes") or 0),
+                    int(r.get("activation_bytes") or 0),
+                    int(r.get("activation_bytes_per_sample") or 0),
+                )
+                for r in rows
+            ),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UsageError(f"{where} has per-layer rows kmemopt cannot read (layers of {model!r}).") from None
+
+
+def _best_match(model: str, names: list[str]) -> str | None:
+    """The one name sharing the longest tail of path components with `model` (None: none, or a tie)."""
+    scored = [(_common_suffix(model, n), n) for n in dict.fromkeys(names)]
+    best = max((score for score, _ in scored), default=0)
+    winners = [n for score, n in scored if score == best]
+    return winners[0] if best and len(winners) == 1 else None
+
+
+@dataclass(frozen=True)
 class Baseline:
     """Earlier values (for example from the main branch) to compute deltas against."""
 
     source: str
     entries: tuple[BaselineEntry, ...] = field(default=())
+    layers: tuple[ModelLayers, ...] = field(default=())
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(e.model for e in self.entries))
+
+    def entries_for(self, model: str) -> list[BaselineEntry]:
+        """Every value the baseline holds for `model` (matched as `lookup` matches), one a metric."""
+        name = _best_match(model, self.models())
+        out: dict[Metric, BaselineEntry] = {}
+        for e in self.entries:
+            if e.model == name:
+                out.setdefault(e.metric, e)
+        return list(out.values())
+
+    def layers_for(self, model: str) -> ModelLayers | None:
+        name = _best_match(model, [m.model for m in self.layers])
+        return next((m for m in self.layers if m.model == name), None)
 
     def lookup(self, model: str, metric: Metric, batch_size: int, optimizer: str | None) -> int | None:
         """The baseline value for a model's metric, or None when the baseline does not have it.
@@ -422,18 +506,104 @@ def baseline_from_json(data: Any, source: str) -> Baseline:
     """A parsed `profile --format json` output, a list of them, or a `check --format json` output."""
     docs = data if isinstance(data, list) else [data]
     entries: list[BaselineEntry] = []
+    layers: list[ModelLayers] = []
     for doc in docs:
         if not isinstance(doc, dict):
             raise UsageError(f"{source} is neither a kmemopt profile nor a kmemopt check JSON output.")
         if "budgets" in doc:
             entries += _entries_from_check(doc, source)
+            for item in doc.get("layers") or []:  # per-layer bytes, written when the check profiled a model
+                if isinstance(item, dict):
+                    layers.append(
+                        model_layers(str(item.get("model")), item.get("batch_size"), item.get("layers"), source)
+                    )
         elif "totals" in doc:
-            entries += _entries_from_profile(doc, source)
+            found = _entries_from_profile(doc, source)
+            entries += found
+            if isinstance(doc.get("layers"), list) and found:
+                layers.append(model_layers(found[0].model, doc["batch_size"], doc["layers"], source))
         else:
             raise UsageError(
                 f"{source} is neither a `kmemopt profile --format json` nor a `kmemopt check --format json` output."
             )
-    return Baseline(source=source, entries=tuple(entries))
+    return Baseline(source=source, entries=tuple(entries), layers=tuple(layers))
+
+
+def baseline_budget(entry: BaselineEntry, model: str, o: Overrides) -> Budget:
+    """The budget a baseline value implies for a model: no limit of its own, the --max-increase against the
+    baseline (none given: the value and its delta are reported, never failed). Memory metrics keep the
+    baseline's batch size unless --batch-size says otherwise, so like is compared with like."""
+    budget = apply_overrides(Budget(model=model, metric=entry.metric, source="--baseline"), o)
+    if o.batch_size is None and entry.batch_size is not None:
+        budget = replace(budget, batch_size=entry.batch_size)
+    return budget
+
+
+# ---------------------------------------------------------------------------------------------
+# Why: the per-layer diff against the baseline
+
+
+WHY_CHANGES = ("grew", "shrank", "new", "removed")
+
+
+def layer_diff(before: ModelLayers | None, after: ModelLayers, model: str, note: str | None = None) -> dict[str, Any]:
+    """Which layers of `model` grew or shrank against the baseline, by how much; new and removed ones.
+
+    A layer's bytes are its weights, gradients and optimizer state plus the activations it keeps, at the
+    current batch size (a baseline profiled at another batch size is moved along its per-sample line).
+    Layers match by path. Rows are sorted by the size of the change, largest first; unchanged ones are left
+    out. With no baseline layers, `layers` is empty and `note` says why.
+    """
+    b = after.batch_size
+    now = {r.path: r for r in after.layers}
+    then = {r.path: r for r in before.layers} if before is not None else {}
+
+    def total(r: LayerBytes, at: int) -> int:
+        return r.weight_bytes() + r.activations_at(b, at)
+
+    rows: list[dict[str, Any]] = []
+    if before is not None:
+        for path in list(then) + [p for p in now if p not in then]:
+            old, new = then.get(path), now.get(path)
+            old_bytes = total(old, before.batch_size) if old else 0
+            new_bytes = total(new, b) if new else 0
+            old_w = old.weight_bytes() if old else 0
+            new_w = new.weight_bytes() if new else 0
+            if old is None:
+                change = "new"
+            elif new is None:
+                change = "removed"
+            elif new_bytes != old_bytes:
+                change = "grew" if new_bytes > old_bytes else "shrank"
+            else:
+                continue
+            either = new if new is not None else old
+            rows.append(
+                {
+                    "layer": path,
+                    "class_name": either.class_name if either is not None else "",
+                    "change": change,
+                    "before_bytes": old_bytes if old else None,
+                    "after_bytes": new_bytes if new else None,
+                    "delta_bytes": new_bytes - old_bytes,
+                    "param_delta_bytes": new_w - old_w,
+                    "activation_delta_bytes": (new_bytes - new_w) - (old_bytes - old_w),
+                }
+            )
+        rows.sort(key=lambda r: (-abs(int(r["delta_bytes"])), str(r["layer"])))
+    before_bytes = sum(total(r, before.batch_size) for r in before.layers) if before is not None else None
+    after_bytes = sum(total(r, b) for r in after.layers)
+    counts = {c: sum(1 for r in rows if r["change"] == c) for c in WHY_CHANGES}
+    return {
+        "model": model,
+        "batch_size": b,
+        "before_bytes": before_bytes,
+        "after_bytes": after_bytes,
+        "delta_bytes": after_bytes - before_bytes if before_bytes is not None else None,
+        **counts,
+        "note": note,
+        "layers": rows,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,6 +742,8 @@ class CheckReport:
     config: str | None = None
     baseline: str | None = None
     estimate: str = "static"
+    layers: tuple[ModelLayers, ...] = ()  # per-layer bytes of each model profiled (a later --why's baseline)
+    why: tuple[dict[str, Any], ...] | None = None  # the per-layer diff against the baseline (--why)
 
     @property
     def passed(self) -> bool:
@@ -620,6 +792,8 @@ class CheckReport:
             "estimate": self.estimate,
             "budgets": [r.to_dict() for r in self.results],
             "errors": [e.to_dict() for e in self.errors],
+            "layers": [m.to_dict() for m in self.layers],
+            "why": list(self.why) if self.why is not None else None,
         }
 
 

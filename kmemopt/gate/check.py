@@ -114,7 +114,28 @@ def _dedupe(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def plan(paths: Sequence[str], config: Config | None, overrides: Overrides, cwd: Path) -> list[Check]:
+def _baseline_targets(baseline: bg.Baseline, cwd: Path) -> list[Path]:
+    """The model files a baseline names, relative to the working directory: what a check with a baseline and
+    neither paths nor config budgets compares."""
+    targets = []
+    for name in baseline.models():
+        path = Path(name) if os.path.isabs(name) else cwd / name
+        if not path.is_file():
+            raise UsageError(
+                f"The baseline {baseline.source} names {name}, which is not a file here (from {cwd}); "
+                "give the model files to check, e.g. kmemopt check models/*.keras --baseline main.json."
+            )
+        targets.append(path)
+    return targets
+
+
+def plan(
+    paths: Sequence[str],
+    config: Config | None,
+    overrides: Overrides,
+    cwd: Path,
+    baseline: bg.Baseline | None = None,
+) -> list[Check]:
     """Which budgets apply to which files.
 
     - No paths: every config budget on the files its glob matches (a glob matching nothing is a usage
@@ -123,6 +144,9 @@ def plan(paths: Sequence[str], config: Config | None, overrides: Overrides, cwd:
       file, plus the flag budgets.
     - A `--max-METRIC` flag replaces the config budgets of that metric; its targets are the paths, or
       every file the config's budgets name.
+    - With a baseline, every metric it holds for a target is compared too (against --max-increase), unless a
+      budget above already covers that metric; with neither paths nor config budgets, the targets are the
+      files the baseline names.
     """
     cfg_budgets = [bg.apply_overrides(b, overrides) for b in (config.budgets if config else ())]
     base = Path(config.path).resolve().parent if config and config.path else None
@@ -151,6 +175,8 @@ def plan(paths: Sequence[str], config: Config | None, overrides: Overrides, cwd:
                 )
             checks += [Check(f, display_path(f, cwd, base), budget) for f in found]
         targets = _dedupe(c.path for c in checks)
+        if not targets and baseline is not None:
+            targets = _dedupe(_baseline_targets(baseline, cwd))
 
     if overrides.limits:
         if not targets:
@@ -165,7 +191,22 @@ def plan(paths: Sequence[str], config: Config | None, overrides: Overrides, cwd:
                 for t in targets
             ]
 
+    if baseline is not None:
+        for t in targets:
+            shown = display_path(t, cwd, base)
+            covered = {c.budget.metric for c in checks if c.path.resolve() == t.resolve()}
+            checks += [
+                Check(t, shown, bg.baseline_budget(e, shown, overrides))
+                for e in baseline.entries_for(shown)
+                if e.metric not in covered
+            ]
+
     if not checks:
+        if paths and baseline is not None:
+            raise UsageError(
+                f"No budget applies to the given files and the baseline {baseline.source} holds none of them: pass "
+                "a limit (e.g. --max-file-size 50MB) or a baseline written from these models."
+            )
         if paths:
             raise UsageError(
                 "No budget applies to the given files: pass a limit (e.g. --max-file-size 50MB) or add a "
@@ -178,7 +219,10 @@ def plan(paths: Sequence[str], config: Config | None, overrides: Overrides, cwd:
         )
     uncovered = [t for t in targets if not any(c.path.resolve() == t.resolve() for c in checks)]
     if uncovered:
-        raise UsageError(f"No budget applies to {display_path(uncovered[0], cwd, base)}; add one or drop the path.")
+        held = f" and the baseline {baseline.source} holds no value for it" if baseline is not None else ""
+        raise UsageError(
+            f"No budget applies to {display_path(uncovered[0], cwd, base)}{held}; add one or drop the path."
+        )
     order = {t.resolve(): i for i, t in enumerate(targets)}
     return sorted(checks, key=lambda c: order.get(c.path.resolve(), len(order)))
 
@@ -248,6 +292,7 @@ def evaluate_checks(
     config: str | None = None,
     measure: Callable[..., Any] | None = None,
     custom_objects_file: str | os.PathLike | None = None,
+    why: bool = False,
 ) -> CheckReport:
     """Profile each model once per budget key and hold every value against its budget.
 
@@ -259,12 +304,18 @@ def evaluate_checks(
     With `measure` (see `measurement()`), inference and training memory are measured in a child
     process instead of estimated; a budget whose model could not be measured (over the child's memory
     or time limit, or a crash) fails, with the reason, rather than passing on a guess.
+
+    Each model's per-layer bytes are kept in the report when a profile was made (so the report's JSON can
+    be a later `--why` baseline); with `why`, every model is profiled (at its first budget's batch size)
+    and compared layer by layer with the baseline's layers.
     """
     from kmemopt.api import open_checked, profile
     from kmemopt.load.archive import read_model_file
 
     results: list[bg.BudgetResult] = []
     errors: list[bg.ModelError] = []
+    layers: list[bg.ModelLayers] = []
+    diffs: list[dict[str, Any]] = []
     by_path: dict[Path, list[Check]] = {}
     for c in checks:
         by_path.setdefault(c.path.resolve(), []).append(c)
@@ -316,12 +367,17 @@ def evaluate_checks(
                     weights = weight_totals(open_checked(path, custom_objects)[1])
                 except UsageError as exc:
                     not_evaluated.update({i: _not_evaluated(group[i], exc) for i in counted})
+            mine, why_note = _model_layers(group, static, why, path, custom_objects)
         except (UnsafeModelError, MalformedModelError) as exc:
             errors.append(bg.ModelError(model, exc.message, exc.rule, exc.where))
             results += [bg.not_checked(c.budget, model, str(exc)) for c in group]
             continue
-        for why in dict.fromkeys(not_evaluated.values()):  # each reason once, in order
-            errors.append(bg.ModelError(model, why, exit_code=int(UsageError.exit_code)))
+        if mine is not None:
+            layers.append(replace(mine, model=model))
+        if why:
+            diffs.append(_why(model, mine, baseline, why_note))
+        for reason in dict.fromkeys(not_evaluated.values()):  # each reason once, in order
+            errors.append(bg.ModelError(model, reason, exit_code=int(UsageError.exit_code)))
         for i, c in enumerate(group):
             b = c.budget
             if i in not_evaluated:
@@ -350,7 +406,63 @@ def evaluate_checks(
         config=config,
         baseline=baseline.source if baseline is not None else None,
         estimate="measured" if measure is not None else "static",
+        layers=tuple(layers),
+        why=tuple(diffs) if why else None,
     )
+
+
+def _model_layers(
+    group: Sequence[Check], static: dict[tuple, Any], why: bool, path: Path, custom_objects
+) -> tuple[bg.ModelLayers | None, str | None]:
+    """The model's per-layer bytes from its first profile; with `why` and no profile yet, one is made at the
+    first budget's batch size. (None, why not) when it cannot be made (an argument it needs is missing)."""
+    result = next(iter(static.values()), None)
+    if result is None and why:
+        from kmemopt.api import profile
+
+        batch, optimizer, seq_len, shapes = group[0].budget.key()
+        try:
+            result = profile(
+                path,
+                batch_size=batch,
+                optimizer=optimizer,
+                seq_len=seq_len,
+                input_shapes=dict(shapes) or None,
+                custom_objects=custom_objects,
+            )
+        except UsageError as exc:
+            return None, f"no per-layer profile of this model: {exc.message}"
+    if result is None:
+        return None, None
+    rows = tuple(
+        bg.LayerBytes(
+            r.path,
+            r.class_name,
+            r.param_bytes,
+            r.gradient_bytes,
+            r.optimizer_bytes,
+            r.activation_bytes,
+            r.activation_bytes_per_sample,
+        )
+        for r in result.layers
+    )
+    return bg.ModelLayers(group[0].model, result.batch_size, rows), None
+
+
+def _why(model: str, mine: bg.ModelLayers | None, baseline: bg.Baseline | None, note: str | None) -> dict[str, Any]:
+    """The --why entry of one model: its layers against the baseline's, or a note saying why there is none."""
+    before = baseline.layers_for(model) if baseline is not None else None
+    if mine is None:
+        empty = bg.ModelLayers(model, before.batch_size if before else bg.DEFAULT_BATCH_SIZE, ())
+        return {**bg.layer_diff(None, empty, model, note), "after_bytes": None}
+    if baseline is None:
+        note = "no baseline to compare with (--baseline FILE.json)"
+    elif before is None:
+        note = (
+            f"the baseline {baseline.source} holds no per-layer data for this model; write one with "
+            "`kmemopt profile MODEL --format json` (or `kmemopt check --why --format json`)"
+        )
+    return bg.layer_diff(before, mine, model, note)
 
 
 def check(
@@ -374,6 +486,7 @@ def check(
     use_config: bool = True,
     cwd: str | os.PathLike | None = None,
     on_model: Callable[[str], None] | None = None,
+    why: bool = False,
 ) -> CheckReport:
     """Check model files against budgets; see `kmemopt.check` for the documented API."""
     measure_fn = measurement() if measure else None
@@ -416,7 +529,7 @@ def check(
         path = Path(cfg.path).resolve().parent / cfg.baseline
         base = _load_baseline(path, display_path(path, here, root))
 
-    checks = plan([os.fspath(p) for p in paths], cfg, overrides, here)
+    checks = plan([os.fspath(p) for p in paths], cfg, overrides, here, base)
     if base is None:
         compare_only = [c.budget for c in checks if c.budget.max is None]
         if compare_only:
@@ -440,6 +553,7 @@ def check(
             else None
         ),
         config=display_path(Path(cfg.path), here, root) if cfg is not None and cfg.path else None,
+        why=why,
     )
 
 

@@ -112,6 +112,8 @@ def render_check(data: dict[str, Any], console) -> None:
             )
     style = _STATUS_STYLE["pass" if data["passed"] else ("error" if data["verdict"] == "error" else "fail")]
     console.print(f"[{style}]check {_headline(data)}[/{style}]: {_summary(data)}.", highlight=False)
+    if data.get("why"):
+        render_why(data, console)
 
 
 def check_markdown(data: dict[str, Any]) -> str:
@@ -134,6 +136,8 @@ def check_markdown(data: dict[str, Any]) -> str:
         cells += [_STATUS_MARK[row["status"]], markdown(row["level"]), markdown(_reason(row))]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if data.get("why"):
+        lines.append(why_markdown(data))
     how = "Static estimates" if data.get("estimate") == "static" else "Measured"
     lines.append(f"_{how} by kmemopt {markdown(data.get('kmemopt_version', ''))}._")
     return "\n".join(lines) + "\n"
@@ -156,6 +160,8 @@ def check_github(data: dict[str, Any]) -> str:
         )
     notice = f"kmemopt check {_headline(data)}: {_summary(data)}"
     lines.append(f"::{'notice' if data['passed'] else 'error'} title=kmemopt check::{github_data(notice)}")
+    if data.get("why"):
+        lines.append(why_github(data).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
@@ -188,3 +194,116 @@ def check_junit(data: dict[str, Any]) -> str:
             out.text = detail + (f"\nwarning: {reason}" if row["status"] == "warn" else "")
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# --why: the per-layer diff against the baseline
+
+WHY_SHOWN = 10  # layers shown before the rest is folded (Markdown <details>) or cut (table, annotations)
+
+
+def _signed(n: int | None) -> str:
+    from kmemopt.units import format_bytes
+
+    if n is None:
+        return "-"
+    return ("+" if n >= 0 else "-") + format_bytes(abs(n))
+
+
+def _why_headline(model: dict[str, Any]) -> str:
+    from kmemopt.units import format_bytes
+
+    counts = ", ".join(f"{model[c]} {c}" for c in ("grew", "shrank", "new", "removed") if model.get(c))
+    if model.get("before_bytes") is None or model.get("after_bytes") is None:
+        return f"batch {model['batch_size']}" + (f"; {counts}" if counts else "")
+    return (
+        f"{format_bytes(model['before_bytes'])} → {format_bytes(model['after_bytes'])} "
+        f"({_signed(model['delta_bytes'])}) at batch {model['batch_size']}" + (f"; {counts}" if counts else "")
+    )
+
+
+def _why_cells(row: dict[str, Any]) -> list[str]:
+    from kmemopt.units import format_bytes
+
+    return [
+        row["change"],
+        format_bytes(row["before_bytes"]),
+        format_bytes(row["after_bytes"]),
+        _signed(row["delta_bytes"]),
+        _signed(row["param_delta_bytes"]),
+        _signed(row["activation_delta_bytes"]),
+    ]
+
+
+WHY_HEAD = ["change", "before", "after", "delta", "weights Δ", "activations Δ"]
+
+
+def render_why(data: dict[str, Any], console, *, top: int = WHY_SHOWN) -> None:
+    """The per-layer diff as terminal tables, one a model (the largest changes first)."""
+    from rich.table import Table
+
+    for model in data.get("why") or []:
+        console.print(f"[bold]why[/bold] {markup(model['model'])}: {markup(_why_headline(model))}", highlight=False)
+        if model.get("note"):
+            console.print(f"  [dim]{markup(model['note'])}[/dim]", highlight=False)
+        rows = model["layers"]
+        if not rows:
+            continue
+        table = Table(show_lines=False, header_style="bold")
+        table.add_column("layer", overflow="fold")
+        table.add_column("class")
+        for head in WHY_HEAD:
+            table.add_column(head, justify="left" if head == "change" else "right")
+        for row in rows[:top]:
+            table.add_row(markup(row["layer"]), markup(row["class_name"]), *_why_cells(row))
+        console.print(table)
+        if len(rows) > top:
+            console.print(f"  … {len(rows) - top} more changed layers (--format markdown or json lists them all)")
+
+
+def why_markdown(data: dict[str, Any], *, top: int = WHY_SHOWN) -> str:
+    """The diff for a pull-request comment: the largest changes in a table, the rest folded in <details>."""
+    out = ["### Why: layers against the baseline", ""]
+    head = "| layer | class | " + " | ".join(WHY_HEAD) + " |"
+    rule = "|---|---|---|" + "---:|" * (len(WHY_HEAD) - 1)
+    for model in data.get("why") or []:
+        out.append(f"**{markdown_code(model['model'], table=False)}**: {markdown(_why_headline(model))}")
+        out.append("")
+        if model.get("note"):
+            out += [f"_{markdown(model['note'])}_", ""]
+        rows = model["layers"]
+        if not rows:
+            continue
+
+        def table(part: list[dict[str, Any]]) -> list[str]:
+            return [head, rule] + [
+                "| " + " | ".join([markdown_code(r["layer"]), markdown(r["class_name"]), *_why_cells(r)]) + " |"
+                for r in part
+            ]
+
+        out += table(rows[:top]) + [""]
+        if len(rows) > top:
+            out += [f"<details><summary>{len(rows) - top} more changed layers</summary>", ""]
+            out += table(rows[top:]) + ["", "</details>", ""]
+    return "\n".join(out) + "\n"
+
+
+def why_github(data: dict[str, Any], *, top: int = WHY_SHOWN) -> str:
+    """Workflow commands: a notice for each of the largest growths (GitHub shows ten a step), the full
+    list in a collapsed log group."""
+    lines = []
+    for model in data.get("why") or []:
+        rows = model["layers"]
+        for row in [r for r in rows if r["delta_bytes"] > 0][:top]:
+            message = f"{row['layer']} ({row['class_name']}) {row['change']} {_signed(row['delta_bytes'])}"
+            lines.append(
+                f"::notice file={github_property(model['model'])},title={github_property('kmemopt: layer ' + row['change'])}::"
+                + github_data(message)
+            )
+        lines.append(f"::group::kmemopt why {github_data(model['model'])}: {github_data(_why_headline(model))}")
+        if model.get("note"):
+            lines.append(github_data(model["note"]))
+        for row in rows:
+            lines.append(github_data(f"{row['change']:8} {_signed(row['delta_bytes']):>12}  {row['layer']}"))
+        lines.append("::endgroup::")
+    return "\n".join(lines) + "\n"
