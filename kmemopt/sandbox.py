@@ -1,9 +1,17 @@
-"""One runner for the child processes that run a model: spawn, memory limit, timeout, parent death,
-errors passed back by type.
+"""One runner for kmemopt's child processes: spawn, memory limit, timeout, parent death, errors by type.
 
-kmemopt runs a model in a child process twice: shrink's reload check (the written file loaded with
-plain `keras.models.load_model` in a fresh interpreter) and `profile --measure`. Both go through
-`run_child`:
+Three kinds of work run in a child, all through `run_child`:
+
+- the metadata reader (`kmemopt.load.archive`): h5py and zipfile parse a hostile file's bytes in C,
+  where a crafted file can loop forever, crash or allocate without bound; the child imports neither
+  Keras nor TensorFlow, so it starts in a fraction of a second;
+- shrink's reload check (`kmemopt.write.save`): the written file loaded with plain
+  `keras.models.load_model` in a fresh interpreter;
+- `profile --measure` (`kmemopt.profiling._child`): the model run for real, its peaks measured.
+
+The child is always a fresh interpreter (`python -m kmemopt.sandbox MODULE:FUNCTION`, fork+exec in C
+by `subprocess`), never a `fork()` of this process: a fork copies a process whose other threads
+(TensorFlow's, once Keras is imported) may hold locks the copy can never release.
 
 - **Memory.** The parent watches the child's resident memory (`/proc/<pid>/status`, every 20 ms) and
   kills it past `max_memory_bytes`. `RLIMIT_AS` cannot be the limit: TensorFlow and CUDA reserve far
@@ -16,14 +24,21 @@ plain `keras.models.load_model` in a fresh interpreter) and `profile --measure`.
 - **Parent death.** The child asks the kernel for SIGTERM when the parent dies (`PR_SET_PDEATHSIG`),
   removes its scratch folder and exits; a thread watching `getppid()` does the same if the interpreter
   is busy in C code. Nothing outlives a SIGKILLed kmemopt.
+- **Scratch.** Each child gets a private folder (`scratch_dir()`, also its TMPDIR), removed by the child
+  and again by the parent however the child ended.
 - **Data.** The request and the result travel through pipes (a JSON header line, then NumPy arrays in
-  `.npy` format); the child's stdout is kept for the result only (what libraries print goes to stderr).
-- **Errors.** A failure in the child comes back as its type: a kmemopt error is raised again in the
-  parent with its exit code and rule; anything else is `ChildFailed` (exit 4, a bug). The child's
-  traceback is chained (`raise ... from ChildTraceback(text)`), so `--debug` shows it.
+  `.npy` format, never pickles); the child's stdout is kept for the result only (what libraries print
+  goes to stderr).
+- **Errors.** A failure in the child comes back as its type, never guessed from its message: a
+  `KmemoptError` is sent as its class (module and name), exit code, rule and place, and raised again in
+  the parent as that same class; MemoryError (or TensorFlow's ResourceExhaustedError) under the limit
+  is `RunLimitExceeded` (RUN-MEMORY); anything else is `ChildFailed` (exit 4, a bug), as is a child
+  killed by a signal from outside (`ChildFailed.signal`). The child's traceback is chained
+  (`raise ... from ChildTraceback(text)`), so `--debug` shows it.
 
-The child is `python -m kmemopt.sandbox MODULE:FUNCTION`; the function takes `(request, arrays)` and
-returns `(result, arrays)`. It imports nothing from the model file: only kmemopt's own modules run.
+The function a child runs takes `(request, arrays)` and returns `(result, arrays)`; only modules of
+kmemopt itself can be named, and the child imports nothing a model file names, nor anything from the
+folder it was started in.
 """
 
 from __future__ import annotations
@@ -66,14 +81,24 @@ ENV_PARENT = "KMEMOPT_SANDBOX_PARENT"
 ENV_SCRATCH = "KMEMOPT_SANDBOX_SCRATCH"
 ENV_DATA_LIMIT = "KMEMOPT_SANDBOX_DATA_LIMIT"
 STDERR_TAIL = 64 * 1024
-# How a child starts; the target ("module:function") is appended.
-CHILD_COMMAND = (sys.executable, "-m", "kmemopt.sandbox")
+# How a child starts; the target ("module:function") is appended. Not `python -m`, which puts the
+# current folder first on sys.path: a `numpy.py` or `h5py.py` in the folder kmemopt is run from (say,
+# beside a model that came with it) would be imported by the child. The bootstrap drops that entry.
+_BOOTSTRAP = (
+    "import sys\n"
+    "if sys.path[:1] == ['']: del sys.path[0]\n"
+    "from kmemopt.sandbox import child_main\n"
+    "child_main(sys.argv[1])"
+)
+CHILD_COMMAND = (sys.executable, "-c", _BOOTSTRAP)
 
 
 class ChildFailed(KmemoptError):
     """The child process failed in a way that is not the model's fault (exit 4, a bug)."""
 
     exit_code = ExitCode.INTERNAL
+    # The signal that ended the child, when one did (a crash in C code, the out-of-memory killer, a user).
+    signal: int | None = None
 
 
 class ChildTraceback(Exception):
@@ -82,6 +107,8 @@ class ChildTraceback(Exception):
 
 class RunLimitExceeded(UnsafeModelError):
     """The child passed its memory limit or its timeout and was stopped (exit 3)."""
+
+    peak_rss_bytes: int = 0
 
     def __init__(self, message: str, *, rule: str, peak_rss_bytes: int = 0):
         super().__init__(message, rule=rule)
@@ -340,11 +367,13 @@ def run_child(
     except (EOFError, ValueError):
         rc = proc.returncode
         if rc is not None and rc < 0:
-            # Killed from outside (not by the limits above): the system's out-of-memory killer, or a user.
-            raise ChildFailed(
-                f"The child process running {what} was killed by signal {-rc} (the system's out-of-memory "
-                "killer, or a user); nothing it did is used."
-            ) from ChildTraceback(stderr)
+            # Killed from outside the limits above (the out-of-memory killer, a user) or crashed in C.
+            killed = ChildFailed(
+                f"The child process running {what} was killed by signal {-rc} (a crash, the system's "
+                "out-of-memory killer, or a user); nothing it did is used."
+            )
+            killed.signal = -rc
+            raise killed from ChildTraceback(stderr)
         last = _last_line(stderr) or f"exit status {rc}"
         raise ChildFailed(f"Running {what} in a child process failed ({_clip(last)}).") from ChildTraceback(stderr)
     if not header.get("ok"):
@@ -365,22 +394,15 @@ def _clip(text: str, limit: int = 240) -> str:
 
 def _error_from(err: dict[str, Any], what: str, peak: int) -> KmemoptError:
     """The parent's exception for the child's: by type, never by reading the message."""
-    from kmemopt import errors
-
     kind, message = err.get("type", ""), err.get("message", "")
     cause = ChildTraceback(err.get("traceback", ""))
+    exc: KmemoptError
     if err.get("kmemopt"):
-        cls = getattr(errors, kind, None)
-        if not (isinstance(cls, type) and issubclass(cls, KmemoptError)):
-            cls = next(
-                (
-                    c
-                    for c in (errors.UsageError, errors.UnsafeModelError, ChildFailed)
-                    if c.exit_code == err.get("exit_code")
-                ),
-                ChildFailed,
-            )
-        exc = cls(message, rule=err.get("rule"), where=err.get("where"))
+        cls = _kmemopt_class(err.get("module", ""), kind) or _class_for_exit_code(err.get("exit_code"))
+        exc = cls.__new__(cls)
+        # The base initializer only: a subclass's own may take other arguments, and the message,
+        # rule and place are all the child's error carried.
+        KmemoptError.__init__(exc, message, rule=err.get("rule"), where=err.get("where"))
     elif err.get("memory"):
         exc = RunLimitExceeded(
             f"Running {what} ran out of memory under the limit ({kind}); raise --max-memory or lower the batch size.",
@@ -393,6 +415,31 @@ def _error_from(err: dict[str, Any], what: str, peak: int) -> KmemoptError:
     exc.child_type = kind
     exc.child_traceback = err.get("traceback", "")
     return exc
+
+
+def _kmemopt_class(module: str, qualname: str) -> type[KmemoptError] | None:
+    """The KmemoptError subclass the child named (module and qualified name), if kmemopt defines it."""
+    if module != "kmemopt" and not module.startswith("kmemopt."):
+        return None
+    import importlib
+
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return found if isinstance(found, type) and issubclass(found, KmemoptError) else None
+
+
+def _class_for_exit_code(code: Any) -> type[KmemoptError]:
+    """A class this kmemopt cannot find (a version mismatch): the base class of the same exit code."""
+    from kmemopt import errors
+
+    for cls in (errors.UsageError, errors.UnsafeModelError, errors.GateFailed):
+        if cls.exit_code == code:
+            return cls
+    return ChildFailed
 
 
 # --------------------------------------------------------------------------------------------- child
@@ -465,7 +512,14 @@ def _describe(exc: BaseException) -> dict[str, Any]:
         "traceback": "".join(traceback.format_exception(exc))[-16000:],
     }
     if isinstance(exc, KmemoptError):
-        err.update(kmemopt=True, exit_code=int(exc.exit_code), rule=exc.rule, where=exc.where)
+        err.update(
+            kmemopt=True,
+            module=type(exc).__module__,
+            type=type(exc).__qualname__,
+            exit_code=int(exc.exit_code),
+            rule=exc.rule,
+            where=exc.where,
+        )
     elif _is_memory_error(exc):
         err["memory"] = True
     return err

@@ -61,7 +61,7 @@ class Limits:
     max_hdf5_objects: int = 1_000_000
     max_hdf5_depth: int = 64
     max_hdf5_rank: int = 32
-    # Wall-clock seconds for reading one file's metadata. The reading runs in a forked child, so a
+    # Wall-clock seconds for reading one file's metadata. The reading runs in a child process, so a
     # file whose HDF5 structures send the HDF5 library into a loop (found by fuzzing) or crash it is
     # refused instead of hanging kmemopt. KMEMOPT_MAX_READ_SECONDS overrides it; 0 reads in-process.
     max_read_seconds: float = 120.0
@@ -396,7 +396,7 @@ def read_model_file(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) ->
         raise MalformedModelError(f"{path} is empty; it is not a Keras model file.")
     with open(path, "rb") as fh:
         identity = file_identity(fh)
-    return _bounded(path, limits, lambda: _read_by_content(path, size, limits, identity))
+    return _read_bounded(path, size, limits, identity)
 
 
 def file_identity(fh) -> tuple[int, ...]:
@@ -548,99 +548,83 @@ def _model_file_from_json(d: dict[str, Any]) -> ModelFile:
     )
 
 
-_ERRORS = {"UnsafeModelError": UnsafeModelError, "MalformedModelError": MalformedModelError, "UsageError": UsageError}
+READ_TARGET = "kmemopt.load.archive:read_in_child"
+# What the reading child may hold besides what a file makes it read: the interpreter, NumPy and h5py
+# (about 60 MiB here). The memory a file can make it take is capped by `Limits.max_read_memory_bytes`.
+READER_BASE_BYTES = 512 * 1024**2
 
 
-def _bounded(path: Path, limits: Limits, read) -> ModelFile:
-    """Run `read()` in a forked child with a wall-clock and memory limit; the parent gets plain data back.
+def read_seconds(limits: Limits) -> float:
+    """The reading child's time limit: KMEMOPT_MAX_READ_SECONDS overrides the default limits' (not a
+    caller's explicit ones); 0 reads in this process."""
+    if limits is DEFAULT_LIMITS:
+        return float(os.environ.get("KMEMOPT_MAX_READ_SECONDS", limits.max_read_seconds))
+    return limits.max_read_seconds
+
+
+def _read_bounded(path: Path, size: int, limits: Limits, identity: tuple[int, ...]) -> ModelFile:
+    """Read the metadata in a child process (`kmemopt.sandbox`) with a time and memory limit.
 
     The HDF5 library parses hostile bytes in C: a crafted file can loop forever or crash it, and a
-    loop holds the GIL, so no in-process timeout could stop it. A forked child (cheap: it shares the
-    parent's pages) can be killed. Without fork (not POSIX), or with the limit set to 0, it reads in-process.
+    loop holds the GIL, so no in-process timeout could stop it; a child can be killed. The child is a
+    fresh interpreter that imports only the reader (NumPy, h5py; never Keras or TensorFlow), not a
+    fork of this process, whose framework threads may hold locks a forked copy could never release.
     """
-    seconds = limits.max_read_seconds
-    if limits is DEFAULT_LIMITS:  # the environment overrides the default, not a caller's explicit limits
-        seconds = float(os.environ.get("KMEMOPT_MAX_READ_SECONDS", seconds))
-    if seconds <= 0 or not hasattr(os, "fork"):
-        return read()
-    import select
-    import signal
-    import time
+    seconds = read_seconds(limits)
+    if seconds <= 0:
+        return _read_by_content(path, size, limits, identity)
+    from kmemopt import sandbox
 
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: read, send JSON, leave without running any cleanup of the parent's
-        os.close(rfd)
-        code = 0
-        try:
-            _limit_memory(limits.max_read_memory_bytes)
-            try:
-                result: list[Any] = ["ok", _model_file_to_json(read())]
-            except KmemoptError as exc:
-                result = ["error", type(exc).__name__, exc.message, exc.rule, exc.where]
-            except MemoryError:
-                result = [
-                    "error",
-                    "UnsafeModelError",
-                    f"Reading {path}'s metadata needs more than "
-                    f"{limits.max_read_memory_bytes:,} bytes of memory; kmemopt refuses it.",
-                    RULE_READ_LIMITS,
-                    None,
-                ]
-            except BaseException as exc:  # noqa: BLE001 - a bug in kmemopt: the parent reports it as such
-                result = ["crash", f"{type(exc).__name__}: {exc}"]
-            data = json.dumps(result).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(wfd, view) :]
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    timed_out = False
+    request = {"path": str(path), "size": size, "identity": list(identity), "limits": dataclasses.asdict(limits)}
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([rfd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(rfd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(rfd)
-        if timed_out:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-    if timed_out:
-        raise UnsafeModelError(
-            f"Reading {path}'s metadata did not finish within {seconds:g} s (set KMEMOPT_MAX_READ_SECONDS "
-            "to allow longer); kmemopt refuses it.",
-            rule=RULE_READ_LIMITS,
+        done = sandbox.run_child(
+            READ_TARGET,
+            request,
+            max_memory_bytes=READER_BASE_BYTES + limits.max_read_memory_bytes,
+            timeout_s=seconds,
+            what="the metadata reader",
         )
-    try:
-        result = json.loads(b"".join(chunks))
-    except ValueError:
-        sig = -os.waitstatus_to_exitcode(status)
+    except sandbox.RunLimitExceeded as exc:
+        if exc.rule == sandbox.RULE_TIME:
+            raise UnsafeModelError(
+                f"Reading {path}'s metadata did not finish within {seconds:g} s (set KMEMOPT_MAX_READ_SECONDS "
+                "to allow longer); kmemopt refuses it.",
+                rule=RULE_READ_LIMITS,
+            ) from None
+        raise _read_memory_error(path, limits) from None
+    except sandbox.ChildFailed as exc:
+        if exc.signal is None:
+            raise  # a bug in kmemopt's reader (exit 4), its traceback chained
         raise UnsafeModelError(
-            f"Reading {path}'s metadata crashed the HDF5 reader"
-            + (f" (signal {sig})" if sig > 0 else "")
-            + "; the file is damaged or hostile. kmemopt refuses it.",
+            f"Reading {path}'s metadata crashed the HDF5 reader (signal {exc.signal}); the file is damaged "
+            "or hostile. kmemopt refuses it.",
             rule=RULE_READ_LIMITS,
         ) from None
-    if result[0] == "ok":
-        return _model_file_from_json(result[1])
-    if result[0] == "error":
-        raise _ERRORS[result[1]](result[2], rule=result[3], where=result[4])
-    raise RuntimeError(f"reading {path} failed: {result[1]}")
+    return _model_file_from_json(done.value)
+
+
+def _read_memory_error(path: Path, limits: Limits) -> UnsafeModelError:
+    return UnsafeModelError(
+        f"Reading {path}'s metadata needs more than {limits.max_read_memory_bytes:,} bytes of memory; "
+        "kmemopt refuses it.",
+        rule=RULE_READ_LIMITS,
+    )
+
+
+def read_in_child(request: dict[str, Any], arrays: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The metadata reader's child (run by `kmemopt.sandbox`): read the file, return its ModelFile as JSON.
+
+    A kmemopt error goes back to the parent by type (rule and all); so does running out of the memory
+    the reader may take (ARCHIVE-TIME).
+    """
+    limits = Limits(**request["limits"])
+    path = Path(request["path"])
+    _limit_memory(limits.max_read_memory_bytes)
+    try:
+        model_file = _read_by_content(path, int(request["size"]), limits, tuple(request["identity"]))
+    except MemoryError:
+        raise _read_memory_error(path, limits) from None
+    return _model_file_to_json(model_file), []
 
 
 def _limit_memory(extra_bytes: int) -> None:
