@@ -74,9 +74,31 @@ def test_markdown_and_output_file(cli, mlp_path, tmp_path):
     assert "Training peak" in table.read_text()
 
 
-def test_top_hides_the_lighter_layers(cli, mlp_path):
+def test_top_sums_the_lighter_layers_in_one_row(cli, mlp_path):
     result = cli("profile", mlp_path, "--top", "1")
-    assert result.exit_code == 0 and "lighter layers hidden" in result.stdout
+    assert result.exit_code == 0 and "1 heaviest of 4 layers shown" in result.stdout
+    assert "… 3 other layers" in result.stdout
+    md = cli("profile", mlp_path, "--top", "1", "-f", "markdown").stdout
+    assert "| … 3 other layers |" in md
+
+
+def test_a_big_model_shows_its_heaviest_layers_by_default_and_reads_in_100_columns(keras, tmp_path):
+    from kmemopt.api import profile
+    from kmemopt.report import render_to_text
+    from kmemopt.report.profile import DEFAULT_TOP, render_profile
+
+    inp = keras.Input((8,), name="x")
+    h = inp
+    for i in range(60):
+        h = keras.layers.Dense(8 + i, name=f"a_rather_long_layer_name_{i}")(h)
+    data = profile(keras.Model(inp, h), batch_size=4).to_dict()
+    text = render_to_text(lambda c: render_profile(data, c), width=100)
+    lines = text.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 100
+    assert f"{DEFAULT_TOP} heaviest of 61 layers shown" in text
+    assert sum("a_rather_long_layer_name_59" in line for line in lines) == 1  # the heaviest, on one line
+    everything = render_to_text(lambda c: render_profile(data, c, top=0), width=100)
+    assert "other layers" not in everything and "a_rather_long_layer_name_0" in everything
 
 
 @pytest.mark.parametrize("sample", ["digits_mlp", "digits_cnn", "digits_lstm", "nested_shared"])

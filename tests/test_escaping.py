@@ -143,6 +143,20 @@ def test_profile_shows_hostile_names_as_text_in_every_format(cli, hostile_path, 
         assert "## kmemopt profile: model\\\\x1b\\[5m" in result.stdout
 
 
+def test_profile_html_shows_hostile_names_as_escaped_text(cli, hostile_path):
+    import html
+
+    result = cli("profile", hostile_path, "-f", "html")
+    assert result.exit_code == 0, result.stderr
+    _no_raw_controls(result.stdout_bytes)
+    page = result.stdout
+    assert "<img" not in page  # the name's markup is text: &lt;img ...
+    shown = html.escape("<img src=x onerror=alert(1)>|`tick`|[l](javascript:x)", quote=True)
+    assert f'<td class="name">{shown}</td>' in page
+    assert html.escape("evil\\nok: all good") in page and "model\\x1b[5m" in page
+    assert page.count("<script>") == 1  # the page's own (table sorting), none from a name
+
+
 def test_profile_on_a_terminal_prints_no_hostile_sequence(hostile_path):
     """With colours on (a terminal), rich's own styles are ESC sequences; the file's are not among them."""
     proc = _run_cli("profile", hostile_path, env={"FORCE_COLOR": "1", "COLUMNS": "200"})

@@ -28,6 +28,7 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     markdown = "markdown"
+    html = "html"  # one self-contained page with charts (docs/report.md)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,15 @@ def command(
         Optional[str], typer.Option("--budget", help="Memory budget, e.g. 16GiB: prints the largest batch that fits.")
     ] = None,
     custom_objects: CustomObjectsOpt = None,
-    top: Annotated[Optional[int], typer.Option("--top", min=1, help="Show only the N heaviest layers.")] = None,
+    top: Annotated[
+        Optional[int],
+        typer.Option(
+            "--top",
+            min=0,
+            help="Show the N heaviest layers, the rest summed in one row (default: 25 for models of over 50 "
+            "layers; 0 shows all).",
+        ),
+    ] = None,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
     measure: Annotated[
@@ -77,6 +85,7 @@ def command(
 
     Example: kmemopt profile model.keras --batch-size 64 --budget 16GiB
     Example: kmemopt profile model.keras --measure --batch-sizes 1,8,32
+    Example: kmemopt profile model.keras --format html -o report.html
     """
     with guarded(ctx):
         from kmemopt.api import profile as run_profile
@@ -125,4 +134,8 @@ def command(
             text = to_json(report)
         elif fmt is Format.markdown:
             text = profile_markdown(report, top=top)
+        elif fmt is Format.html:
+            from kmemopt.report.html import profile_html
+
+            text = profile_html(report)
         emit(output, lambda console: render_profile(report, console, top=top), text)

@@ -190,6 +190,10 @@ def command(
                 text = to_json(data)
             elif fmt is Format.markdown:
                 text = shrink_markdown(data)
+            elif fmt is Format.html:
+                from kmemopt.report.html import shrink_html
+
+                text = shrink_html(data)
             emit(report, lambda console: render_shrink(data, console, all_layers=all_layers), text)
 
         request = make_request(

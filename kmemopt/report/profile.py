@@ -29,45 +29,92 @@ def _bar(share: float, width: int = 10) -> str:
     return "█" * full + "·" * (width - full)
 
 
-def _top_layers(layers: list[dict], top: int | None) -> tuple[list[dict], int]:
-    if top is None or len(layers) <= top:
-        return layers, 0
-    weight = sorted(layers, key=lambda r: r["param_bytes"] + r["activation_bytes"] + r["optimizer_bytes"], reverse=True)
-    keep = {id(r) for r in weight[:top]}
-    return [r for r in layers if id(r) in keep], len(layers) - top
+# Models with more layers than this show only the DEFAULT_TOP heaviest by default (--top 0: all).
+TOP_ABOVE = 50
+DEFAULT_TOP = 25
+_SUMMED = ("params", "param_bytes", "activation_bytes", "gradient_bytes", "optimizer_bytes", "output_bytes")
+
+
+def _weight(r: dict) -> int:
+    return r["param_bytes"] + r["activation_bytes"] + r["gradient_bytes"] + r["optimizer_bytes"]
+
+
+def _top_layers(layers: list[dict], top: int | None) -> tuple[list[dict], dict | None]:
+    """The `top` heaviest layers in model order, and one row summing the others (None when none is left
+    out). `top` None: all of a small model, the DEFAULT_TOP heaviest of a big one; 0: all."""
+    if top is None:
+        top = DEFAULT_TOP if len(layers) > TOP_ABOVE else 0
+    if not top or len(layers) <= top:
+        return layers, None
+    keep = {id(r) for r in sorted(layers, key=_weight, reverse=True)[:top]}
+    rest = [r for r in layers if id(r) not in keep]
+    summed = {key: sum(r[key] for r in rest) for key in _SUMMED}
+    summed["count"] = len(rest)
+    return [r for r in layers if id(r) in keep], summed
 
 
 def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> None:
     """The profile as a rich table: per-layer bytes with a share bar, totals, peaks, batch line."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
     totals = data["totals"]
     model = data["model"]
     b = data["batch_size"]
-    unit = _mem_unit(max(totals["training_peak_bytes"], 1))
+    layers, rest = _top_layers(data["layers"], top)
+    # One unit for the whole table, named in the headers: the heaviest cell's, so a layer reads 98.0, not 0.1.
+    cells = [r[k] for r in layers for k in ("param_bytes", "activation_bytes", "gradient_bytes", "optimizer_bytes")]
+    unit = _mem_unit(max(cells + [1]))
     factor = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[unit]
+    # Under 140 columns the table drops what is said elsewhere: the dtype column when there is one dtype (it
+    # goes in the title), gradients (the trainable weights' bytes; totals below), the share bar (the percent
+    # stays), and parameter counts in short form: 100 columns stay readable.
+    narrow = console.width < 140
+    dtypes = {d for r in data["layers"] for d in r["param_dtypes"]}
+    show_dtype = not narrow or len(dtypes) > 1
+    show_grads = not narrow
 
-    def u(n: int) -> str:  # one unit for the whole table, named in the headers
+    def u(n: int) -> str:
+        if n and n < 0.05 * factor:
+            return "<0.1"
         return f"{n / factor:,.1f}" if n else "0"
 
     title = f"{markup(model['name'])}  ·  {markup(model['format'])}"
     if model.get("file_bytes") is not None:
         title += f"  ·  file {format_bytes(model['file_bytes'])}"
     title += f"  ·  batch {b}  ·  optimizer {markup(data['optimizer']['name'])} ({data['optimizer']['source']})"
-    table = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
-    table.add_column("Layer", overflow="fold")
-    table.add_column(
-        "Class", no_wrap=True, min_width=max((len(visible(r["class_name"])) for r in data["layers"]), default=5)
+    if not show_dtype and dtypes:
+        title += f"  ·  weights {markup('+'.join(sorted(dtypes)))}"
+    title += f"  ·  bytes in {unit}"
+    table = Table(
+        title=title,
+        title_justify="left",
+        show_lines=False,
+        header_style="bold",
+        box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
+        pad_edge=not narrow,
     )
-    table.add_column("Output shape")
-    table.add_column("Params", justify="right")
-    table.add_column("Dtype")
-    table.add_column(f"Weights ({unit})", justify="right")
-    table.add_column(f"Activations ({unit})", justify="right")
-    table.add_column(f"Grads ({unit})", justify="right")
-    table.add_column(f"Optimizer ({unit})", justify="right")
-    table.add_column("Share", justify="left", no_wrap=True)
+    table.add_column("Layer", overflow="fold", ratio=1, min_width=12)
+    table.add_column(
+        "Class",
+        no_wrap=True,
+        overflow="ellipsis",
+        max_width=16 if narrow else None,
+        min_width=min(max((len(visible(r["class_name"])) for r in layers), default=5), 16 if narrow else 40),
+    )
+    table.add_column(
+        "Shape" if narrow else "Output shape", no_wrap=narrow, overflow="ellipsis", max_width=18 if narrow else None
+    )
+    table.add_column("Params", justify="right", no_wrap=True)
+    if show_dtype:
+        table.add_column("Dtype")
+    table.add_column("Weights", justify="right", no_wrap=True)
+    table.add_column("Activ." if narrow else "Activations", justify="right", no_wrap=True)
+    if show_grads:
+        table.add_column("Grads", justify="right", no_wrap=True)
+    table.add_column("Optim." if narrow else "Optimizer", justify="right", no_wrap=True)
+    table.add_column("Share", justify="right" if narrow else "left", no_wrap=True)
     measured_layers = (data.get("measured") or {}).get("layers") or {}
     if measured_layers:  # --measure: the real outputs of one forward pass beside the estimate
         table.add_column(f"Measured out ({unit})", justify="right")
@@ -81,7 +128,6 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
             return ["-", "-"]
         return [u(got), _error(row["output_bytes"], got)]
 
-    layers, hidden = _top_layers(data["layers"], top)
     denominator = max(
         totals["param_bytes"] + totals["activation_bytes"] + totals["gradient_bytes"] + totals["optimizer_bytes"], 1
     )
@@ -89,76 +135,103 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         (r["param_bytes"] + r["activation_bytes"] + r["gradient_bytes"] + r["optimizer_bytes"] for r in data["layers"]),
         default=0,
     )
+
+    def count(n: int) -> str:
+        return format_count(n) if narrow and n >= 10_000 else f"{n:,}"
+
+    def add(name: str, cls: str, shape: str, params: str, dtype: str, r: dict, share: str | Text, *extra, style=""):
+        cells = [name, cls, shape, params] + ([dtype] if show_dtype else [])
+        cells += [u(r["param_bytes"]), u(r["activation_bytes"])]
+        cells += [u(r["gradient_bytes"])] if show_grads else []
+        table.add_row(*cells, u(r["optimizer_bytes"]), share, *extra, style=style)
+
+    def share_cell(share: float) -> str | Text:
+        return f"{share:.1%}" if narrow else Text(f"{_bar(share)} {share:5.1%}")
+
     for row in layers:
         mine = row["param_bytes"] + row["activation_bytes"] + row["gradient_bytes"] + row["optimizer_bytes"]
         share = mine / denominator
         style = "bold red" if mine == heaviest and mine > 0 else ("yellow" if share >= 0.10 else "")
-        table.add_row(
+        add(
             markup(row["path"]) + (f" ×{row['calls']}" if row["calls"] > 1 else ""),
             markup(row["class_name"]),
             _shape(row["output_shape"]),
-            f"{row['params']:,}",
+            count(row["params"]),
             markup("+".join(row["param_dtypes"])) or "-",
-            u(row["param_bytes"]),
-            u(row["activation_bytes"]),
-            u(row["gradient_bytes"]),
-            u(row["optimizer_bytes"]),
-            Text(f"{_bar(share)} {share:5.1%}"),
+            row,
+            share_cell(share),
             *measured_cells(row),
             style=style,
         )
+    if rest is not None:
+        mine = sum(rest[k] for k in ("param_bytes", "activation_bytes", "gradient_bytes", "optimizer_bytes"))
+        add(
+            f"… {rest['count']} other layers",
+            "",
+            "",
+            count(rest["params"]),
+            "",
+            rest,
+            share_cell(mine / denominator),
+            *(["", ""] if measured_layers else []),
+            style="dim",
+        )
     if totals["optimizer_global_bytes"]:
-        table.add_row(
+        zero = {"param_bytes": 0, "activation_bytes": 0, "gradient_bytes": 0}
+        add(
             "(optimizer globals)",
             "",
             "",
             "",
             "",
-            "",
-            "",
-            "",
-            u(totals["optimizer_global_bytes"]),
+            {**zero, "optimizer_bytes": totals["optimizer_global_bytes"]},
             "",
             *(["", ""] if measured_layers else []),
         )
     table.add_section()
-    table.add_row(
+    add(
         "Total",
         "",
         "",
-        f"{totals['params']:,}",
+        count(totals["params"]),
         "",
-        u(totals["param_bytes"]),
-        u(totals["activation_bytes"]),
-        u(totals["gradient_bytes"]),
-        u(totals["optimizer_bytes"]),
+        totals,
         "",
         *(["", ""] if measured_layers else []),
         style="bold",
     )
     console.print(table)
-    if hidden:
-        console.print(f"… {hidden} lighter layers hidden (--top); the totals include them.")
+    if rest is not None:
+        console.print(
+            f"{len(layers)} heaviest of {len(data['layers'])} layers shown, the other {rest['count']} summed in one "
+            "row (--top N; --top 0 shows all)."
+        )
 
-    count = f" ({format_count(totals['params'])})" if totals["params"] >= 1000 else ""
+    short = f" ({format_count(totals['params'])})" if totals["params"] >= 1000 else ""
     console.print(
-        f"Parameters: {totals['params']:,}{count}: "
+        f"Parameters: {totals['params']:,}{short}: "
         f"{totals['trainable_params']:,} trainable, {totals['non_trainable_params']:,} non-trainable."
     )
     lines = data["batch_line"]
+    # Each figure on a line of its own: nothing here wraps in 100 columns.
     console.print(
         f"[bold]Inference peak[/bold] at batch {b}: [bold]{format_bytes(totals['inference_peak_bytes'])}[/bold]"
         f"  = {format_bytes(lines['inference']['fixed_bytes'])} + B × {format_bytes(lines['inference']['per_sample_bytes'])}"
-        f"  (runtime {format_bytes(totals.get('runtime_inference_bytes'))}: TensorFlow's own costs for this model, "
-        "docs/measure.md)"
+    )
+    console.print(
+        f"  runtime {format_bytes(totals.get('runtime_inference_bytes'))} (TensorFlow's own costs, docs/measure.md)"
     )
     console.print(
         f"[bold]Training peak[/bold]  at batch {b}: [bold]{format_bytes(totals['training_peak_bytes'])}[/bold]"
         f"  = {format_bytes(lines['training']['fixed_bytes'])} + B × {format_bytes(lines['training']['per_sample_bytes'])}"
-        f"  (weights {format_bytes(totals['param_bytes'])}, gradients {format_bytes(totals['gradient_bytes'])}, "
-        f"optimizer {format_bytes(totals['optimizer_bytes'])}, activations kept {format_bytes(totals['activation_bytes'])}, "
-        f"backward transient {format_bytes(totals['backward_transient_bytes'])}, "
-        f"runtime {format_bytes(totals.get('runtime_training_bytes'))})"
+    )
+    console.print(
+        f"  weights {format_bytes(totals['param_bytes'])}, gradients {format_bytes(totals['gradient_bytes'])}, "
+        f"optimizer {format_bytes(totals['optimizer_bytes'])}, activations kept {format_bytes(totals['activation_bytes'])},"
+    )
+    console.print(
+        f"  backward transient {format_bytes(totals['backward_transient_bytes'])}, "
+        f"runtime {format_bytes(totals.get('runtime_training_bytes'))}"
     )
     if data.get("budget"):
         fit = data["budget"]
@@ -263,15 +336,19 @@ def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
         "| Layer | Class | Output shape | Params | Weights | Activations | Gradients | Optimizer |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    layers, hidden = _top_layers(data["layers"], top)
+    layers, rest = _top_layers(data["layers"], top)
     for row in layers:
         out.append(
             f"| {markdown_code(row['path'])} | {markdown(row['class_name'])} | {_shape(row['output_shape'])} | {row['params']:,} | "
             f"{format_bytes(row['param_bytes'])} | {format_bytes(row['activation_bytes'])} | "
             f"{format_bytes(row['gradient_bytes'])} | {format_bytes(row['optimizer_bytes'])} |"
         )
-    if hidden:
-        out.append(f"| … {hidden} lighter layers hidden | | | | | | | |")
+    if rest is not None:
+        out.append(
+            f"| … {rest['count']} other layers | | | {rest['params']:,} | {format_bytes(rest['param_bytes'])} | "
+            f"{format_bytes(rest['activation_bytes'])} | {format_bytes(rest['gradient_bytes'])} | "
+            f"{format_bytes(rest['optimizer_bytes'])} |"
+        )
     out.append(
         f"| **Total** | | | **{totals['params']:,}** | **{format_bytes(totals['param_bytes'])}** | "
         f"**{format_bytes(totals['activation_bytes'])}** | **{format_bytes(totals['gradient_bytes'])}** | "
