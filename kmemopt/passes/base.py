@@ -25,7 +25,6 @@ class Reason(str, Enum):
     FINAL_SOFTMAX = "the final softmax keeps float32"
     FIRST_OR_LAST = "first and last weighted layers are spared (--prune-first-last to prune them)"
     NO_KERNEL = "no kernel to prune"
-    CONTAINS_QUANTIZED = "holds sublayers Keras quantizes; its own policy must stay float32"
     QUANTIZED = "quantized weights keep their float32 compute policy (Keras int8/int4 refuses float16)"
     ALREADY_QUANTIZED = "already quantized in the input (its int8/int4 weights are kept as they are)"
     LAYERS_NOT_IN_CONFIG = (

@@ -9,7 +9,6 @@ temp file beside the target until the fresh-process reload has verified it, then
 from __future__ import annotations
 
 import gc
-import json
 import os
 import re
 import time
@@ -701,7 +700,3 @@ def shrink(
     finally:
         if stored is not None:
             stored.close()
-
-
-def to_json_dict(result: ShrinkResult) -> dict[str, Any]:
-    return json.loads(json.dumps(result.to_dict(), default=str))
