@@ -7,6 +7,10 @@ use the tiny session models; the helpers the child uses are tested in-process.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -78,6 +82,47 @@ def test_high_water_mark_sees_a_transient_allocation():
     del block
     peak = hwm.peak() - before
     assert 60 * MiB <= peak < 80 * MiB  # a few pages may come from memory already resident
+
+
+def test_the_sampler_sees_an_allocation_held_for_a_moment():
+    """The path taken where the kernel's high-water mark is unavailable, forced by a parameter."""
+    hwm = _child.HighWaterMark(method="sampling")
+    assert hwm.method == "sampling"
+    hwm.reset()
+    before = _child.rss_bytes()
+    block = np.ones(200 * MiB // 8)  # 200 MiB, touched
+    time.sleep(0.2)  # a sampler sees what lives longer than its period (2 ms), not a shorter spike
+    del block
+    peak = hwm.peak() - before
+    assert 150 * MiB <= peak < 260 * MiB
+
+
+SAMPLED_CHILD = """
+import time
+import numpy as np
+from kmemopt.profiling._child import HighWaterMark, rss_bytes
+hwm = HighWaterMark()
+hwm.reset()
+before = rss_bytes()
+block = np.ones(200 * 1024**2 // 8)
+time.sleep(0.2)
+del block
+print(hwm.method, hwm.peak() - before)
+"""
+
+
+def test_the_environment_forces_the_sampler_in_a_child():
+    env = dict(os.environ, KMEMOPT_MEMORY_METHOD="sampling")
+    out = subprocess.run([sys.executable, "-c", SAMPLED_CHILD], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    method, peak = out.stdout.split()
+    assert method == "sampling" and 150 * MiB <= int(peak) < 260 * MiB
+
+
+def test_an_unknown_memory_method_is_a_usage_error(monkeypatch):
+    monkeypatch.setenv("KMEMOPT_MEMORY_METHOD", "guess")
+    with pytest.raises(UsageError):
+        _child.HighWaterMark()
 
 
 def test_inputs_are_shaped_and_token_ids_stay_in_the_vocabulary(keras):

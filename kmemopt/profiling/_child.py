@@ -12,9 +12,15 @@ Phases, each measured on its own:
   layers     one eager forward pass that records every leaf layer's real output bytes
 
 CPU peaks are the kernel's high-water mark (VmHWM), reset before each phase by writing "5" to
-/proc/self/clear_refs; where that is not possible, RSS is sampled every few milliseconds (psutil).
-Freed heap memory is handed back to the kernel (malloc_trim) before each reset, so one phase's
-leftovers do not hide the next phase's growth.
+/proc/self/clear_refs; where that is not possible (not Linux, or clear_refs not writable, as in some
+containers), a thread samples the resident set every 2 ms (psutil); KMEMOPT_MEMORY_METHOD=sampling
+forces that path. Freed heap memory is handed back to the kernel (malloc_trim) before each reset, so
+one phase's leftovers do not hide the next phase's growth.
+
+The sampler is not memory_profiler's: its `memory_usage` on a function forks a sampling process from
+this one (whose TensorFlow threads make a fork unsafe) and runs the function again when it got fewer
+than five samples; on a pid it blocks until a timeout with no way to stop at a phase's end. What it
+samples is the same `psutil.Process().memory_info().rss` read here.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import time
 
 PROC_STATUS = "/proc/self/status"
 CLEAR_REFS = "/proc/self/clear_refs"
+ENV_METHOD = "KMEMOPT_MEMORY_METHOD"  # "sampling" forces the sampler where the high-water mark works
+SAMPLE_S = 0.002
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -62,10 +70,19 @@ def _trim() -> None:
 
 
 class HighWaterMark:
-    """The process's peak RSS since `reset()`: the kernel's VmHWM, else a sampling thread."""
+    """The process's peak RSS since `reset()`: the kernel's VmHWM, else a sampling thread.
 
-    def __init__(self) -> None:
-        self.method = "vmhwm" if self._can_reset() else "sampling"
+    `method="sampling"` (or KMEMOPT_MEMORY_METHOD=sampling) uses the sampler even where the kernel's
+    high-water mark is available: the path other platforms take, testable here.
+    """
+
+    def __init__(self, method: str | None = None) -> None:
+        forced = method or os.environ.get(ENV_METHOD) or None
+        if forced not in (None, "sampling", "vmhwm"):
+            from kmemopt.errors import UsageError
+
+            raise UsageError(f"{ENV_METHOD} must be 'sampling' or 'vmhwm'. Received: {forced!r}.")
+        self.method = "vmhwm" if forced != "sampling" and self._can_reset() else "sampling"
         self._peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +116,7 @@ class HighWaterMark:
         proc = psutil.Process()
         while not self._stop.is_set():
             self._peak = max(self._peak, proc.memory_info().rss)
-            time.sleep(0.002)
+            self._stop.wait(SAMPLE_S)
 
     def _stop_thread(self) -> None:
         if self._thread is not None:
