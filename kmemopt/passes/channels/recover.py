@@ -1,0 +1,151 @@
+"""Training a pruned model back: distillation from the original (inputs only) or fine-tuning (labels).
+
+`distill` uses Keras's own `keras.distillation.Distiller` (Keras 3.12 and later) with the original
+model as a frozen teacher and the student's supervised loss weighted 0: it needs inputs only. The
+loss compares the outputs themselves: KL divergence where the model ends in a softmax, mean squared
+error elsewhere. `finetune` compiles the pruned model with the original's own compile config
+(`get_compile_config`) and trains it on the labels. Both hold out a split of the data and stop early
+when the held-out loss stops improving, keeping the best weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from kmemopt.errors import UsageError
+
+
+class Recovery(str, Enum):
+    distill = "distill"
+    finetune = "finetune"
+
+
+@dataclass
+class RecoveryResult:
+    mode: str
+    method: str  # what trained it, in words
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "method": self.method,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "history": list(self.history),
+        }
+
+
+def _ends_in_softmax(model: Any) -> bool:
+    last = model.layers[-1] if model.layers else None
+    if last is None:
+        return False
+    if type(last).__name__ == "Softmax":
+        return True
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def _split(arrays: list[Any], held_out: float, seed: int) -> tuple[list[Any], list[Any]]:
+    n = len(arrays[0])
+    order = np.random.default_rng(seed).permutation(n)
+    cut = n - max(1, int(round(n * held_out))) if held_out > 0 and n > 1 else n
+    return [a[order[:cut]] for a in arrays], [a[order[cut:]] for a in arrays]
+
+
+def recover(
+    student: Any,
+    teacher: Any,
+    x: Any,
+    y: Any = None,
+    *,
+    mode: Recovery | str = Recovery.distill,
+    epochs: int = 5,
+    batch_size: int = 32,
+    held_out: float = 0.1,
+    patience: int = 2,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> RecoveryResult:
+    """Train `student` (the pruned model) in place; `teacher` is the original and is not changed."""
+    from kmemopt._keras import import_keras
+
+    keras = import_keras()
+    mode = Recovery(mode)
+    if epochs < 1:
+        raise UsageError(f"--epochs must be at least 1. Received: {epochs}.")
+    x = np.asarray(x)
+    was_trainable = teacher.trainable  # the Distiller freezes the teacher, which is the caller's model
+    say = progress or (lambda message: None)
+
+    def on_epoch_end(epoch: int, logs: dict[str, Any] | None = None) -> None:
+        shown = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted((logs or {}).items()) if k.endswith("loss"))
+        say(f"{mode.value} epoch {epoch + 1}/{epochs}: {shown}")
+
+    fit_args: tuple[Any, ...]
+    val: tuple[Any, ...] | None
+    if mode is Recovery.finetune:
+        if y is None:
+            raise UsageError("--recover finetune needs labels (a 'y' array in --data); use --recover distill.")
+        compile_config = teacher.get_compile_config() if hasattr(teacher, "get_compile_config") else None
+        if not compile_config:
+            raise UsageError(
+                "--recover finetune trains with the model's own compile config, and this model was saved "
+                "without one; use --recover distill."
+            )
+        (x_train, y_train), (x_val, y_val) = _split([x, np.asarray(y)], held_out, seed)
+        student.compile_from_config(compile_config)
+        trainer, fit_args = student, (x_train, y_train)
+        val = (x_val, y_val) if len(x_val) else None
+        method = "fine-tuning with the model's own compile config"
+    else:
+        distillation = getattr(keras, "distillation", None)
+        (x_train,), (x_val,) = _split([x], held_out, seed)
+        loss = "kl_divergence" if _ends_in_softmax(teacher) else "mse"
+        if distillation is None:  # Keras before 3.12: a plain fit on the teacher's predictions
+            targets = teacher.predict(x_train, batch_size=batch_size, verbose=0)
+            student.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+            trainer, fit_args = student, (x_train, targets)
+            val = (x_val, teacher.predict(x_val, batch_size=batch_size, verbose=0)) if len(x_val) else None
+            method = f"fit on the original's predictions ({loss}); keras.distillation is not available"
+        else:
+            trainer = distillation.Distiller(
+                teacher=teacher,
+                student=student,
+                distillation_losses=distillation.FeatureDistillation(loss=loss),
+                student_loss_weight=0.0,
+            )
+            trainer.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+            fit_args = (x_train,)
+            val = (x_val,) if len(x_val) else None
+            method = f"keras.distillation.Distiller, {loss} on the outputs, inputs only"
+    callbacks: list[Any] = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
+    stopper = None
+    if val is not None:
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+        callbacks.append(stopper)
+    try:
+        history = trainer.fit(
+            *fit_args,
+            validation_data=val,
+            epochs=epochs,
+            batch_size=batch_size,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=True,
+        )
+    finally:
+        teacher.trainable = was_trainable
+    rows = [
+        {k: float(v[i]) for k, v in history.history.items()} for i in range(len(next(iter(history.history.values()))))
+    ]
+    stopped = bool(stopper is not None and stopper.stopped_epoch > 0)
+    return RecoveryResult(mode.value, method, len(rows), stopped, rows)
