@@ -350,3 +350,23 @@ def test_hostile_names_stay_text_in_the_browser(load, keras, tmp_path):
     assert '<img src=x onerror="console.error(1)">' in names
     assert "<svg onload=console.error(2)><script>console.error(3)<!--" in names
     assert page.title() == "kmemopt profile: <b>m"
+
+
+@pytest.mark.slow
+def test_measured_profile_page_draws_the_measured_peak(load, mlp_path):
+    """With --measure: the measured training peak is a line on the timeline, the runs are points."""
+    from kmemopt.api import profile
+    from kmemopt.profiling.measure import measure_profile
+
+    result = measure_profile(profile(mlp_path, batch_size=8), mlp_path, batch_sizes=[2, 8])
+    data = result.to_dict()
+    m = data["measured"]
+    assert m["status"] == "ok", m
+    loaded = load(profile_html(data), "measured.html")
+    _clean(loaded, "measured.html")
+    page = loaded.page
+    assert loaded.value("#timeline-measured") == m["training_peak_bytes"] == loaded.value("#measured-training")
+    assert loaded.value("#measured-inference") == m["inference_peak_bytes"]
+    assert page.locator("svg#batch-chart rect.measured-point").count() == 4  # 2 runs x 2 phases
+    assert page.locator("table#measured-runs tbody tr").count() == 2
+    assert 'class="kind measured"' in page.content()
