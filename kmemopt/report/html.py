@@ -152,7 +152,7 @@ table{border-collapse:collapse;width:100%;font-size:12.5px}th,td{padding:3px 6px
 vertical-align:top}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 th{background:var(--soft);position:sticky;top:0}table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" ▲"}table.sortable th[aria-sort=descending]::after{content:" ▼"}
-td.name{overflow-wrap:anywhere;max-width:320px}td.shape{white-space:nowrap}.bar{display:flex;height:10px;width:140px;background:#eef1f5;border-radius:2px;overflow:hidden}
+td.name{overflow-wrap:anywhere;min-width:180px;max-width:320px}td.shape{white-space:nowrap}.bar{display:flex;height:10px;width:140px;background:#eef1f5;border-radius:2px;overflow:hidden}
 .bar span{display:block;height:100%}tr.peak td{background:#fdecea}
 .status-pass{color:#1e7a2a;font-weight:600}.status-fail,.status-error{color:#b3261e;font-weight:600}.status-warn{color:#8a6100;font-weight:600}
 .scroll{max-height:560px;overflow:auto;border:1px solid var(--line)}footer{margin-top:28px;font-size:12px;color:var(--muted)}
