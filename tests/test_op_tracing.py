@@ -84,6 +84,18 @@ def test_trace_reads_which_inputs_and_outputs_the_gradient_needs(keras, block_mo
     assert t.unsized == 0 and t.control_flow == 0
 
 
+def test_identical_layers_are_traced_once(keras, block_class, monkeypatch):
+    built = []
+    original = trace._build
+    monkeypatch.setattr(trace, "_build", lambda *a, **k: built.append(1) or original(*a, **k))
+    x = keras.Input((D,), name="x")
+    h = block_class(units=D, name="first")(x)
+    model = keras.Model(x, block_class(units=D, name="second")(h))  # same class, config and inputs
+    r = kmemopt.profile(model, batch_size=2)
+    assert [row.activation_source for row in r.layers] == ["exact", "traced", "traced"]
+    assert len(built) == 2 * len(trace.BATCHES)  # inference and training graphs, each at two batch sizes
+
+
 def test_tracing_allocates_no_weight(keras, block_class):
     from kmemopt.keras_compat.variables import is_unallocated, unallocated
 

@@ -13,7 +13,7 @@ from typing import Any
 from kmemopt.errors import UsageError
 from kmemopt.keras_compat.layers import is_container, is_functional, is_sequential
 from kmemopt.profiling.dtypes import itemsize
-from kmemopt.profiling.internals import Source, activation_source, traced_units
+from kmemopt.profiling.internals import Source, activation_source
 from kmemopt.profiling.line import ZERO, Line
 from kmemopt.profiling.trace import OpTrace, OpTracer, Untraceable
 
@@ -43,7 +43,6 @@ class Call:
     backward: Line | None = None  # internal workspace of its backward step, when it differs from `transient`
     reads_inputs: tuple[bool, ...] | None = None  # per input: its gradient reads it (None: the layer tables say)
     reads_outputs: tuple[bool, ...] | None = None
-    units: int | None = None  # runtime graph units (internals.op_units) when traced
 
     @property
     def backward_transient(self) -> Line:
@@ -217,7 +216,6 @@ class Tracer:
             call.reads_inputs = t.reads_inputs
         if len(t.reads_outputs) == n_outputs:
             call.reads_outputs = t.reads_outputs
-        call.units = traced_units(t.forward_ops)
 
 
 def _incomplete(t: OpTrace) -> str | None:

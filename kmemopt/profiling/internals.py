@@ -319,12 +319,6 @@ OP_UNITS = {
 }
 
 
-# A traced layer's units follow its operations: one unit per OPS_PER_UNIT computing operations of an
-# inference call, as a Dense layer (MatMul, BiasAdd) is one unit. Not fitted: Keras's MultiHeadAttention,
-# 8 units in the table above, traces to 13 computing operations on Keras 3.15 (7 units by this rule).
-OPS_PER_UNIT = 2
-
-
 def op_units(layer) -> int:
     name = type(layer).__name__
     if name == "Bidirectional":
@@ -332,19 +326,10 @@ def op_units(layer) -> int:
     return OP_UNITS.get(name, 1)
 
 
-def traced_units(forward_ops: int) -> int:
-    """Runtime graph units of a traced call that runs `forward_ops` computing operations."""
-    return max(1, -(-forward_ops // OPS_PER_UNIT))
-
-
-def call_units(call) -> int:
-    return call.units if getattr(call, "units", None) is not None else op_units(call.layer)
-
-
 def runtime_costs(graph, param_bytes: int) -> dict[str, Line]:
     """The runtime terms of the memory model, each a line in the batch size (see the table above)."""
     calls = len(graph.calls)
-    units = sum(call_units(call) for call in graph.calls)
+    units = sum(op_units(call.layer) for call in graph.calls)
     inputs = Line(0, 0)
     for t in graph.inputs:
         inputs = inputs + graph.tensors[t].size

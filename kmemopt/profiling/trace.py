@@ -69,8 +69,7 @@ CONTROL_FLOW_OPS = frozenset(
         "StatefulPartitionedCall",
     }
 )
-# Operations that compute (for the runtime's graph cost, see internals.op_units): all but the free,
-# aliasing and shape-only ones.
+# Operations whose outputs are shapes or broadcast indices: graph bookkeeping.
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs"})
 
 
@@ -87,7 +86,6 @@ class OpTrace:
     backward_transient: Line
     reads_inputs: tuple[bool, ...]  # per flattened tensor input: the backward pass reads it
     reads_outputs: tuple[bool, ...]  # per flattened output
-    forward_ops: int  # computing operations of one inference call (runtime graph cost)
     unsized: int = 0  # tensors whose shape the graph does not know (not counted)
     control_flow: int = 0  # control-flow operations (their insides are not seen)
 
@@ -322,9 +320,8 @@ def _account(inf: _Graph, inf_lines, train: _Graph, train_lines, batch: int) -> 
     transient = _inference_transient(inf, inf_lines, batch)
     saved, backward, reads_in, reads_out = _training(train, train_lines, batch)
     unsized = sum(1 for v in inf_lines.values() if v is None) + sum(1 for v in train_lines.values() if v is None)
-    computing = sum(1 for t in inf.types if t not in FREE_OPS | ALIASING_OPS | SHAPE_OPS)
     control = sum(1 for t in train.types if t in CONTROL_FLOW_OPS)
-    return OpTrace(transient, saved, backward, reads_in, reads_out, computing, unsized, control)
+    return OpTrace(transient, saved, backward, reads_in, reads_out, unsized, control)
 
 
 def _counted(g: _Graph, lines, root, ref: tuple[int, int]) -> Line | None:
@@ -410,7 +407,8 @@ def _cache_key(layer: Any, args: tuple, kwargs: dict) -> Any:
     from keras import tree
 
     try:
-        config = json.dumps(layer.get_config(), sort_keys=True, default=str)
+        named = layer.get_config()
+        config = json.dumps({k: v for k, v in named.items() if k != "name"}, sort_keys=True, default=str)
     except Exception:  # noqa: BLE001  (a layer without a usable config is traced on its own)
         return None
 
