@@ -244,6 +244,64 @@ def test_a_child_past_the_timeout_is_reported_as_timeout(mlp_path):
     assert m.status is Status.timeout
 
 
+def test_measured_profile_json_puts_each_estimate_beside_its_measurement():
+    from kmemopt.profiling.line import Line
+    from kmemopt.profiling.measure import Fit, MeasuredProfile, Measurement, Run
+
+    runs = (
+        Run(2, 1_000, 3_000, baseline_bytes=500, load_bytes=100, loss="mse", losses=("mse",), seconds=1.234),
+        Run(8, 1_600, 4_200, baseline_bytes=510, load_bytes=100, loss="mse", losses=("mse",), seconds=2.0),
+    )
+    m = Measurement(
+        "cpu",
+        "vmhwm",
+        8,
+        runs,
+        layers={"dense": 64},
+        layers_batch_size=8,
+        fit={"inference": Fit(800, 100), "training": Fit(2_600, 200)},
+    )
+    measured = MeasuredProfile(m, inference_line=Line(1_000, 100), training_line=Line(2_000, 250))
+    d = measured.to_dict()
+    assert measured.status is Status.ok
+    assert d["estimated"] == {"inference_peak_bytes": 1_800, "training_peak_bytes": 4_000}
+    assert d["error_pct"] == {"inference": 12.5, "training": -4.8}  # 1800 vs 1600, 4000 vs 4200
+    assert [(r["estimated_inference_bytes"], r["estimated_training_bytes"]) for r in d["runs"]] == [
+        (1_200, 2_500),
+        (1_800, 4_000),
+    ]
+    assert [(r["inference_error_pct"], r["training_error_pct"]) for r in d["runs"]] == [(20.0, -16.7), (12.5, -4.8)]
+    assert d["static_line"] == {
+        "inference": {"fixed_bytes": 1_000, "per_sample_bytes": 100},
+        "training": {"fixed_bytes": 2_000, "per_sample_bytes": 250},
+    }
+    assert {k: d[k] for k in ("batch_size", "inference_peak_bytes", "training_peak_bytes", "status")} == {
+        "batch_size": 8,
+        "inference_peak_bytes": 1_600,
+        "training_peak_bytes": 4_200,
+        "status": "ok",
+    }
+    assert d["runs"][0]["seconds"] == 1.23 and d["fit"]["training"] == {"fixed_bytes": 2_600, "per_sample_bytes": 200}
+    json.dumps(d)  # plain JSON
+
+
+def test_a_child_result_is_read_into_its_type():
+    from kmemopt.profiling.measure import ChildMeasurement
+
+    value = {
+        "method": "sampling",
+        "baseline_bytes": 500,
+        "load_bytes": 100,
+        "runs": [
+            {"batch_size": 4, "inference_peak_bytes": 10, "training_peak_bytes": 30, "loss": "mse", "losses": ["mse"]}
+        ],
+        "layers": {"d": 8},
+        "layers_batch_size": 4,
+    }
+    child = ChildMeasurement.from_child(value, peak_rss_bytes=900)
+    assert child == ChildMeasurement("sampling", 500, 100, 10, 30, "mse", ("mse",), None, {"d": 8}, 4, 900)
+
+
 def test_bad_data_file_is_a_usage_error(mlp_path, tmp_path):
     bad = tmp_path / "x.csv"
     bad.write_text("1,2\n")

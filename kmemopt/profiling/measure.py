@@ -20,9 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmemopt.errors import UsageError
+
+if TYPE_CHECKING:
+    from kmemopt.profiling.line import Line
 
 DEFAULT_TIMEOUT_S = 900  # kmemopt.sandbox.DEFAULT_TIMEOUT_S
 GPU_MISSING = "no NVIDIA GPU is visible"
@@ -135,6 +138,76 @@ class Measurement:
         return out
 
 
+@dataclass(frozen=True)
+class MeasuredProfile:
+    """A `Measurement` set beside the static profile's estimate: what `measure_profile` returns.
+
+    `to_dict()` is the `measured` object of `kmemopt profile --measure -f json`: the measurement's own
+    JSON plus, at each measured batch size, the estimate (read off the static lines) and its error.
+    """
+
+    measurement: Measurement
+    inference_line: Line  # the static profile's lines (ProfileResult.inference / .training)
+    training_line: Line
+
+    @property
+    def status(self) -> Status:
+        return self.measurement.status
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.measurement.to_dict()
+        inference, training = self.inference_line, self.training_line
+        for run in out["runs"]:
+            b = run["batch_size"]
+            run["estimated_inference_bytes"] = inference.at(b)
+            run["estimated_training_bytes"] = training.at(b)
+            run["inference_error_pct"] = compare(inference.at(b), run["inference_peak_bytes"])
+            run["training_error_pct"] = compare(training.at(b), run["training_peak_bytes"])
+        b = out["batch_size"]
+        out["estimated"] = {"inference_peak_bytes": inference.at(b), "training_peak_bytes": training.at(b)}
+        out["error_pct"] = {
+            "inference": compare(inference.at(b), out["inference_peak_bytes"]),
+            "training": compare(training.at(b), out["training_peak_bytes"]),
+        }
+        if out.get("fit"):
+            out["static_line"] = {"inference": inference.to_dict(), "training": training.to_dict()}
+        return out
+
+
+@dataclass(frozen=True)
+class ChildMeasurement:
+    """What one measuring child sends back (one batch size), read from its JSON."""
+
+    method: str  # "vmhwm" or "sampling"
+    baseline_bytes: int | None
+    load_bytes: int | None
+    inference_peak_bytes: int | None
+    training_peak_bytes: int | None
+    loss: str | None
+    losses: tuple[str, ...]
+    gpu: dict[str, Any] | None
+    layers: dict[str, int]
+    layers_batch_size: int | None
+    peak_rss_bytes: int  # the child's whole resident peak, seen by the sandbox
+
+    @classmethod
+    def from_child(cls, value: dict[str, Any], peak_rss_bytes: int) -> ChildMeasurement:
+        row = (value.get("runs") or [{}])[0]
+        return cls(
+            method=value.get("method", "vmhwm"),
+            baseline_bytes=value.get("baseline_bytes"),
+            load_bytes=value.get("load_bytes"),
+            inference_peak_bytes=row.get("inference_peak_bytes"),
+            training_peak_bytes=row.get("training_peak_bytes"),
+            loss=row.get("loss"),
+            losses=tuple(row.get("losses") or ()),
+            gpu=value.get("gpu"),
+            layers=dict(value.get("layers") or {}),
+            layers_batch_size=value.get("layers_batch_size"),
+            peak_rss_bytes=peak_rss_bytes,
+        )
+
+
 # --------------------------------------------------------------------------------------------- device
 
 
@@ -211,9 +284,10 @@ def run_child(
     max_memory_bytes: int,
     on_phase: Callable[[str], None] | None = None,
     env: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Run one measuring child; return its JSON result, or {"error": "memory"|"timeout", "message": ...}
-    when it passed a limit. Any other failure is raised, by type (a kmemopt error keeps its exit code)."""
+) -> ChildMeasurement:
+    """Run one measuring child and return what it measured. Past a limit, `sandbox.RunLimitExceeded`
+    (rule RUN-MEMORY or RUN-TIME); any other failure is raised by type (a kmemopt error keeps its
+    exit code)."""
     from kmemopt import sandbox
 
     child_env = dict(env or {})
@@ -223,24 +297,18 @@ def run_child(
         # The framework then sees the chosen card as GPU:0; NVML ignores this variable and keeps
         # the machine's numbering, so the child's NVML queries use gpu_index unchanged.
         child_env["CUDA_VISIBLE_DEVICES"] = str(spec.get("gpu_index", 0))
-    try:
-        done = sandbox.run_child(
-            "kmemopt.profiling._child:measure_in_child",
-            spec,
-            max_memory_bytes=max_memory_bytes,
-            timeout_s=timeout_s,
-            what="the measuring child",
-            env=child_env,
-            on_phase=on_phase,
-            data_limit=spec.get("device") != "gpu",
-            private_keras_home=True,
-        )
-    except sandbox.RunLimitExceeded as exc:
-        kind = "timeout" if exc.rule == sandbox.RULE_TIME else "memory"
-        return {"error": kind, "message": exc.message, "peak_rss_bytes": exc.peak_rss_bytes}
-    result = dict(done.value)
-    result["child_peak_rss_bytes"] = done.peak_rss_bytes
-    return result
+    done = sandbox.run_child(
+        "kmemopt.profiling._child:measure_in_child",
+        spec,
+        max_memory_bytes=max_memory_bytes,
+        timeout_s=timeout_s,
+        what="the measuring child",
+        env=child_env,
+        on_phase=on_phase,
+        data_limit=spec.get("device") != "gpu",
+        private_keras_home=True,
+    )
+    return ChildMeasurement.from_child(done.value, done.peak_rss_bytes)
 
 
 def measure(
@@ -300,34 +368,36 @@ def measure(
             "layers": layers and b == (batch_size if batch_size in sizes else sizes[-1]),
         }
 
+        from kmemopt.sandbox import RULE_TIME, RunLimitExceeded
+
         started = time.monotonic()
-        result = run_child(spec, timeout_s=timeout_s, max_memory_bytes=max_memory, on_phase=on_phase)
-        seconds = time.monotonic() - started
-        if "error" in result:
-            status = Status.timeout if result["error"] == "timeout" else Status.exceeded_memory
-            runs.append(Run(b, None, None, status=status, message=result.get("message", ""), seconds=seconds))
+        try:
+            child = run_child(spec, timeout_s=timeout_s, max_memory_bytes=max_memory, on_phase=on_phase)
+        except RunLimitExceeded as exc:  # reported as that batch size's status, not raised
+            status = Status.timeout if exc.rule == RULE_TIME else Status.exceeded_memory
+            seconds = time.monotonic() - started
+            runs.append(Run(b, None, None, status=status, message=exc.message, seconds=seconds))
             continue
-        method = result.get("method", method)
-        row = (result.get("runs") or [{}])[0]
-        gpu = result.get("gpu")
+        seconds = time.monotonic() - started
+        method = child.method
         runs.append(
             Run(
                 batch_size=b,
-                inference_peak_bytes=row.get("inference_peak_bytes"),
-                training_peak_bytes=row.get("training_peak_bytes"),
-                baseline_bytes=result.get("baseline_bytes"),
-                load_bytes=result.get("load_bytes"),
+                inference_peak_bytes=child.inference_peak_bytes,
+                training_peak_bytes=child.training_peak_bytes,
+                baseline_bytes=child.baseline_bytes,
+                load_bytes=child.load_bytes,
                 seconds=seconds,
-                gpu=gpu,
-                loss=row.get("loss"),
-                losses=tuple(row.get("losses") or ()),
+                gpu=child.gpu,
+                loss=child.loss,
+                losses=child.losses,
             )
         )
-        if result.get("layers"):
-            layer_bytes = result["layers"]
-            layers_batch = result.get("layers_batch_size")
-        if gpu and b == batch_size:
-            gpu_main = gpu
+        if child.layers:
+            layer_bytes = child.layers
+            layers_batch = child.layers_batch_size
+        if child.gpu and b == batch_size:
+            gpu_main = child.gpu
     fit = None
     if len(sizes) > 1:
         fits = {
@@ -379,8 +449,9 @@ def measure_profile(
 ):
     """Measure the model a static `ProfileResult` describes; return the result with `measured` filled.
 
-    The measured dict gains `estimated` and `error_pct` (per phase, at the measured batch size) and,
-    for each run, the static estimate at that batch size, so each figure sits beside its estimate.
+    `measured` is `MeasuredProfile.to_dict()`: the measurement with `estimated` and `error_pct` (per
+    phase, at the measured batch size) and, for each run, the static estimate at that batch size, so
+    each figure sits beside its estimate.
     """
     import dataclasses
 
@@ -393,20 +464,17 @@ def measure_profile(
                 "config": result.optimizer.get("config", {}),
                 "module": "keras.optimizers",
             }
+    loss = None
     if Path(path).exists():
         # Weights the file does not store are refused for what they are (HDF5-SHAPE-BOMB, HDF5-RATIO)
-        # before the memory they would take is weighed against the limit.
+        # before the memory they would take is weighed against the limit. One read (a child process).
         from kmemopt.load.archive import read_model_file
         from kmemopt.load.trust import check_stored
 
-        check_stored(read_model_file(path), result.totals.param_bytes)
+        model_file = read_model_file(path)
+        check_stored(model_file, result.totals.param_bytes)
+        loss = (model_file.compile_config or {}).get("loss")
     check_run_memory(result, batch_sizes or [result.batch_size], max_memory_bytes)
-    loss = None
-    if Path(path).exists():
-        from kmemopt.load.archive import read_model_file
-
-        compile_config = read_model_file(path).compile_config or {}
-        loss = compile_config.get("loss")
     m = measure(
         path,
         inputs=[i.to_dict() for i in result.inputs],
@@ -422,25 +490,10 @@ def measure_profile(
         max_memory_bytes=max_memory_bytes,
         on_phase=on_phase,
     )
-    measured = m.to_dict()
-    for run in measured["runs"]:
-        b = run["batch_size"]
-        run["estimated_inference_bytes"] = result.inference.at(b)
-        run["estimated_training_bytes"] = result.training.at(b)
-        run["inference_error_pct"] = compare(result.inference.at(b), run["inference_peak_bytes"])
-        run["training_error_pct"] = compare(result.training.at(b), run["training_peak_bytes"])
-    b = measured["batch_size"]
-    measured["estimated"] = {
-        "inference_peak_bytes": result.inference.at(b),
-        "training_peak_bytes": result.training.at(b),
-    }
-    measured["error_pct"] = {
-        "inference": compare(result.inference.at(b), measured["inference_peak_bytes"]),
-        "training": compare(result.training.at(b), measured["training_peak_bytes"]),
-    }
-    if measured.get("fit"):
-        measured["static_line"] = {"inference": result.inference.to_dict(), "training": result.training.to_dict()}
-    return dataclasses.replace(result, measured=measured)
+    measured = MeasuredProfile(m, inference_line=result.inference, training_line=result.training)
+    # Still its JSON dict, as ProfileResult.measured's readers (plan, check) expect; the typed value is
+    # `measured` itself, ready for ProfileResult.measured once they read its fields.
+    return dataclasses.replace(result, measured=measured.to_dict())
 
 
 def check_run_memory(result, batch_sizes: Sequence[int], max_memory_bytes: int | None) -> None:
