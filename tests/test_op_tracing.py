@@ -130,11 +130,14 @@ def test_an_untraceable_layer_is_opaque_and_named_in_a_warning(keras):
     assert {layer["activation_source"] for layer in data["layers"]} == {"exact", "opaque"}
 
 
-def test_a_layer_over_the_operation_cap_is_opaque(keras, block_model, monkeypatch):
-    monkeypatch.setattr(trace, "MAX_FORWARD_OPS", 5)
+@pytest.mark.parametrize(
+    ("cap", "reason"), [("MAX_FORWARD_OPS", "over 5 operations"), ("MAX_SUBLAYERS", "over 1 layers")]
+)
+def test_a_layer_over_a_tracing_cap_is_opaque(keras, block_model, monkeypatch, cap, reason):
+    monkeypatch.setattr(trace, cap, 5 if cap == "MAX_FORWARD_OPS" else 1)
     r = kmemopt.profile(block_model, batch_size=2)
     assert next(row for row in r.layers if row.name == "blk").activation_source == "opaque"
-    assert "over 5 operations" in r.warnings[0]
+    assert reason in r.warnings[0]
 
 
 def test_rules_and_single_operation_layers_are_not_traced(keras):

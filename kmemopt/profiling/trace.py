@@ -39,6 +39,7 @@ BATCHES = (2, 3)  # two batch sizes above 1, so no broadcast of a size-1 batch c
 MAX_OPS = 50_000  # operations one traced layer may create (forward and backward); beyond: opaque
 MAX_FORWARD_OPS = 12_000  # checked before the backward pass is built, so an oversized layer stops early
 MAX_PROFILE_OPS = 400_000  # operations all traces of one profile may create together
+MAX_SUBLAYERS = 4_000  # checked before tracing: a layer's operations grow with the layers it runs
 BOOKKEEPING_BYTES = 64
 # Operations whose outputs are their inputs' buffers (TensorFlow forwards the buffer): output i is input i.
 ALIASING_OPS = frozenset(
@@ -141,6 +142,10 @@ class OpTracer:
             raise Untraceable(f"operation-level tracing needs the TensorFlow backend, not {keras.backend.backend()}")
         if self.ops_left <= 0:
             raise Untraceable("the profile's tracing budget is spent")
+        from kmemopt.keras_compat.layers import flatten_layers
+
+        if sum(1 for _ in zip(range(MAX_SUBLAYERS + 1), flatten_layers(layer, include_self=False))) > MAX_SUBLAYERS:
+            raise Untraceable(f"it runs over {MAX_SUBLAYERS:,} layers")
         inference = [_build(layer, args, kwargs, b, training=False, backward=False) for b in BATCHES]
         training = [_build(layer, args, kwargs, b, training=True, backward=True) for b in BATCHES]
         self.ops_left -= len(inference[1].types) + len(training[1].types)
@@ -174,7 +179,7 @@ def _build(layer: Any, args: tuple, kwargs: dict, batch: int, *, training: bool,
         for i, t in zip(positions, tensors):
             values[i] = t
         call_args, call_kwargs = tree.pack_sequence_as((args, kwargs), values)
-        if _accepts_training(layer):
+        if _accepts_training(layer) and "training" not in call_kwargs:  # a call's own `training` stands
             call_kwargs = {**call_kwargs, "training": training}
         with keras.StatelessScope(state_mapping=list(zip(variables, var_values))):
             outputs = layer(*call_args, **call_kwargs)
@@ -347,7 +352,7 @@ def _last_uses(g: _Graph, root, skip: range = range(0)) -> dict[tuple[int, int],
 
 def _peak(g: _Graph, lines, root, ops: range, last: dict, excluded: set, batch: int) -> Line:
     """The most bytes alive at once over `ops`, counting only tensors those ops make (not `excluded`)."""
-    live: dict[tuple[int, int], Line] = {}
+    frees: dict[int, list[Line]] = {}  # op index -> lines of the tensors freed after it
     fixed = per = 0
     best = ZERO
     for i in ops:
@@ -356,13 +361,12 @@ def _peak(g: _Graph, lines, root, ops: range, last: dict, excluded: set, batch: 
             line = _counted(g, lines, root, ref)
             if line is None or ref in excluded:
                 continue
-            live[ref] = line
+            frees.setdefault(max(i, last.get(ref, i)), []).append(line)
             fixed, per = fixed + line.fixed_bytes, per + line.per_sample_bytes
         current = Line(fixed, per)
         if current.at(batch) > best.at(batch):
             best = current
-        for ref in [r for r in live if last.get(r, i) <= i]:
-            line = live.pop(ref)
+        for line in frees.pop(i, ()):
             fixed, per = fixed - line.fixed_bytes, per - line.per_sample_bytes
     return best
 
