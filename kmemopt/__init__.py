@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kmemopt.passes.pipeline import ShrinkResult
     from kmemopt.profiling.static import ProfileResult
 
-__all__ = ["__version__", "check", "load_model", "profile", "shrink"]
+__all__ = ["__version__", "check", "load_model", "plan", "profile", "shrink"]
 
 
 def profile(
@@ -218,3 +218,7 @@ def shrink(
 from kmemopt import _layers_hook  # noqa: E402
 
 _layers_hook.install()
+
+# `kmemopt.plan(...)`: the plan package is callable (see its docstring: a function of that name would be
+# replaced by the package as soon as any of its modules is imported). It imports nothing heavy.
+from kmemopt import plan  # noqa: E402

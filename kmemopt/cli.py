@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from kmemopt import __version__
-from kmemopt.commands import check, profile, shrink
+from kmemopt.commands import check, plan, profile, shrink
 from kmemopt.commands._common import GlobalOptions, show_library_warnings
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ def main_options(
 app.command("profile")(profile.command)
 app.command("check")(check.command)
 app.command("shrink")(shrink.command)
+app.command("plan")(plan.command)
 
 
 def main() -> None:

@@ -95,6 +95,7 @@ class PlanResult:
     output: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()
     base_spec: ModelSpec | None = field(default=None, repr=False, compare=False)
+    base_profile: Any = field(default=None, repr=False, compare=False)  # the baseline's ProfileResult
 
     @property
     def baseline_peak_bytes(self) -> int:
@@ -288,6 +289,7 @@ def plan(
         seconds=time.perf_counter() - started,
         notes=tuple(notes),
         base_spec=base,
+        base_profile=baseline,
     )
 
 

@@ -244,10 +244,13 @@ class Pricer:
         from kmemopt.profiling.optimizer import optimizer_state
 
         ident = optimizer_identifier(spec.optimizer_config, spec.gradient_accumulation_steps)
-        key = json.dumps(ident, sort_keys=True, default=str)
+        # mixed_float16 trains with loss scaling: a LossScaleOptimizer around the optimizer (Keras's compile
+        # adds it under a global mixed_float16 policy; `plan --apply` writes it into the compile config).
+        scaled = spec.dtype_policy == "mixed_float16"
+        key = json.dumps([ident, scaled], sort_keys=True, default=str)
         state = variant.optimizers.get(key)
         if state is None:
-            state = optimizer_state(ident, variant.model)
+            state = optimizer_state(ident, variant.model, mixed_float16=scaled or None)
             variant.optimizers[key] = state
         return state
 

@@ -271,7 +271,9 @@ class Lora:
     ranks: tuple[int, ...] = (8,)  # each rank is one more build; memory barely depends on it
     name: str = "lora"
     phases: frozenset[str] = TRAIN
-    applies_to_file: bool = True
+    # Keras 3.15 saves `lora_rank` but its loader zeroes both adapter matrices (all their gradients are
+    # then zero): a loaded LoRA layer never trains, so LoRA is enabled in the script, after loading.
+    applies_to_file: bool = False
 
     def settings(self, spec: ModelSpec, phase: str) -> Iterable[Setting]:
         from kmemopt.plan.pricing import lora_target

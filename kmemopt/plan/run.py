@@ -1,0 +1,198 @@
+"""What `kmemopt plan` and `kmemopt.plan(...)` run: the plan, then on request its file and its measurement.
+
+`--apply` writes the plan's file only when the plan fits the budget (like a failed gate, a plan that
+does not fit writes nothing). `--measure` runs the baseline file and the file `--apply` writes (a
+scratch copy when no `-o` is given) in the measuring child, each at its own batch size, and puts each
+measured peak beside the planner's prediction.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kmemopt.errors import KmemoptError, UsageError
+from kmemopt.plan.planner import PlanResult, plan
+
+
+def default_output(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.plan.keras")
+
+
+def run(
+    path_or_model: Any,
+    *,
+    budget: int | str,
+    batch_size: int = 32,
+    phase: str = "train",
+    optimizer: Any = None,
+    freeze: str | None = None,
+    train_last: int | None = None,
+    only: Sequence[str] | None = None,
+    apply: bool = False,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    measure: bool = False,
+    data: str | os.PathLike | None = None,
+    samples: int | None = None,
+    device: str = "cpu",
+    gpu_index: int = 0,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    seq_len: int | None = None,
+    custom_objects: Any = None,
+    max_memory: int | str | None = None,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PlanResult:
+    """The plan (see `kmemopt.plan.planner.plan`), written (`apply`) and measured (`measure`) on request."""
+    from kmemopt.units import parse_size
+
+    say = progress or (lambda message: None)
+    is_path = isinstance(path_or_model, (str, os.PathLike))
+    if out is not None and not apply:
+        raise UsageError("-o names the file --apply writes; add --apply (or drop -o).")
+    if (apply or measure) and not is_path:
+        raise UsageError("--apply and --measure read the model's weights from its file: give plan() a path.")
+    if data is not None and not Path(data).is_file():
+        raise UsageError(f"--data {data} is not a readable file (.npy, or .npz keyed by input name or 'x').")
+    max_memory_bytes = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
+    src = Path(path_or_model) if is_path else None
+    target = (Path(out) if out is not None else default_output(src)) if apply and src is not None else None
+    if target is not None:
+        from kmemopt.write.save import check_output
+
+        check_output(src, target, force)  # before the search: a bad -o is a usage error at once
+
+    say("Pricing every strategy ...")
+    result = plan(
+        path_or_model,
+        budget=budget,
+        batch_size=batch_size,
+        phase=phase,
+        optimizer=optimizer,
+        freeze=freeze,
+        train_last=train_last,
+        only=only,
+        input_shapes=input_shapes,
+        seq_len=seq_len,
+        custom_objects=custom_objects,
+    )
+    notes = list(result.notes)
+    output = None
+    if target is not None and src is not None:
+        if result.plan is not None and result.plan.fits:
+            from kmemopt.plan.apply import write_plan
+
+            say(f"Writing {target} ...")
+            output = write_plan(
+                result,
+                src,
+                target,
+                force=force,
+                custom_objects=custom_objects,
+                data=data,
+                samples=samples,
+                max_memory_bytes=max_memory_bytes,
+                timeout_s=timeout,
+            )
+        else:
+            notes.append(f"Nothing was written to {target}: no plan fits the budget.")
+    result = dataclasses.replace(result, output=output, notes=tuple(notes))
+    if measure and src is not None:
+        measured = measure_plan(
+            result,
+            src,
+            Path(output["path"]) if output else None,
+            custom_objects=custom_objects,
+            data=data,
+            device=device,
+            gpu_index=gpu_index,
+            timeout_s=timeout,
+            max_memory_bytes=max_memory_bytes,
+            say=say,
+        )
+        result = dataclasses.replace(result, measured=measured)
+    return result
+
+
+def measure_plan(
+    result: PlanResult,
+    src: Path,
+    plan_file: Path | None,
+    *,
+    custom_objects: Any = None,
+    data: str | os.PathLike | None = None,
+    device: str = "cpu",
+    gpu_index: int = 0,
+    timeout_s: float | None = None,
+    max_memory_bytes: int | None = None,
+    say: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """The baseline file and the plan's file (`plan_file`, else a scratch one written like --apply's)
+    measured in the measuring child; each measured peak beside its prediction."""
+    from kmemopt.api import profile as run_profile
+    from kmemopt.profiling.measure import DEFAULT_TIMEOUT_S, compare, measure_profile
+
+    key = "training_peak_bytes" if result.phase == "train" else "inference_peak_bytes"
+    common = dict(
+        custom_objects=custom_objects,
+        data=data,
+        device=device,
+        gpu_index=gpu_index,
+        timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+        max_memory_bytes=max_memory_bytes,
+    )
+
+    def one(path: Path, batch_size: int, predicted: int, optimizer: Any = None) -> dict[str, Any]:
+        profiled = run_profile(path, batch_size=batch_size, optimizer=optimizer, custom_objects=custom_objects)
+        m = measure_profile(profiled, path, optimizer=optimizer, **common).measured or {}
+        value = m.get(key)
+        return {
+            "batch_size": batch_size,
+            "predicted_peak_bytes": predicted,
+            "measured_peak_bytes": value,
+            "error_pct": compare(predicted, value),
+            "status": m.get("status"),
+            "measurement": m,
+        }
+
+    say("Measuring the baseline ...")
+    # A copy: Keras's optimizer deserialization lower-cases the class name of the dict it is given.
+    base_opt = copy.deepcopy(result.base_spec.optimizer_config) if result.base_spec is not None else None
+    out: dict[str, Any] = {
+        "phase": result.phase,
+        "baseline": one(src, result.batch_size, result.baseline_priced.peak_bytes, base_opt),
+        "plan": None,
+    }
+    out["device"] = out["baseline"]["measurement"].get("device")
+    proposal = result.plan
+    if proposal is None:
+        return out
+    from kmemopt.plan.apply import split_settings, write_plan
+
+    _, rest = split_settings(proposal.settings)
+    unmeasured = [s.label for s in rest if s.strategy != "batch_size"]
+    with tempfile.TemporaryDirectory(prefix="kmemopt-plan-") as scratch:
+        path = plan_file
+        if path is None:
+            say("Writing the plan's model to a scratch file ...")
+            path = Path(scratch) / "plan.keras"
+            try:
+                write_plan(result, src, path, custom_objects=custom_objects, verify=False)
+            except KmemoptError as exc:
+                out["plan_not_measured"] = str(exc)
+                return out
+        say("Measuring the plan ...")
+        measured = one(path, proposal.spec.batch_size, proposal.predicted.peak_bytes)
+    measured["file"] = str(plan_file) if plan_file is not None else None
+    # What the file cannot hold is not in the measured run either (remat, LoRA, quantized weights).
+    measured["not_measured"] = unmeasured
+    value = measured["measured_peak_bytes"]
+    measured["fits_measured"] = value is not None and value <= result.budget_bytes
+    out["plan"] = measured
+    return out
