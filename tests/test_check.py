@@ -440,12 +440,18 @@ def test_measure_without_the_measurement_module_is_a_usage_error(cli, project, m
 
 @pytest.mark.slow
 def test_measure_for_real(cli, project):
-    """The real measurement (issue 3) runs in a child process: values are positive byte counts."""
+    """The real measurement runs in a child process: the value is the kernel's count (whole KiB, from
+    the process high-water mark or its sampled RSS), not the static estimate's byte count."""
     pytest.importorskip("kmemopt.profiling.measure")
-    r = cli("check", "models/nested.keras", "--max-inference-memory", "4GiB", "-b", "2", "--measure", "-f", "json")
+    args = ["check", "models/nested.keras", "--max-inference-memory", "4GiB", "-b", "2", "-f", "json"]
+    r = cli(*args, "--measure")
     assert r.exit_code == 0, r.stderr
     data = _json(r)
-    assert data["estimate"] == "measured" and data["budgets"][0]["value"] > 0
+    static = _json(cli(*args))
+    value = data["budgets"][0]["value"]
+    assert data["estimate"] == "measured" and static["estimate"] == "static"
+    assert value % 1024 == 0 and 0 < value < 4 * 1024**3
+    assert value != static["budgets"][0]["value"]
 
 
 # --- library ---------------------------------------------------------------------------------
