@@ -154,6 +154,10 @@ def shrink(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     max_memory: int | str | None = None,
     timeout: float | None = None,
+    prune_channels: float | str | None = None,
+    recover: str | None = None,
+    epochs: int = 5,
+    eval_data: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ShrinkResult:
     """Write a slimmer copy of a model (default `<stem>.slim.keras` beside it) and report on it.
@@ -161,8 +165,11 @@ def shrink(
     `path_or_model` is a `.keras`/`.h5` file or an in-memory `keras.Model` (then `out` is required,
     unless `dry_run`). The arguments are `kmemopt shrink`'s options:
 
-    - passes, in the order they apply: `keep_optimizer` (saved optimizer state is dropped unless
-      True), `prune` (a sparsity, 0.5 or "50%"; implies `compress`) with `prune_first_last`,
+    - passes, in the order they apply: `prune_channels` (a fraction of channels, 0.5 or "50%", removed:
+      a smaller network; first, so the other passes work on it) with `recover` ("distill" from the
+      original on `data`'s inputs, or "finetune" on its labels, at most `epochs` epochs) and
+      `eval_data` (the fidelity data when `data` trains), `keep_optimizer` (saved optimizer state is
+      dropped unless True), `prune` (a sparsity, 0.5 or "50%"; implies `compress`) with `prune_first_last`,
       `quantize` ("int8", "int4", "float16", "bfloat16"), `allow_custom_layers` (int8 convolutions
       with kmemopt's own layers), `mixed_precision` ("float16", "bfloat16"), `compress` (deflate),
       `skip` (a regex of layer paths left alone by every pass);
@@ -209,6 +216,10 @@ def shrink(
         input_shapes=input_shapes,
         max_memory=max_memory,
         timeout=timeout,
+        prune_channels=prune_channels,
+        recover=recover,
+        epochs=epochs,
+        eval_data=eval_data,
     )
     return _shrink(path_or_model, out, request, progress=progress)
 

@@ -395,3 +395,61 @@ def test_plan_strategy_prices_the_pruned_widths_from_the_config(keras, residual_
     assert predicted.training_peak_bytes == actual.training_peak_bytes
     assert strategy.cost(spec, settings[1]).accuracy_risk.startswith("not measured; needs recovery training")
     assert "prune_channels(model, 0.5)" in strategy.keras_code(settings[1])
+
+
+@pytest.fixture(scope="module")
+def digits_files(digits_cnn, tmp_path_factory):
+    model, x, y = digits_cnn
+    folder = tmp_path_factory.mktemp("digits")
+    model.save(folder / "digits.keras")
+    np.savez(folder / "train.npz", x=x[:600], y=y[:600])
+    np.savez(folder / "test.npz", x=x[1500:], y=y[1500:])
+    return folder
+
+
+def test_shrink_prunes_first_recovers_then_quantizes(keras, cli, digits_files):
+    import json
+
+    out = digits_files / "small.keras"
+    result = cli(
+        "shrink", digits_files / "digits.keras", "--prune-channels", "50%", "--data", digits_files / "train.npz",
+        "--recover", "distill", "--epochs", "2", "--eval-data", digits_files / "test.npz", "--quantize", "int8",
+        "-o", out, "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [p["name"] for p in data["passes"]][:3] == ["prune-channels", "strip-optimizer", "quantize"]
+    cp = data["channel_pruning"]
+    assert cp["criterion"] == "activation" and cp["recovery"]["epochs_run"] <= 2
+    assert {(r["layer"], r["before"], r["after"]) for r in cp["layers"]} >= {("conv2d", 16, 8), ("conv2d_2", 32, 16)}
+    assert data["fidelity"]["samples"] == 297  # --eval-data, not the training data
+    assert not any("trained on" in w for w in data["warnings"])
+    reloaded = keras.models.load_model(out)
+    assert reloaded.get_layer("conv2d").kernel.shape == (3, 3, 1, 8)
+    assert data["after"]["param_bytes"] < 0.3 * data["before"]["param_bytes"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--recover", "distill"], "give --prune-channels too"),
+        (["--prune-channels", "50%", "--recover", "distill"], "give --data"),
+        (["--prune-channels", "1.5"], "--prune-channels takes a fraction"),
+    ],
+)
+def test_shrink_channel_usage_errors_exit_2(cli, digits_files, args, message):
+    result = cli("shrink", digits_files / "digits.keras", *args, "-o", digits_files / "never.keras")
+    assert result.exit_code == 2 and message in result.output
+    assert not (digits_files / "never.keras").exists()
+
+
+def test_shrink_zero_percent_changes_nothing(cli, digits_files):
+    import json
+
+    out = digits_files / "same.keras"
+    result = cli("shrink", digits_files / "digits.keras", "--prune-channels", "0%", "-o", out, "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["fidelity"]["outputs"][0]["max_abs_error"] == 0.0
+    assert data["after"]["param_bytes"] == data["before"]["param_bytes"]
+    assert data["passes"][0]["applied"] == []

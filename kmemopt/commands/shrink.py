@@ -31,6 +31,11 @@ class MixedChoice(str, Enum):
     bfloat16 = "bfloat16"
 
 
+class RecoverChoice(str, Enum):
+    distill = "distill"
+    finetune = "finetune"
+
+
 PASSES = "Passes (applied in this order)"
 FIDELITY = "Fidelity"
 
@@ -58,6 +63,26 @@ def command(
             rich_help_panel=PASSES,
         ),
     ] = None,
+    prune_channels: Annotated[
+        Optional[str],
+        typer.Option(
+            "--prune-channels",
+            help="Remove this fraction of channels (50%): a smaller network, rebuilt from plain Keras layers; "
+            "runs first.",
+            rich_help_panel=PASSES,
+        ),
+    ] = None,
+    recover: Annotated[
+        Optional[RecoverChoice],
+        typer.Option(
+            "--recover",
+            help="Train the pruned model back on --data: distill (inputs only) or finetune (labels).",
+            rich_help_panel=PASSES,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="At most this many --recover epochs.", rich_help_panel=PASSES)
+    ] = 5,
     prune_first_last: Annotated[
         bool,
         typer.Option(
@@ -103,6 +128,14 @@ def command(
         typer.Option(
             "--data",
             help=".npy, or .npz keyed by input name or x (labels under y). Default: synthetic inputs.",
+            rich_help_panel=FIDELITY,
+        ),
+    ] = None,
+    eval_data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--eval-data",
+            help="Data for the fidelity check and gates when --data trains (--recover); default: --data.",
             rich_help_panel=FIDELITY,
         ),
     ] = None,
@@ -218,6 +251,10 @@ def command(
             input_shapes=parse_input_shapes(input_shape),
             max_memory=max_memory,
             timeout=timeout,
+            prune_channels=prune_channels,
+            recover=recover,
+            epochs=epochs,
+            eval_data=eval_data,
         )
         refuse_same_file(report, model, "report")
         refuse_same_file(report, out, "report")

@@ -37,6 +37,7 @@ class Reason(str, Enum):
     ALREADY_16BIT = "already stored in 16 bits by --quantize float16/bfloat16"
     NOT_COMPILED = "the input has no optimizer state"
     OPTIMIZER_INVALIDATED = "the weights were rewritten, so the saved optimizer state no longer matches"
+    CHANNELS_KEPT = "kept its width (why: the Channels table, or detail.why in JSON)"
 
 
 class Action(str, Enum):
@@ -49,6 +50,7 @@ class Action(str, Enum):
     BFLOAT16 = "bfloat16 storage"
     POLICY_TO_FLOAT32 = "mixed policy rewritten to float32 before quantizing"
     PRUNED = "magnitude-pruned"
+    CHANNELS_PRUNED = "channels pruned (a smaller layer)"
     MIXED = "mixed-precision policy"
     DROPPED_OPTIMIZER = "dropped optimizer state and compile config"
     KEPT_OPTIMIZER = "kept optimizer state"
@@ -76,6 +78,7 @@ class ShrinkOptions:
     allow_custom_layers: bool = False
     prune: float | None = None
     prune_first_last: bool = False
+    prune_channels: float | None = None  # structured: this fraction of channels removed (passes/channels)
     compress: bool = False
     mixed_precision: MixedPrecision | None = None
     skip: str | None = None
@@ -95,6 +98,7 @@ class ShrinkOptions:
             "allow_custom_layers": self.allow_custom_layers,
             "prune": self.prune,
             "prune_first_last": self.prune_first_last,
+            "prune_channels": self.prune_channels,
             "compress": self.compress,
             "mixed_precision": self.mixed_precision.value if self.mixed_precision else None,
             "skip": self.skip,

@@ -63,6 +63,7 @@ class ShrinkResult:
     custom_layers: bool = False
     elapsed_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    channel_pruning: dict[str, Any] | None = None  # --prune-channels: widths, totals, recovery
 
     @property
     def ratio(self) -> float | None:
@@ -94,6 +95,7 @@ class ShrinkResult:
             "reload": self.reload,
             "elapsed_s": round(self.elapsed_s, 3),
             "warnings": list(self.warnings),
+            "channel_pruning": self.channel_pruning,
         }
 
 
@@ -111,6 +113,7 @@ def make_options(
     mixed_precision=None,
     skip=None,
     keep_optimizer=False,
+    prune_channels=None,
 ) -> ShrinkOptions:
     try:
         q = QuantizeMode(str(getattr(quantize, "value", quantize)).lower()) if quantize is not None else None
@@ -128,6 +131,15 @@ def make_options(
         prune = parse_percent(prune) if isinstance(prune, str) else float(prune)
         if not 0 < prune < 1:
             raise UsageError(f"--prune takes a sparsity between 0 and 1 (or 0% and 100%). Received: {prune!r}.")
+    if prune_channels is not None:
+        from kmemopt.units import parse_percent
+
+        prune_channels = parse_percent(prune_channels) if isinstance(prune_channels, str) else float(prune_channels)
+        if not 0 <= prune_channels < 1:
+            raise UsageError(
+                f"--prune-channels takes a fraction of channels from 0 up to 1 (or 0% up to 100%). "
+                f"Received: {prune_channels!r}."
+            )
     if skip is not None:
         try:
             re.compile(skip)
@@ -144,6 +156,7 @@ def make_options(
         compress=compress,
         mixed_precision=mp,
         skip=skip,
+        prune_channels=prune_channels,
     )
 
 
@@ -168,6 +181,9 @@ class ShrinkRequest:
     input_shapes: Mapping[str, tuple[int, ...]] | None = None
     max_memory_bytes: int | None = None  # what running the model may take; None: `sandbox.default_max_memory()`
     timeout: float | None = None  # seconds the reload check's child may run; None: its default
+    recover: str | None = None  # after --prune-channels: "distill" (inputs only) or "finetune" (labels) on `data`
+    epochs: int = 5  # at most this many recovery epochs (early stop on a held-out split)
+    eval_data: Path | None = None  # the fidelity check's data when `data` trains the pruned model
 
 
 def _fraction(value: float | str | None) -> float | None:
@@ -203,6 +219,10 @@ def make_request(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     max_memory: int | str | None = None,
     timeout: float | None = None,
+    prune_channels: float | str | None = None,
+    recover: str | None = None,
+    epochs: int = 5,
+    eval_data: str | os.PathLike | None = None,
 ) -> ShrinkRequest:
     """A checked `ShrinkRequest` from the values `kmemopt shrink` takes (see `kmemopt.shrink`); a value
     out of range raises `UsageError` (exit 2) before anything is read."""
@@ -218,7 +238,18 @@ def make_request(
         mixed_precision=mixed_precision,
         skip=skip,
         keep_optimizer=keep_optimizer,
+        prune_channels=prune_channels,
     )
+    if recover is not None:
+        recover = str(getattr(recover, "value", recover)).lower()
+        if recover not in ("distill", "finetune"):
+            raise UsageError(f"--recover takes distill or finetune. Received: {recover!r}.")
+        if passes.prune_channels is None:
+            raise UsageError("--recover trains a channel-pruned model back; give --prune-channels too.")
+        if data is None:
+            raise UsageError(f"--recover {recover} trains on your data; give --data (a .npy or .npz file).")
+    if epochs < 1:
+        raise UsageError(f"--epochs must be at least 1. Received: {epochs}.")
     if batch_size < 1:
         raise UsageError(f"The batch size must be at least 1. Received: batch_size={batch_size}.")
     if samples is not None and samples < 1:
@@ -242,6 +273,9 @@ def make_request(
         input_shapes=dict(input_shapes) if input_shapes else None,
         max_memory_bytes=max_memory_bytes,
         timeout=timeout,
+        recover=recover,
+        epochs=epochs,
+        eval_data=Path(eval_data) if eval_data is not None else None,
     )
 
 
@@ -581,6 +615,24 @@ def shrink(
         )
         before = _side(before_profile, before_bytes)
 
+        pruned = None  # --prune-channels runs first: the other passes work on the smaller model
+        if options.prune_channels is not None:
+            from kmemopt.passes.channels.step import prune_step
+
+            pruned = prune_step(
+                model,
+                request,
+                compile_config=model_file.compile_config if model_file is not None else None,
+                seq_len=seq_len,
+                train=not request.dry_run,
+                progress=say,
+            )
+            if request.recover is not None and request.eval_data is None:
+                warnings.append(
+                    "Fidelity is measured on --data, which the pruned model was trained on; give --eval-data "
+                    "for held-out figures."
+                )
+
         say("Planning the passes ...")
 
         def result(**fields) -> ShrinkResult:
@@ -596,23 +648,27 @@ def shrink(
                 after=None,
                 elapsed_s=time.perf_counter() - started,
                 warnings=warnings,
+                channel_pruning=pruned.info if pruned is not None else None,
             )
             return ShrinkResult(**{**common, **fields})
 
         if request.dry_run:
-            ctx, results = _run_passes(model, options, keras, file_info, rebuild=False)
+            ctx, results = _run_passes(pruned.model if pruned else model, options, keras, file_info, rebuild=False)
             return result(
                 output=str(target) if target else None,
                 dry_run=True,
                 layers=_layer_rows(before_profile, None),
-                passes=results,
+                passes=([pruned.result] if pruned else []) + results,
                 custom_layers=any(p.int8_class is not None for p in ctx.plan.values()),
             )
 
-        inputs = fid.load_inputs(model, request.data, samples=request.samples, seq_len=seq_len)
+        eval_data = request.eval_data if request.eval_data is not None else request.data
+        inputs = fid.load_inputs(model, eval_data, samples=request.samples, seq_len=seq_len)
         names = _output_names(model)
         say(f"Running the original model on {inputs.samples} {inputs.source} inputs ...")
         ref = fid.predict(model, inputs)
+        if pruned is not None:  # the reference is the original's; from here on, the pruned model
+            model = pruned.model
 
         say("Applying the passes ...")
         ctx, results = _run_passes(
@@ -620,9 +676,12 @@ def shrink(
             options,
             keras,
             file_info,
-            release_source=src is not None and not request.explain,
-            weights_source=stored,
+            # A pruned model is kmemopt's own, not the file's: its weights are not read back from the file.
+            release_source=src is not None and not request.explain and pruned is None,
+            weights_source=stored if pruned is None else None,
         )
+        if pruned is not None:
+            results.insert(0, pruned.result)
         if stored is not None:
             stored.close()  # only the rebuild reads the file again
         new_model = ctx.new_model

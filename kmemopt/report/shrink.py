@@ -62,6 +62,48 @@ def _changed_layers(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _channel_rows(cp: dict[str, Any], all_layers: bool) -> list[dict[str, Any]]:
+    """--prune-channels rows: the layers that changed width or kept it for a reason."""
+    return [r for r in cp["layers"] if all_layers or r["after"] < r["before"] or r["kept_because"]]
+
+
+def _channel_summary(cp: dict[str, Any]) -> list[str]:
+    b, a = cp["before"]["params"], cp["after"]["params"]
+    lines = [f"Parameters {b:,} → {a:,} ({_ratio(b, a)}); FLOPs: {cp['flops']}"]
+    rec = cp.get("recovery")
+    if rec:
+        early = ", stopped early" if rec["stopped_early"] else ""
+        lines.append(f"Recovered by {rec['method']}: {rec['epochs_run']} epoch(s){early}")
+    return lines
+
+
+def _render_channels(data: dict[str, Any], console, all_layers: bool) -> None:
+    from rich.table import Table
+
+    cp = data.get("channel_pruning")
+    if not cp:
+        return
+    ct = Table(
+        title=f"Channels ({_pct(cp['fraction'])} asked, {markup(cp['criterion'])} importance)",
+        title_justify="left",
+        header_style="bold",
+    )
+    for col in ("Layer", "Class", "Width", "Before", "After", "Kept because"):
+        ct.add_column(col, justify="right" if col in ("Before", "After") else "left", overflow="fold")
+    for r in _channel_rows(cp, all_layers):
+        ct.add_row(
+            markup(r["layer"]),
+            markup(r["class_name"]),
+            markup(r["what"]),
+            f"{r['before']:,}",
+            f"{r['after']:,}",
+            markup(r["kept_because"] or ""),
+        )
+    console.print(ct)
+    for line in _channel_summary(cp):
+        console.print(markup(line), highlight=False)
+
+
 def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) -> None:
     from rich.table import Table
 
@@ -119,6 +161,7 @@ def render_shrink(data: dict[str, Any], console, *, all_layers: bool = False) ->
             console.print(f"    skipped {n}: {markup(reason)}", highlight=False)
         for note in p["notes"]:
             console.print(f"    note: {markup(note)}", highlight=False)
+    _render_channels(data, console, all_layers)
 
     fid = data.get("fidelity")
     if fid:
@@ -201,6 +244,21 @@ def shrink_markdown(data: dict[str, Any]) -> str:
             out.append(f"  - skipped {markdown_code(s['layer'], table=False)}: {markdown(s['reason'])}")
         for note in p["notes"]:
             out.append(f"  - note: {markdown(note)}")
+    cp = data.get("channel_pruning")
+    if cp:
+        out += [
+            "",
+            "### Channels",
+            "",
+            "| Layer | Class | Width | Before | After | Kept because |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        for r in _channel_rows(cp, False):
+            out.append(
+                f"| {markdown_code(r['layer'])} | {markdown(r['class_name'])} | {markdown(r['what'])} "
+                f"| {r['before']:,} | {r['after']:,} | {markdown(r['kept_because'] or '')} |"
+            )
+        out += [""] + [markdown(line) for line in _channel_summary(cp)]
     fid = data.get("fidelity")
     if fid:
         out += [

@@ -73,16 +73,20 @@ def recover(
     patience: int = 2,
     learning_rate: float = 1e-3,
     seed: int = 0,
+    compile_config: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RecoveryResult:
-    """Train `student` (the pruned model) in place; `teacher` is the original and is not changed."""
+    """Train `student` (the pruned model) in place; `teacher` is the original and is not changed.
+
+    `x` is one array or a list (one per model input); `compile_config` (finetune) defaults to the
+    teacher's own `get_compile_config()`."""
     from kmemopt._keras import import_keras
 
     keras = import_keras()
     mode = Recovery(mode)
     if epochs < 1:
         raise UsageError(f"--epochs must be at least 1. Received: {epochs}.")
-    x = np.asarray(x)
+    xs = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
     was_trainable = teacher.trainable  # the Distiller freezes the teacher, which is the caller's model
     say = progress or (lambda message: None)
 
@@ -90,31 +94,35 @@ def recover(
         shown = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted((logs or {}).items()) if k.endswith("loss"))
         say(f"{mode.value} epoch {epoch + 1}/{epochs}: {shown}")
 
+    def feed(arrays: list[Any]) -> Any:
+        return arrays[0] if len(arrays) == 1 else list(arrays)
+
     fit_args: tuple[Any, ...]
     val: tuple[Any, ...] | None
     if mode is Recovery.finetune:
         if y is None:
             raise UsageError("--recover finetune needs labels (a 'y' array in --data); use --recover distill.")
-        compile_config = teacher.get_compile_config() if hasattr(teacher, "get_compile_config") else None
+        if compile_config is None and hasattr(teacher, "get_compile_config"):
+            compile_config = teacher.get_compile_config()
         if not compile_config:
             raise UsageError(
                 "--recover finetune trains with the model's own compile config, and this model was saved "
                 "without one; use --recover distill."
             )
-        (x_train, y_train), (x_val, y_val) = _split([x, np.asarray(y)], held_out, seed)
+        train, held = _split([*xs, np.asarray(y)], held_out, seed)
         student.compile_from_config(compile_config)
-        trainer, fit_args = student, (x_train, y_train)
-        val = (x_val, y_val) if len(x_val) else None
+        trainer, fit_args = student, (feed(train[:-1]), train[-1])
+        val = (feed(held[:-1]), held[-1]) if len(held[-1]) else None
         method = "fine-tuning with the model's own compile config"
     else:
         distillation = getattr(keras, "distillation", None)
-        (x_train,), (x_val,) = _split([x], held_out, seed)
+        train, held = _split(xs, held_out, seed)
         loss = "kl_divergence" if _ends_in_softmax(teacher) else "mse"
         if distillation is None:  # Keras before 3.12: a plain fit on the teacher's predictions
-            targets = teacher.predict(x_train, batch_size=batch_size, verbose=0)
+            targets = teacher.predict(feed(train), batch_size=batch_size, verbose=0)
             student.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
-            trainer, fit_args = student, (x_train, targets)
-            val = (x_val, teacher.predict(x_val, batch_size=batch_size, verbose=0)) if len(x_val) else None
+            trainer, fit_args = student, (feed(train), targets)
+            val = (feed(held), teacher.predict(feed(held), batch_size=batch_size, verbose=0)) if len(held[0]) else None
             method = f"fit on the original's predictions ({loss}); keras.distillation is not available"
         else:
             trainer = distillation.Distiller(
@@ -124,8 +132,8 @@ def recover(
                 student_loss_weight=0.0,
             )
             trainer.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
-            fit_args = (x_train,)
-            val = (x_val,) if len(x_val) else None
+            fit_args = (feed(train),)
+            val = (feed(held),) if len(held[0]) else None
             method = f"keras.distillation.Distiller, {loss} on the outputs, inputs only"
     callbacks: list[Any] = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
     stopper = None

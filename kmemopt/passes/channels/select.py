@@ -252,7 +252,8 @@ def activation_scores(analysis: Analysis, model: Any, batches: list[Any]) -> dic
         taps.append((g, out[index] if isinstance(out, (list, tuple)) else out))
     if not taps:
         return {}
-    probe = keras.Model(model.inputs, [t for _, t in taps])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # called as the model is fed
+    probe = keras.Model(inputs, [t for _, t in taps])
     sums: dict[int, list[np.ndarray]] = {}
     count = 0
     for x in batches:
