@@ -16,9 +16,11 @@ from kmemopt.passes.channels.prune import (
     pruned_model_config,
 )
 from kmemopt.passes.channels.select import Amount, Criterion, Ranking
+from kmemopt.passes.channels.strategy import ChannelPruning
 
 __all__ = [
     "Amount",
+    "ChannelPruning",
     "ChannelReport",
     "Criterion",
     "LayerWidth",
