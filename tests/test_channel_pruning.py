@@ -292,6 +292,34 @@ def test_channels_that_cannot_be_followed_keep_their_width(keras, images):
     assert np.array_equal(result.model.predict(images, verbose=0), model.predict(images, verbose=0))
 
 
+def test_transposed_and_1d_convolutions(keras):
+    keras.utils.set_random_seed(4)
+    L = keras.layers
+    img = keras.Input((6, 6, 2), name="img")
+    up = L.Conv2DTranspose(6, 3, strides=2, padding="same", name="up")(L.Conv2D(8, 3, name="down")(img))
+    a = L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="mix")(up))
+    seq = keras.Input((10, 3), name="seq")
+    b = L.GlobalMaxPooling1D()(L.Conv1D(6, 3, name="c1b")(L.Conv1D(10, 3, name="c1a")(seq)))
+    model = keras.Model([img, seq], L.Dense(2, name="out")(L.Concatenate()([a, b])))
+    rng = np.random.default_rng(5)
+    x = [rng.random((3, 6, 6, 2)).astype("float32"), rng.random((3, 10, 3)).astype("float32")]
+    result = prune_channels(model, 0.5, batch_size=None)
+    w = widths(result)
+    assert [w[(n, "filters")] for n in ("down", "up", "mix", "c1a", "c1b")] == [(8, 4), (6, 3), (4, 2), (10, 5), (6, 3)]
+    assert result.model.get_layer("up").get_weights()[0].shape == (3, 3, 3, 4)  # (k, k, out, in)
+    assert_equivalent(keras, model, result, x)
+
+
+def test_shared_layers_and_nested_models_are_left_whole(keras, nested_shared_model):
+    x = np.random.default_rng(6).random((4, 8)).astype("float32")
+    result = prune_channels(nested_shared_model, 0.5, batch_size=None)
+    left = {name: why for name, _, why in result.report.left_alone}
+    assert "shared weights" in left["shared"]
+    assert "Sequential" in left["sub"]
+    assert result.model.count_params() == nested_shared_model.count_params()
+    np.testing.assert_array_equal(result.model.predict(x, verbose=0), nested_shared_model.predict(x, verbose=0))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["MobileNetV2", "ResNet50"])
 def test_real_architectures_prune_30_percent(keras, name, tmp_path):
