@@ -13,7 +13,7 @@ from typing import Any
 from kmemopt.errors import UsageError
 from kmemopt.keras_compat.layers import is_container, is_functional, is_sequential
 from kmemopt.profiling.dtypes import itemsize
-from kmemopt.profiling.internals import Source, activation_source
+from kmemopt.profiling.internals import Source, activation_source, grad_needs_input, input_casts, weight_casts
 from kmemopt.profiling.line import ZERO, Line
 from kmemopt.profiling.trace import OpTrace, OpTracer, Untraceable
 
@@ -43,6 +43,7 @@ class Call:
     backward: Line | None = None  # internal workspace of its backward step, when it differs from `transient`
     reads_inputs: tuple[bool, ...] | None = None  # per input: its gradient reads it (None: the layer tables say)
     reads_outputs: tuple[bool, ...] | None = None
+    weight_casts: int = 0  # mixed precision: compute-dtype copies of its weights, alive from the step's start
 
     @property
     def backward_transient(self) -> Line:
@@ -58,6 +59,9 @@ class Graph:
     outputs: list[int] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # layers that could not be traced, and why
+    # Mixed precision: compute-dtype copies of model inputs a training step keeps (by input tensor; the
+    # input's row shows them), and the loss's float32 copies of 16-bit outputs (by the call that made them).
+    input_casts: dict[int, Line] = field(default_factory=dict)
 
 
 class UnknownDimension(UsageError):
@@ -93,6 +97,7 @@ class Tracer:
         self.ops = ops  # traces the calls of layers no rule knows exactly (None: rules only)
         self.recompute = False
         self._untraced: dict[tuple[str, str], list[str]] = {}  # (class, reason) -> paths
+        self._with_grad: set[int] = set()  # tensors a training step differentiates (downstream of a trainable weight)
 
     def _new_tensor(self, spec, where: str) -> int:
         tid = self._next
@@ -109,6 +114,8 @@ class Tracer:
         self.graph.input_names = list(input_names)
         out_ids, _ = self._trace_model(model, ids, list(input_specs), prefix="")
         self.graph.outputs = out_ids
+        if self.internals is not None:
+            _add_loss_casts(self.graph)
         for (cls, reason), paths in self._untraced.items():
             named = ", ".join(repr(p) for p in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
             self.graph.warnings.append(
@@ -192,8 +199,33 @@ class Tracer:
                 self._traced(call, args, kwargs or {}, len(out_ids))
             if call.source != Source.TRACED:
                 call.saved_extra, call.transient = self.internals(layer, in_specs, out_specs)
+                self._autocast(call, in_specs)  # a traced call's casts are in its trace
+        if getattr(layer, "trainable_weights", None) or any(t in self._with_grad for t in in_ids):
+            self._with_grad.update(out_ids)
         self.graph.calls.append(call)
         return out_ids, out_specs
+
+    def _autocast(self, call: Call, in_specs) -> None:
+        """Mixed precision's copies for a rule-counted call (see internals, "Mixed precision")."""
+        casts, kernels, grads16 = weight_casts(call.layer)
+        copies = [input_casts(call.layer, [spec]) for spec in in_specs]
+        if not (casts or any(c.per_sample_bytes for c in copies)):
+            return
+        call.weight_casts = casts
+        # The input gradient reads the cast kernels: needed when an input is differentiated, and always
+        # by a recurrent layer (each backward time step reads the recurrent kernel).
+        needs_dx = any(t in self._with_grad for t in call.inputs) or _recurrent(call.layer)
+        kept = Line(kernels if needs_dx else 0, 0)
+        for t, copy in zip(call.inputs, copies):
+            call.transient = call.transient + copy
+            if not grad_needs_input(call.layer):
+                continue
+            if t in self.graph.inputs:  # the weight gradient reads the cast input
+                self.graph.input_casts[t] = self.graph.input_casts.get(t, ZERO) + copy
+            else:
+                kept = kept + copy
+        call.backward = call.transient + Line(grads16, 0)  # 16-bit weight gradients, before their cast to float32
+        call.saved_extra = call.saved_extra + kept
 
     def _traced(self, call: Call, args, kwargs, n_outputs: int) -> None:
         """Fill `call` from an operation-level trace of its layer; an untraceable one becomes opaque."""
@@ -216,6 +248,10 @@ class Tracer:
             call.reads_inputs = t.reads_inputs
         if len(t.reads_outputs) == n_outputs:
             call.reads_outputs = t.reads_outputs
+
+
+def _recurrent(layer) -> bool:
+    return type(layer).__name__ in ("LSTM", "GRU", "SimpleRNN", "Bidirectional")
 
 
 def _incomplete(t: OpTrace) -> str | None:
@@ -254,14 +290,18 @@ def inference_peak(graph: Graph, batch_size: int) -> tuple[Line, int]:
         if t not in live:
             live.add(t)
             fixed, per = fixed + graph.tensors[t].size.fixed_bytes, per + graph.tensors[t].size.per_sample_bytes
-    best = Line(fixed, per)
+    # Mixed precision: the weights' compute-dtype copies are made as the step starts (they need no
+    # input) and each lives until its layer has run.
+    pending = sum(call.weight_casts for call in graph.calls)
+    best = Line(fixed + pending, per)
     best_at = -1
     for i, call in enumerate(graph.calls):
         for t in call.outputs:
             if t not in live:
                 live.add(t)
                 fixed, per = fixed + graph.tensors[t].size.fixed_bytes, per + graph.tensors[t].size.per_sample_bytes
-        current = Line(fixed, per) + call.transient
+        current = Line(fixed + pending, per) + call.transient
+        pending -= call.weight_casts
         if current.at(batch_size) > best.at(batch_size):
             best, best_at = current, i
         for t in set(call.inputs) | set(call.outputs):
@@ -309,9 +349,21 @@ def kept_tensors(graph: Graph) -> set[int]:
 
 
 def saved_for_backward(graph: Graph) -> Line:
-    """Bytes a training step keeps for the backward pass: the kept tensors plus layers' internal saves."""
+    """Bytes a training step keeps for the backward pass: the kept tensors plus layers' internal saves
+    (and, mixed precision, the model inputs' compute-dtype copies)."""
     total = _sum(graph.tensors[t].size for t in kept_tensors(graph))
-    return total + _sum(c.saved_extra for c in graph.calls)
+    return total + _sum(c.saved_extra for c in graph.calls) + _sum(graph.input_casts.values())
+
+
+def _add_loss_casts(graph: Graph) -> None:
+    """Mixed precision: a Keras loss casts 16-bit predictions to float32 and computes in float32; its
+    gradient reads that copy, so a training step keeps a float32 copy of every 16-bit float output
+    (counted with the call that made the output)."""
+    maker = {t: call for call in graph.calls for t in call.outputs}
+    for t in dict.fromkeys(graph.outputs):
+        info = graph.tensors[t]
+        if t in maker and "float" in info.dtype and itemsize(info.dtype) < 4:
+            maker[t].saved_extra = maker[t].saved_extra + tensor_line(info.shape, "float32", "a model output")
 
 
 def backward_transient(graph: Graph, batch_size: int) -> Line:

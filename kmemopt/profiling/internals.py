@@ -284,6 +284,71 @@ _KNOWN_INPUT_ONLY = CONVOLUTIONS | {
 
 
 # ---------------------------------------------------------------------------------------------
+# Mixed precision (a layer whose compute dtype differs from its variables' dtype: `mixed_float16`,
+# `mixed_bfloat16`). Read from Keras 3.15 (layers/layer.py `__call__`, backend/common/variables.py
+# `_maybe_autocast`) and a TensorFlow training step's graph:
+#   weight casts   inside the call every float variable is read through a Cast to the compute dtype
+#                  (unless the layer or the variable has autocast off: Embedding, the normalisations).
+#                  The casts need no input, so the executor runs them as the step starts: each is
+#                  alive from the start of the step until its layer has run;
+#   kept casts     the input gradient of a matmul or convolution (dX = dY . W^T) reads the *cast*
+#                  kernel, so a training step keeps the 16-bit copy of every kernel (weights of rank
+#                  2 or more) of a layer whose input needs a gradient; biases are read by no gradient;
+#   input casts    a float input in another dtype is cast to the compute dtype by the layer (the
+#                  model's float32 inputs, at the first layer): a copy, kept when the layer's gradient
+#                  reads its input;
+#   16-bit grads   the gradient of a cast weight is computed in the compute dtype, then cast back to
+#                  float32 (the variable's dtype): the 16-bit weight gradients are backward workspace.
+# The loss (float32 copy of 16-bit predictions) and loss scaling are in static.py.
+
+
+def autocast_dtype(layer) -> str | None:
+    """The dtype `layer`'s call casts its float variables and inputs to, or None when it casts nothing."""
+    policy = getattr(layer, "dtype_policy", None)
+    compute = getattr(policy, "compute_dtype", None)
+    variable = getattr(policy, "variable_dtype", None)
+    if compute is None or compute == variable or not getattr(layer, "autocast", True):
+        return None
+    return str(compute) if "float" in str(compute) else None
+
+
+def weight_casts(layer) -> tuple[int, int, int]:
+    """Bytes of the compute-dtype copies of `layer`'s weights in one call: (all of them, the kernels
+    an input gradient reads, the trainable ones: the 16-bit weight gradients). Zero when it does not autocast."""
+    compute = autocast_dtype(layer)
+    if compute is None:
+        return 0, 0, 0
+    size = itemsize(compute)
+    cast = kernels = trainable = 0
+    for v in getattr(layer, "weights", ()):
+        # `_autocast` is Keras's own per-variable switch (BatchNormalization's moving statistics: off).
+        if not getattr(v, "_autocast", True) or "float" not in str(v.dtype) or str(v.dtype) == compute:
+            continue
+        n = 1
+        for d in v.shape:
+            n *= int(d)
+        cast += n * size
+        if len(v.shape) >= 2:
+            kernels += n * size
+        if getattr(v, "trainable", False):
+            trainable += n * size
+    return cast, kernels, trainable
+
+
+def input_casts(layer, in_specs) -> Line:
+    """The compute-dtype copies `layer` makes of its float inputs in another float dtype."""
+    compute = autocast_dtype(layer)
+    if compute is None:
+        return ZERO
+    total = ZERO
+    for s in in_specs:
+        dtype = str(getattr(s, "dtype", "float32"))
+        if "float" in dtype and dtype != compute:
+            total = total + Line(0, _per_sample(s.shape, compute))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
 # The runtime's own costs for a model, beyond its tensors (TensorFlow's CPU runtime, Keras 3.15).
 #
 # Calibrated against measurements (docs/measure.md; benchmarks/suite_estimate.py): the constants

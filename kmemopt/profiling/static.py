@@ -139,6 +139,8 @@ class ProfileResult:
     measured: Any = None
     estimate: str = "static"
     elapsed_s: float = 0.0
+    backend: str = "tensorflow"  # the Keras backend the profile ran on
+    xla: Any = None  # profiling.xla.XlaEstimate: XLA's own accounting (JAX backend only)
     _graph: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +160,8 @@ class ProfileResult:
             "estimate": self.estimate,
             "measured": self.measured.to_dict() if hasattr(self.measured, "to_dict") else self.measured,
             "timeline": _timeline(self),
+            "backend": self.backend,
+            "xla_estimate": self.xla.to_dict() if self.xla is not None else None,
         }
 
 
@@ -266,8 +270,12 @@ def profile_model(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     seq_len: int | None = None,
     budget_bytes: int | None = None,
+    xla: bool | None = None,
 ) -> ProfileResult:
-    """Profile a built (possibly unallocated) Keras model."""
+    """Profile a built (possibly unallocated) Keras model.
+
+    `xla`: also compile the steps with XLA and report its accounting (JAX only; None: for a model
+    file on JAX unless KMEMOPT_XLA=0, see profiling.xla)."""
     import time
 
     started = time.perf_counter()
@@ -337,7 +345,9 @@ def profile_model(
             shapes.append([list(graph.tensors[t].shape) for t in call.outputs])
         if type(layer).__name__ == "InputLayer" and layer.name in input_tensor_of:
             tensor = graph.tensors[input_tensor_of[layer.name]]
-            out_line = act_line = tensor.size  # model inputs are always kept
+            out_line = tensor.size
+            # Model inputs are always kept (with their compute-dtype copy, mixed precision).
+            act_line = tensor.size + graph.input_casts.get(input_tensor_of[layer.name], ZERO)
             shapes = [[list(tensor.shape)]]
         shape = None
         if shapes:
@@ -384,8 +394,8 @@ def profile_model(
                     param_dtypes=(),
                     compute_dtype=tensor.dtype,
                     output_bytes=tensor.size.at(batch_size),
-                    activation_bytes=tensor.size.at(batch_size),
-                    activation_bytes_per_sample=tensor.size.per_sample_bytes,
+                    activation_bytes=(tensor.size + graph.input_casts.get(tid, ZERO)).at(batch_size),
+                    activation_bytes_per_sample=(tensor.size + graph.input_casts.get(tid, ZERO)).per_sample_bytes,
                     gradient_bytes=0,
                     optimizer_bytes=0,
                 ),
@@ -414,6 +424,8 @@ def profile_model(
     saved = g.saved_for_backward(graph)
     act_peak, _ = g.inference_peak(graph, batch_size)
     back = g.backward_transient(graph, batch_size)
+    unscaled = _unscaled_gradients(opt, gradient_bytes)
+    step = _step(saved, back, unscaled, batch_size)
     # The runtime's own costs (loader residue, traced graph, input copy): see internals.runtime_costs.
     costs = runtime_costs(graph, param_bytes)
     run_inf = costs["loader_residue"] + costs["inference_graph"] + costs["input_copy"]
@@ -423,8 +435,7 @@ def profile_model(
     )
     fixed_train = param_bytes + gradient_bytes + opt.total_bytes
     training = Line(
-        fixed_train + saved.fixed_bytes + back.fixed_bytes + run_train.fixed_bytes,
-        saved.per_sample_bytes + back.per_sample_bytes + run_train.per_sample_bytes,
+        fixed_train + step.fixed_bytes + run_train.fixed_bytes, step.per_sample_bytes + run_train.per_sample_bytes
     )
 
     totals = Totals(
@@ -453,7 +464,9 @@ def profile_model(
                 lambda b: param_bytes + g.inference_peak(graph, b)[0].at(b) + run_inf.at(b), budget_bytes
             ),
             max_training_batch=_max_batch(
-                lambda b: fixed_train + saved.at(b) + g.backward_transient(graph, b).at(b) + run_train.at(b),
+                lambda b: (
+                    fixed_train + _step(saved, g.backward_transient(graph, b), unscaled, b).at(b) + run_train.at(b)
+                ),
                 budget_bytes,
             ),
         )
@@ -469,6 +482,27 @@ def profile_model(
         if declared and declared != param_bytes:
             warnings.append(
                 f"The file's weights declare {declared:,} bytes, the architecture {param_bytes:,}; they differ."
+            )
+    backend = _backend()
+    if backend != "tensorflow":
+        warnings.append(
+            f"The runtime terms ({run_train.at(batch_size):,} bytes of the training peak) are calibrated on "
+            f"TensorFlow's CPU runtime, not on {backend}'s: read the peaks as the tensors plus an uncalibrated allowance."
+        )
+    xla_result = None
+    from kmemopt.profiling import xla as xla_mod
+
+    if backend == "jax" and (xla if xla is not None else xla_mod.wanted(model_file)):
+        xla_result, problem = _xla_estimate(model, model_file, specs, names, batch_size, ident)
+        if problem:
+            warnings.append(problem)
+        elif xla_result is not None:
+            import dataclasses
+
+            xla_result = dataclasses.replace(
+                xla_result,
+                kmemopt_inference_tensor_bytes=totals.inference_peak_bytes - totals.runtime_inference_bytes,
+                kmemopt_training_tensor_bytes=totals.training_peak_bytes - totals.runtime_training_bytes,
             )
     optimizer_info = {
         "name": opt.name,
@@ -496,8 +530,28 @@ def profile_model(
         budget=fit,
         warnings=tuple(warnings),
         elapsed_s=time.perf_counter() - started,
+        backend=backend,
+        xla=xla_result,
         _graph=graph,
     )
+
+
+def _backend() -> str:
+    from kmemopt._keras import import_keras
+
+    return str(import_keras().backend.backend())
+
+
+def _xla_estimate(model, model_file, specs, names, batch_size: int, optimizer) -> tuple[Any, str | None]:
+    """XLA's accounting of the compiled steps (profiling.xla), or None and a warning saying why not."""
+    from kmemopt.profiling.xla import xla_estimate
+
+    loss = (model_file.compile_config or {}).get("loss") if model_file is not None else None
+    inputs = {name: (tuple(s.shape), str(s.dtype)) for name, s in zip(names, specs)}
+    try:
+        return xla_estimate(model, inputs, batch_size, optimizer, loss), None
+    except Exception as exc:  # a second estimate: its failure must not cost the user the profile
+        return None, f"XLA's own accounting could not be made ({type(exc).__name__}); the profile stands without it."
 
 
 def peaks_at(result: ProfileResult, batch_size: int) -> tuple[int, int]:
@@ -517,7 +571,23 @@ def peaks_at(result: ProfileResult, batch_size: int) -> tuple[int, int]:
     fixed_train = t.param_bytes + t.gradient_bytes + t.optimizer_bytes
     saved = g.saved_for_backward(graph)
     back = g.backward_transient(graph, batch_size)
-    return inference, fixed_train + saved.at(batch_size) + back.at(batch_size) + run_train.at(batch_size)
+    unscaled = t.gradient_bytes if result.optimizer.get("name") == "LossScaleOptimizer" else 0
+    return inference, fixed_train + _step(saved, back, unscaled, batch_size).at(batch_size) + run_train.at(batch_size)
+
+
+def _unscaled_gradients(opt: OptimizerState, gradient_bytes: int) -> int:
+    """Mixed precision's loss scaling: a LossScaleOptimizer (what Keras's compile wraps the optimizer
+    in when the model's own policy is mixed_float16) divides every gradient by the scale before the
+    inner update, a second float32 copy of all the gradients while the update runs."""
+    return gradient_bytes if opt.name == "LossScaleOptimizer" else 0
+
+
+def _step(saved: Line, back: Line, unscaled: int, batch_size: int) -> Line:
+    """A training step's memory on top of weights, gradients and slots at its peak: the activations kept
+    plus the largest backward step; or, when larger, the unscaled gradients of the update (it runs after
+    the backward pass has freed the activations)."""
+    backward = saved + back
+    return backward if backward.at(batch_size) >= unscaled else Line(unscaled, 0)
 
 
 def _max_batch(peak, budget: int) -> int:
