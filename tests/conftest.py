@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +95,49 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+# ------------------------------------------------------------------ runs of the CLI in their own processes
+
+
+def whole_module_runs_here(config: pytest.Config) -> bool:
+    """True when every test of a module runs in this process: no pytest-xdist, or xdist handing out whole
+    files (`--dist loadfile`, what `make test` uses) or modules (`--dist loadscope`)."""
+    return "PYTEST_XDIST_WORKER" not in os.environ or config.getoption("dist", "no") in ("loadfile", "loadscope")
+
+
+def selected_params(session: pytest.Session, test_name: str) -> list[dict[str, Any]]:
+    """The parameters of every selected, not skip-marked, item of the test function `test_name`."""
+    return [
+        item.callspec.params
+        for item in session.items
+        if getattr(item, "originalname", None) == test_name
+        and hasattr(item, "callspec")
+        and item.get_closest_marker("skip") is None
+    ]
+
+
+class RunPool:
+    """Independent runs (each a process tree) on a small thread pool, each started once; a test waits
+    for its own. Starting a module's runs together overlaps them (TensorFlow's import alone is seconds a
+    run), so a corpus file does not keep one xdist worker busy long after the other is done."""
+
+    def __init__(self, start: Callable[..., Any], workers: int | None = None) -> None:
+        self._start = start
+        self._pool = ThreadPoolExecutor(max_workers=workers or max(2, min(4, os.cpu_count() or 2)))
+        self._futures: dict[tuple, Future] = {}
+
+    def submit(self, *key: Any) -> Future:
+        if key not in self._futures:
+            self._futures[key] = self._pool.submit(self._start, *key)
+        return self._futures[key]
+
+    def submit_all(self, keys: Iterable[tuple]) -> None:
+        for key in keys:
+            self.submit(*key)
+
+    def result(self, *key: Any) -> Any:
+        return self.submit(*key).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -26,11 +26,12 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import RunPool, selected_params, whole_module_runs_here
 from hostile import ROUND2_CASE_NAMES, ROUND2_COMMANDS, SECRET, Case2, Corpus2, build_round2
 from test_security import KMEMOPT, LAUNCHER
 
@@ -215,32 +216,16 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _selected(session) -> list[tuple[str, str]]:
-    pairs = []
-    for item in session.items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if getattr(item, "originalname", None) == "test_round2_case" and item.get_closest_marker("skip") is None:
-            pairs.append((params["command"], params["case_name"]))
-    return pairs
-
-
 @pytest.fixture(scope="session")
 def runs2(request, corpus2):
     """Every selected run started at once on a small pool (the slow ones first); each test waits for its own."""
     by_name = {c.name: c for c in corpus2.cases}
-    pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)))
-    futures: dict[tuple[str, str], Future] = {}
-
-    def submit(command: str, name: str) -> Future:
-        if (command, name) not in futures:
-            futures[command, name] = pool.submit(run_case, corpus2, command, by_name[name])
-        return futures[command, name]
-
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        for command, name in sorted(_selected(request.session), key=lambda p: p[0] == "profile"):
-            submit(command, name)
-    yield lambda command, name: submit(command, name).result()
-    pool.shutdown(wait=True, cancel_futures=True)
+    pool = RunPool(lambda command, name: run_case(corpus2, command, by_name[name]))
+    if whole_module_runs_here(request.config):
+        pairs = [(p["command"], p["case_name"]) for p in selected_params(request.session, "test_round2_case")]
+        pool.submit_all(sorted(pairs, key=lambda p: p[0] == "profile"))
+    yield pool.result
+    pool.close()
 
 
 # The whole cross product (35 cases x 4 entry points, about 30 CPU-minutes) runs with KMEMOPT_FULL_CORPUS=1;
