@@ -12,10 +12,13 @@ authors compute them:
   backward) + parameter bytes; one number for both phases.
 - `accelerate estimate-memory`: the weights for inference, 4 x the weights for training with Adam.
 
-Set KMEMOPT_MEASURE_CACHE=FILE.json to keep measurements between runs (a model and batch size found in
-the file is not measured again; the estimates are always recomputed), and KMEMOPT_BENCH_MODELS=DIR to
-keep the saved .keras files. Each measurement is one child process per (model, batch size), measured
-once.
+Every model is measured at every batch size on every run (nothing is carried from an earlier run);
+each measurement, with the static profile inputs the refit needs, is written to
+benchmarks/calibration.json (committed), and `python benchmarks/suite_estimate.py --refit` refits the
+runtime constants from that file alone. The held-out models (HELD_OUT) were fixed before fitting.
+KMEMOPT_BENCH_MODELS=DIR keeps the saved .keras files; KMEMOPT_BENCH_JOBS=N measures N children at a
+time; KMEMOPT_BENCH_DEADLINE=HH:MM (UTC) records the measurements not started by then as not run;
+KMEMOPT_BENCH_HELD_OUT_B8=A,B measures those held-out models at batch 8 only.
 """
 
 from __future__ import annotations
@@ -28,11 +31,44 @@ from pathlib import Path
 KEY = "estimate_vs_measured"
 TITLE = "Estimated vs measured peak memory (CPU)"
 BATCH_SIZES = (1, 8, 32)
+# The six architectures the runtime constants of kmemopt/profiling/internals.py are fitted on
+# (`--refit`): their rows are in-sample.
 MODELS = ("MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121", "LSTMTextClassifier", "TransformerEncoder")
-# Not used to fit the memory model's runtime constants: a check of how it does on models it has not seen.
-HELD_OUT = ("MobileNet", "GRUTextClassifier")
+# Held out: fixed on 2026-12-03, before this calibration data was measured or any constant refitted,
+# and never used to fit. A check of how the memory model does on architectures it has not seen.
+HELD_OUT = (
+    "MobileNet",  # MobileNet v1 (depthwise-separable convolutions), 224x224
+    "Xception96",  # separable convolutions with residual adds, 96x96 input
+    "EfficientNetV2B0_96",  # fused MBConv blocks, 96x96 input
+    "GRUTextClassifier",
+    "BiLSTMSimpleRNN",  # Bidirectional LSTM then SimpleRNN
+    "MultiInputOutput",  # a functional model with an image and a vector input, a class and a value output
+    "MixedFloat16CNN",  # a CNN under the mixed_float16 policy
+    "BertSmall",  # keras-hub BertBackbone, small config (no download)
+    "GPT2Small",  # keras-hub GPT2Backbone, small config (a decoder)
+    "ViTSmall",  # keras-hub ViTBackbone, small config
+    "sample:digits_cnn",  # the bundled sample models (sample_models/)
+    "sample:text_lstm",
+)
+# Sequence length the static profile resolves for models whose inputs leave it open (keras-hub text models).
+SEQ_LEN = {"BertSmall": 128, "GPT2Small": 128, "sample:text_lstm": 128}
 ESTIMATORS = ("kmemopt", "stackoverflow get_model_memory_usage", "torchinfo", "accelerate estimate-memory")
 BAND = (0.8, 1.25)
+CALIBRATION = Path(__file__).resolve().parent / "calibration.json"
+# The fitted runtime constants and how internals.py prints them: (name, unit divisor, decimals).
+FITTED = (
+    ("LOADER_WEIGHT_FRACTION", 1, 3),
+    ("LOADER_LARGEST_WEIGHT_FACTOR", 1, 2),
+    ("LOADER_BYTES_PER_LAYER", 1024**2, 3),
+    ("GRAPH_BYTES_PER_UNIT_INFERENCE", 1024**2, 4),
+    ("GRAPH_BYTES_PER_UNIT_TRAINING", 1024**2, 3),
+)
+
+
+def batch_sizes(name: str) -> tuple[int, ...]:
+    """The batch sizes a model is measured at (KMEMOPT_BENCH_HELD_OUT_B8=a,b: those held-out models at 8 only)."""
+    short = {n.strip() for n in os.environ.get("KMEMOPT_BENCH_HELD_OUT_B8", "").split(",") if n.strip()}
+    return (8,) if name in HELD_OUT and name in short else BATCH_SIZES
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -72,15 +108,97 @@ def gru_text_classifier(keras):
     return keras.Model(tokens, out, name="gru_text_classifier")
 
 
+def bilstm_simplernn(keras):
+    tokens = keras.Input((80,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(3000, 64, name="embedding")(tokens)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(48, return_sequences=True), name="bilstm")(h)
+    h = keras.layers.SimpleRNN(32, name="simple_rnn")(h)
+    out = keras.layers.Dense(2, activation="softmax", name="classifier")(h)
+    return keras.Model(tokens, out, name="bilstm_simplernn")
+
+
+def multi_input_output(keras):
+    image = keras.Input((64, 64, 3), name="image")
+    meta = keras.Input((16,), name="meta")
+    h = keras.layers.Conv2D(32, 3, activation="relu", name="conv1")(image)
+    h = keras.layers.MaxPooling2D(name="pool1")(h)
+    h = keras.layers.Conv2D(64, 3, activation="relu", name="conv2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    m = keras.layers.Dense(32, activation="relu", name="meta_dense")(meta)
+    h = keras.layers.Concatenate(name="concat")([h, m])
+    h = keras.layers.Dense(64, activation="relu", name="shared")(h)
+    label = keras.layers.Dense(10, activation="softmax", name="label")(h)
+    value = keras.layers.Dense(1, name="value")(h)
+    return keras.Model([image, meta], [label, value], name="multi_input_output")
+
+
+def mixed_float16_cnn(keras):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x = keras.Input((96, 96, 3), name="image")
+        h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(x)
+        h = keras.layers.BatchNormalization(name="bn1")(h)
+        h = keras.layers.MaxPooling2D(name="pool1")(h)
+        h = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2")(h)
+        h = keras.layers.MaxPooling2D(name="pool2")(h)
+        h = keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="conv3")(h)
+        h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+        h = keras.layers.Dense(128, activation="relu", name="dense")(h)
+        out = keras.layers.Dense(10, activation="softmax", dtype="float32", name="classifier")(h)
+        return keras.Model(x, out, name="mixed_float16_cnn")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def keras_hub_model(name: str):
+    import keras_hub
+
+    if name == "BertSmall":
+        return keras_hub.models.BertBackbone(
+            vocabulary_size=2000,
+            num_layers=2,
+            num_heads=4,
+            hidden_dim=128,
+            intermediate_dim=512,
+            max_sequence_length=128,
+        )
+    if name == "GPT2Small":
+        return keras_hub.models.GPT2Backbone(
+            vocabulary_size=2000,
+            num_layers=2,
+            num_heads=4,
+            hidden_dim=128,
+            intermediate_dim=512,
+            max_sequence_length=128,
+        )
+    return keras_hub.models.ViTBackbone(
+        image_shape=(64, 64, 3), patch_size=8, num_layers=4, num_heads=4, hidden_dim=128, mlp_dim=512
+    )
+
+
 def build(name: str, keras):
     keras.utils.set_random_seed(0)
-    if name == "GRUTextClassifier":
-        return gru_text_classifier(keras)
-    if name == "LSTMTextClassifier":
-        return lstm_text_classifier(keras)
-    if name == "TransformerEncoder":
-        return transformer_encoder(keras)
+    builders = {
+        "GRUTextClassifier": gru_text_classifier,
+        "LSTMTextClassifier": lstm_text_classifier,
+        "TransformerEncoder": transformer_encoder,
+        "BiLSTMSimpleRNN": bilstm_simplernn,
+        "MultiInputOutput": multi_input_output,
+        "MixedFloat16CNN": mixed_float16_cnn,
+    }
+    if name in builders:
+        return builders[name](keras)
+    if name in ("BertSmall", "GPT2Small", "ViTSmall"):
+        return keras_hub_model(name)
+    if name == "Xception96":
+        return keras.applications.Xception(weights=None, input_shape=(96, 96, 3), classes=10)
+    if name == "EfficientNetV2B0_96":
+        return keras.applications.EfficientNetV2B0(weights=None, input_shape=(96, 96, 3), classes=10)
     return getattr(keras.applications, name)(weights=None)
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
 def save_models(directory: Path, log, names=MODELS) -> dict[str, Path]:
@@ -89,6 +207,9 @@ def save_models(directory: Path, log, names=MODELS) -> dict[str, Path]:
     keras = import_keras()
     paths = {}
     for name in names:
+        if name.startswith("sample:"):
+            paths[name] = SAMPLES / f"{name.removeprefix('sample:')}.keras"
+            continue
         path = directory / f"{name}.keras"
         if not path.exists():
             log(f"  building {name}")
@@ -144,107 +265,203 @@ def accelerate_estimate(profile, phase: str) -> int:
 # --------------------------------------------------------------------------------------------- run
 
 
-def _cache(path: str | None) -> dict:
-    if path and Path(path).exists():
-        return json.loads(Path(path).read_text())
-    return {}
+def profile_inputs(name: str, path: Path, b: int) -> dict:
+    """The static profile at batch b and what the refit needs from it: the model's weights, largest
+    weight, layer calls and op units, and the peaks without the fitted runtime terms (the loader
+    residue and the traced graph, both fixed in the batch size; the input copy stays)."""
+    import kmemopt.profiling.internals as internals
+    from kmemopt.api import profile as static_profile
+    from kmemopt.profiling.dtypes import nbytes
+
+    p = static_profile(path, batch_size=b, seq_len=SEQ_LEN.get(name))
+    calls = p._graph.calls
+    param_bytes = p.totals.param_bytes
+    costs = internals.runtime_costs(p._graph, param_bytes)
+    loader = costs["loader_residue"].fixed_bytes
+    return {
+        "_profile": p,
+        "param_bytes": param_bytes,
+        "largest_weight_bytes": max(
+            (nbytes(v.shape, v.dtype) for c in calls for v in getattr(c.layer, "weights", ())), default=0
+        ),
+        "layer_calls": len(calls),
+        "op_units": sum(internals.op_units(c.layer) for c in calls),
+        "estimated_inference_bytes": p.totals.inference_peak_bytes,
+        "estimated_training_bytes": p.totals.training_peak_bytes,
+        "static_inference_bytes": p.totals.inference_peak_bytes - loader - costs["inference_graph"].fixed_bytes,
+        "static_training_bytes": p.totals.training_peak_bytes - loader - costs["training_graph"].fixed_bytes,
+    }
 
 
-def measure_all(paths: dict[str, Path], profiles: dict, log, cache_path: str | None) -> dict:
+def _measure_one(path: Path, inputs: list[dict], b: int, deadline: float | None, log, label: str) -> dict:
+    import time
+
     from kmemopt.profiling.measure import measure
 
-    cache = _cache(cache_path)
+    if deadline is not None and time.time() > deadline:
+        return {"status": "not_run", "message": "not measured: the run's deadline (KMEMOPT_BENCH_DEADLINE) had passed"}
+    log(f"  measuring {label} at batch {b}")
+    try:
+        m = measure(
+            path,
+            inputs=inputs,
+            batch_size=b,
+            layers=False,
+            timeout_s=float(os.environ.get("KMEMOPT_BENCH_TIMEOUT", 1800)),
+        )
+    except Exception as exc:  # recorded with the row, never dropped
+        return {"status": "failed", "message": f"{type(exc).__name__}: {exc}"[:300]}
+    run = m.main
+    log(f"  measured {label} at batch {b}: {run.status.value}, {run.seconds:.0f} s")
+    out = {
+        "method": m.method,
+        "status": run.status.value,
+        "baseline_bytes": run.baseline_bytes,
+        "load_bytes": run.load_bytes,
+        "inference_peak_bytes": run.inference_peak_bytes,
+        "training_peak_bytes": run.training_peak_bytes,
+        "seconds": round(run.seconds, 1),
+    }
+    if run.message:
+        out["message"] = run.message[:300]
+    return out
+
+
+def _deadline() -> float | None:
+    """KMEMOPT_BENCH_DEADLINE=HH:MM (UTC, today): measurements not started by then are recorded as not run."""
+    import datetime as dt
+
+    value = os.environ.get("KMEMOPT_BENCH_DEADLINE")
+    if not value:
+        return None
+    hh, mm = (int(x) for x in value.split(":"))
+    now = dt.datetime.now(dt.timezone.utc)
+    return now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+
+
+def measure_models(names, log) -> tuple[list[dict], dict]:
+    """Profile and measure every model at its batch sizes; one calibration row per (model, batch size)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import provenance
+    from run import machine
+
+    from kmemopt.api import open_checked
+
+    workdir = Path(os.environ.get("KMEMOPT_BENCH_MODELS") or tempfile.mkdtemp(prefix="kmemopt-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = save_models(workdir, log, names)
+    this_machine = machine()
+    rows: dict[tuple[str, int], dict] = {}
+    extras: dict[tuple[str, int], dict] = {}
     for name, path in paths.items():
-        for b in BATCH_SIZES:
-            key = f"{name}@{b}"
-            if key in cache:
-                continue
-            log(f"  measuring {name} at batch {b}")
-            m = measure(
-                path,
-                inputs=[i.to_dict() for i in profiles[name].inputs],
-                batch_size=b,
-                layers=False,
-                on_phase=lambda p, n=name: log(f"    {n}: {p}"),
-            )
-            run = m.main
-            cache[key] = {
-                "inference": run.inference_peak_bytes,
-                "training": run.training_peak_bytes,
-                "baseline": run.baseline_bytes,
-                "load": run.load_bytes,
-                "status": run.status.value,
-                "method": m.method,
-                "seconds": round(run.seconds, 1),
-            }
-            if cache_path:
-                Path(cache_path).write_text(json.dumps(cache, indent=1))
-    return cache
+        model = None
+        try:
+            _, model, _ = open_checked(path)
+        except Exception as exc:
+            log(f"  {name}: cannot open: {exc}")
+        for b in batch_sizes(name):
+            row = {"model": name, "batch_size": b, "fitted": name in MODELS, "held_out": name in HELD_OUT}
+            try:
+                info = profile_inputs(name, path, b)
+                p = info.pop("_profile")
+                row.update(info)
+                extras[(name, b)] = {"profile": p, "model": model}
+            except Exception as exc:
+                row.update(status="failed", message=f"static profile: {type(exc).__name__}: {exc}"[:300])
+            rows[(name, b)] = row
+    # The fitted six first (the refit needs them), the largest first; then the held-out models.
+    order = sorted(rows, key=lambda k: (not rows[k]["fitted"], k[1] != 8, k[0]))
+    deadline = _deadline()
+    jobs = int(os.environ.get("KMEMOPT_BENCH_JOBS", "1"))
+
+    def work(key):
+        name, b = key
+        row = rows[key]
+        if "status" in row:  # the static profile failed: nothing to measure with
+            return key, {}
+        inputs = [i.to_dict() for i in extras[key]["profile"].inputs]
+        return key, _measure_one(paths[name], inputs, b, deadline, log, name)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for key, got in pool.map(work, order):
+            rows[key].update(got)
+            rows[key]["measured_at"] = provenance.current(this_machine)
+            _write_calibration([rows[k] for k in sorted(rows, key=_row_order)])
+    return [rows[k] for k in sorted(rows, key=_row_order)], extras
 
 
-def rows_for(name: str, profile, model, measured: dict) -> list[dict]:
+def _row_order(key):
+    name, b = key
+    names = MODELS + HELD_OUT
+    return (names.index(name), b)
+
+
+def _write_calibration(rows: list[dict]) -> None:
+    CALIBRATION.write_text(
+        json.dumps(
+            {
+                "about": (
+                    "Every measurement `make bench SUITE=estimate` made, with the static profile inputs the "
+                    "refit needs (`python benchmarks/suite_estimate.py --refit`). Bytes; peaks are above the "
+                    "framework baseline. static_*_bytes: the estimate without the fitted runtime terms."
+                ),
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+def rows_for(cal: dict, extra: dict | None) -> list[dict]:
+    """The results rows of one calibration row: each estimator against each measured phase."""
+    name, b = cal["model"], cal["batch_size"]
+    p = (extra or {}).get("profile")
+    model = (extra or {}).get("model")
     rows = []
-    for b in BATCH_SIZES:
-        got = measured[f"{name}@{b}"]
-        for phase in ("inference", "training"):
-            truth = got.get(phase)
-            line = profile.inference if phase == "inference" else profile.training
-            estimates = {
-                "kmemopt": line.at(b),
-                "stackoverflow get_model_memory_usage": stackoverflow_estimate(model, b),
-                "torchinfo": torchinfo_estimate(_at(profile, b), b),
-                "accelerate estimate-memory": accelerate_estimate(profile, phase),
+    for phase in ("inference", "training"):
+        truth = cal.get(f"{phase}_peak_bytes")
+        estimates = {
+            "kmemopt": cal.get(f"estimated_{phase}_bytes"),
+            "stackoverflow get_model_memory_usage": _try(stackoverflow_estimate, model, b) if model else None,
+            "torchinfo": torchinfo_estimate(p, b) if p else None,
+            "accelerate estimate-memory": accelerate_estimate(p, phase) if p else None,
+        }
+        for estimator, est in estimates.items():
+            row = {
+                "model": name,
+                "batch_size": b,
+                "phase": phase,
+                "estimator": estimator,
+                "estimated_bytes": None if est is None else int(est),
+                "measured_bytes": truth,
+                "device": "cpu",
+                "ratio": round(est / truth, 3) if truth and est else None,
+                "error_pct": round(100 * (est - truth) / truth, 1) if truth and est else None,
+                "method": cal.get("method"),
+                "status": cal.get("status"),
+                "measure_seconds": cal.get("seconds"),
+                "held_out": name in HELD_OUT,
             }
-            for estimator, est in estimates.items():
-                rows.append(
-                    {
-                        "model": name,
-                        "batch_size": b,
-                        "phase": phase,
-                        "estimator": estimator,
-                        "estimated_bytes": int(est),
-                        "measured_bytes": truth,
-                        "device": "cpu",
-                        "ratio": round(est / truth, 3) if truth else None,
-                        "error_pct": round(100 * (est - truth) / truth, 1) if truth else None,
-                        "method": got.get("method"),
-                        "status": got.get("status"),
-                        "measure_seconds": got.get("seconds"),
-                        "held_out": name in HELD_OUT,
-                    }
-                )
+            if cal.get("message"):
+                row["message"] = cal["message"]
+            rows.append(row)
     return rows
 
 
-_PROFILE_AT: dict = {}
-
-
-def _at(profile, b):
-    """The same profile's per-layer output bytes at batch b (outputs are exact lines in B)."""
-    return _PROFILE_AT[(id(profile), b)]
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:
+        return None
 
 
 def run(log) -> list[dict]:
-    from kmemopt.api import profile as static_profile
-    from kmemopt.load.build import build_from_file  # noqa: F401  (same path as the CLI)
-
-    cache_path = os.environ.get("KMEMOPT_MEASURE_CACHE")
-    workdir = Path(os.environ.get("KMEMOPT_BENCH_MODELS") or tempfile.mkdtemp(prefix="kmemopt-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    paths = save_models(workdir, log, MODELS + HELD_OUT)
-    profiles, models = {}, {}
-    from kmemopt.api import open_checked
-
-    for name, path in paths.items():
-        _, model, _ = open_checked(path)
-        models[name] = model
-        profiles[name] = static_profile(path, batch_size=1)
-        for b in BATCH_SIZES:
-            _PROFILE_AT[(id(profiles[name]), b)] = static_profile(path, batch_size=b)
-    measured = measure_all(paths, profiles, log, cache_path)
+    cal_rows, extras = measure_models(MODELS + HELD_OUT, log)
     rows = []
-    for name in paths:
-        rows += rows_for(name, profiles[name], models[name], measured)
+    for cal in cal_rows:
+        rows += rows_for(cal, extras.get((cal["model"], cal["batch_size"])))
     return rows
 
 
@@ -255,13 +472,28 @@ def _mib(n) -> str:
     return "-" if n is None else f"{n / 1024**2:,.0f}"
 
 
-def markdown(rows: list[dict]) -> str:
+def _err(r) -> str:
+    return "-" if r.get("error_pct") is None else f"{r['error_pct']:+.0f}%"
+
+
+def summary(rows: list[dict]) -> dict:
+    """kmemopt's figures over rows with a measurement: count, in band, under-estimates, median error."""
+    rs = [r for r in rows if r["estimator"] == "kmemopt" and r.get("ratio")]
+    errs = sorted(r["error_pct"] for r in rs)
+    under = [r for r in rs if r["ratio"] < 1]
+    return {
+        "rows": len(rs),
+        "in_band": sum(BAND[0] <= r["ratio"] <= BAND[1] for r in rs),
+        "under": len(under),
+        "under_band": sum(r["ratio"] < BAND[0] for r in rs),
+        "worst_under": min(under, key=lambda r: r["ratio"]) if under else None,
+        "median_abs_error": sorted(abs(e) for e in errs)[len(errs) // 2] if errs else None,
+        "median_error": errs[len(errs) // 2] if errs else None,
+    }
+
+
+def _table(rows: list[dict]) -> list[str]:
     out = [
-        "Peak memory above the framework baseline, measured on this CPU with the kernel's high-water mark",
-        "(`kmemopt profile MODEL --measure --batch-sizes 1,8,32` measures the same way; one child process",
-        "per batch size). Estimates are static: no weights loaded. Error = (estimate - measured) / measured.",
-        "Reproduce: `make bench SUITE=estimate`.",
-        "",
         "| Model | Batch | Phase | Measured (MiB) | kmemopt (MiB) | kmemopt error | StackOverflow | torchinfo | accelerate |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -270,16 +502,69 @@ def markdown(rows: list[dict]) -> str:
         by_key.setdefault((r["model"], r["batch_size"], r["phase"]), {})[r["estimator"]] = r
     for (model, b, phase), est in by_key.items():
         k = est["kmemopt"]
-
-        def err(r):
-            return "-" if r.get("error_pct") is None else f"{r['error_pct']:+.0f}%"
-
-        label = f"{model} (held out)" if k.get("held_out") else model
+        measured = _mib(k["measured_bytes"]) if k.get("measured_bytes") else f"{k.get('status') or 'failed'}"
         out.append(
-            f"| {label} | {b} | {phase} | {_mib(k['measured_bytes'])} | {_mib(k['estimated_bytes'])} | **{err(k)}** | "
-            f"{err(est['stackoverflow get_model_memory_usage'])} | {err(est['torchinfo'])} | "
-            f"{err(est['accelerate estimate-memory'])} |"
+            f"| {model} | {b} | {phase} | {measured} | {_mib(k['estimated_bytes'])} | **{_err(k)}** | "
+            f"{_err(est['stackoverflow get_model_memory_usage'])} | {_err(est['torchinfo'])} | "
+            f"{_err(est['accelerate estimate-memory'])} |"
         )
+    return out
+
+
+def _figures(label: str, rows: list[dict]) -> str:
+    s = summary(rows)
+    if not s["rows"]:
+        return f"{label}: no row measured."
+    text = (
+        f"{label}: {s['in_band']} of {s['rows']} rows within 0.8-1.25x; median error {s['median_error']:+.0f}% "
+        f"(median absolute {s['median_abs_error']:.0f}%); {s['under']} under-estimates"
+    )
+    if s["worst_under"]:
+        w = s["worst_under"]
+        text += (
+            f" ({s['under_band']} below 0.8x; the worst {w['ratio']:.2f}x, {w['model']} b={w['batch_size']} "
+            f"{w['phase']}: {_mib(w['estimated_bytes'])} MiB estimated, {_mib(w['measured_bytes'])} MiB measured)"
+        )
+    return text + "."
+
+
+def markdown(rows: list[dict]) -> str:
+    fitted = [r for r in rows if not r.get("held_out")]
+    held = [r for r in rows if r.get("held_out")]
+    out = [
+        "Peak memory above the framework baseline, measured on this CPU with the kernel's high-water mark",
+        "(`kmemopt profile MODEL --measure --batch-size B` measures the same way; one child process per model",
+        "and batch size). Estimates are static (`kmemopt profile MODEL --batch-size B`): no weights loaded.",
+        "Error = (estimate - measured) / measured, signed: negative is an under-estimate, the dangerous side.",
+        "Reproduce: `make bench SUITE=estimate`; every measurement is also in `benchmarks/calibration.json`,",
+        "from which `python benchmarks/suite_estimate.py --refit` refits the runtime constants (docs/measure.md).",
+        "",
+        "**In-sample** (the runtime constants of `kmemopt/profiling/internals.py` are fitted on these six",
+        "architectures' rows: they show how well one set of constants fits them, not how well it predicts):",
+        "",
+        *_table(fitted),
+        "",
+        "**Held out** (fixed before this calibration data was measured; never used to fit):",
+        "",
+        *_table(held),
+        "",
+        _figures("In-sample (kmemopt)", fitted),
+        "",
+        _figures("Held out (kmemopt)", held),
+    ]
+    short = sorted({r["model"] for r in held} - {r["model"] for r in held if r["batch_size"] != 8})
+    if short:
+        out += ["", "Measured at batch 8 only, to fit the run in its time: " + ", ".join(short) + "."]
+    failed = sorted(
+        {
+            (r["model"], r["batch_size"], r.get("status"), r.get("message", ""))
+            for r in rows
+            if not r.get("measured_bytes")
+        }
+    )
+    if failed:
+        out += ["", "Rows without a measurement:"]
+        out += [f"- {m} b={b}: {st or 'failed'}" + (f" ({msg})" if msg else "") for m, b, st, msg in failed]
     outside = [
         f"{r['model']} b={r['batch_size']} {r['phase']} ({r['ratio']:.2f})"
         for r in rows
@@ -290,39 +575,34 @@ def markdown(rows: list[dict]) -> str:
     out += [
         "",
         f"Measuring took {sum(secs.values()) / 60:.0f} min of child processes in all (one a model and batch size,",
-        "inference and training in the same child); the runner's time above is computing the rows when the",
-        "measurements come from KMEMOPT_MEASURE_CACHE.",
-    ]
-    out += [
+        "inference and training in the same child; several children at a time on a shared machine).",
         "",
         "StackOverflow's and torchinfo's rules give one number for both phases; accelerate's is the",
         "weights (inference) and 4x the weights (training with Adam). See docs/measure.md for the memory model.",
-    ]
-    out += [
         "",
         "Summary (all rows with a measurement):",
         "",
-        "| Estimator | rows | within 0.8-1.25x | within 20% | median abs error | worst error |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| Estimator | rows | within 0.8-1.25x | within 20% | under-estimates | median error | worst error |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     groups = []
     for estimator in ESTIMATORS:
         rs = [r for r in rows if r["estimator"] == estimator and r.get("ratio")]
-        if estimator == "kmemopt" and any(r.get("held_out") for r in rs):
-            groups.append(("kmemopt (models used to fit it)", [r for r in rs if not r.get("held_out")]))
+        if estimator == "kmemopt":
+            groups.append(("kmemopt (in-sample: models used to fit it)", [r for r in rs if not r.get("held_out")]))
             groups.append(("kmemopt (held-out models)", [r for r in rs if r.get("held_out")]))
-            groups.append(("kmemopt (all)", rs))
         else:
             groups.append((estimator, rs))
     for estimator, rs in groups:
         if not rs:
             continue
-        errs = sorted(abs(r["error_pct"]) for r in rs)
+        errs = sorted(r["error_pct"] for r in rs)
         band = sum(BAND[0] <= r["ratio"] <= BAND[1] for r in rs)
         within20 = sum(abs(r["error_pct"]) <= 20 for r in rs)
+        under = sum(r["ratio"] < 1 for r in rs)
         worst = max(rs, key=lambda r: abs(r["error_pct"]))
         out.append(
-            f"| {estimator} | {len(rs)} | {band} | {within20} | {errs[len(errs) // 2]:.0f}% | "
+            f"| {estimator} | {len(rs)} | {band} | {within20} | {under} | {errs[len(errs) // 2]:+.0f}% | "
             f"{worst['error_pct']:+.0f}% ({worst['model']}, b={worst['batch_size']}, {worst['phase']}) |"
         )
     return "\n".join(out) + "\n"
@@ -331,74 +611,72 @@ def markdown(rows: list[dict]) -> str:
 # --------------------------------------------------------------------------------------------- refitting
 
 
-def fit_constants(cache_path: str, models_dir: str, names=MODELS) -> dict[str, float]:
-    """Refit the runtime constants of kmemopt/profiling/internals.py from a measurement cache.
+def fit_constants(calibration: Path = CALIBRATION, names=MODELS) -> dict[str, float]:
+    """Refit the runtime constants of kmemopt/profiling/internals.py from benchmarks/calibration.json.
 
-    The loader residue (weights, largest weight, layer calls) is fitted on the measured load phase; the
-    traced-graph bytes per unit on the measured peaks with the loader terms held fixed. Both by least
-    squares on the relative error. `python benchmarks/suite_estimate.py --fit CACHE.json MODELS_DIR`.
+    Rebuilds and measures nothing: every input is a committed row. The loader residue (a share of the
+    weights, a factor of the largest weight, bytes per layer call) is fitted on the measured load
+    phase; the traced-graph bytes per op unit (inference, training) on the measured peaks with the
+    loader terms held fixed, the rest of the estimate (`static_*_bytes`) taken as it is. Both by least
+    squares on the relative error, over the fitted six architectures' rows that measured ok.
     """
     import numpy as np
 
-    import kmemopt.profiling.internals as internals
-    from kmemopt.api import profile
-    from kmemopt.profiling.dtypes import nbytes
-
-    measured = json.loads(Path(cache_path).read_text())
-    saved = {
-        k: getattr(internals, k)
-        for k in (
-            "LOADER_WEIGHT_FRACTION",
-            "LOADER_LARGEST_WEIGHT_FACTOR",
-            "LOADER_BYTES_PER_LAYER",
-            "GRAPH_BYTES_PER_UNIT_INFERENCE",
-            "GRAPH_BYTES_PER_UNIT_TRAINING",
-        )
-    }
-    try:
-        for k in saved:
-            setattr(internals, k, 0)
-        info = {}
-        for name in names:
-            p = profile(Path(models_dir) / f"{name}.keras", batch_size=1)
-            calls = p._graph.calls
-            largest = max((nbytes(v.shape, v.dtype) for c in calls for v in c.layer.weights), default=0)
-            units = sum(internals.op_units(c.layer) for c in calls)
-            info[name] = (p, p.totals.param_bytes, largest, len(calls), units)
-    finally:
-        for k, v in saved.items():
-            setattr(internals, k, v)
-    rows, target = [], []
-    for name, (_, w, largest, calls, _) in info.items():
-        for b in BATCH_SIZES:
-            load = measured[f"{name}@{b}"]["load"]
-            rows.append([w / load, largest / load, calls / load])
-            target.append((load - w) / load)
-    (frac, big, per_layer), *_ = np.linalg.lstsq(np.array(rows), np.array(target), rcond=None)
-    rows, target = [], []
-    for name, (p, w, largest, calls, units) in info.items():
-        loader = frac * w + big * largest + per_layer * calls
-        for b in BATCH_SIZES:
-            for phase, line in (("inference", p.inference), ("training", p.training)):
-                truth = measured[f"{name}@{b}"][phase]
-                rows.append([units / truth if phase == "inference" else 0, units / truth if phase == "training" else 0])
-                target.append((truth - line.fixed_bytes - line.per_sample_bytes * b - loader) / truth)
-    (g_inf, g_train), *_ = np.linalg.lstsq(np.array(rows), np.array(target), rcond=None)
-    mib = 1024**2
+    data = json.loads(Path(calibration).read_text())
+    rows = [r for r in data["rows"] if r["model"] in names and r.get("status") == "ok"]
+    missing = sorted({(n, b) for n in names for b in BATCH_SIZES} - {(r["model"], r["batch_size"]) for r in rows})
+    if missing:
+        raise ValueError(f"{calibration} lacks measured rows for the fitted set: {missing}")
+    a, y = [], []
+    for r in rows:
+        load = r["load_bytes"]
+        a.append([r["param_bytes"] / load, r["largest_weight_bytes"] / load, r["layer_calls"] / load])
+        y.append((load - r["param_bytes"]) / load)
+    (frac, big, per_layer), *_ = np.linalg.lstsq(np.array(a), np.array(y), rcond=None)
+    a, y = [], []
+    for r in rows:
+        loader = frac * r["param_bytes"] + big * r["largest_weight_bytes"] + per_layer * r["layer_calls"]
+        for phase in ("inference", "training"):
+            truth = r[f"{phase}_peak_bytes"]
+            units = r["op_units"] / truth
+            a.append([units, 0] if phase == "inference" else [0, units])
+            y.append((truth - r[f"static_{phase}_bytes"] - loader) / truth)
+    (g_inf, g_train), *_ = np.linalg.lstsq(np.array(a), np.array(y), rcond=None)
     return {
-        "LOADER_WEIGHT_FRACTION": frac,
-        "LOADER_LARGEST_WEIGHT_FACTOR": big,
-        "LOADER_MIB_PER_LAYER": per_layer / mib,
-        "GRAPH_MIB_PER_UNIT_INFERENCE": g_inf / mib,
-        "GRAPH_MIB_PER_UNIT_TRAINING": g_train / mib,
+        "LOADER_WEIGHT_FRACTION": float(frac),
+        "LOADER_LARGEST_WEIGHT_FACTOR": float(big),
+        "LOADER_BYTES_PER_LAYER": float(per_layer),
+        "GRAPH_BYTES_PER_UNIT_INFERENCE": float(g_inf),
+        "GRAPH_BYTES_PER_UNIT_TRAINING": float(g_train),
     }
+
+
+def refit_table(calibration: Path = CALIBRATION) -> list[tuple[str, str, str]]:
+    """(constant, refitted, in internals.py), each printed at the precision internals.py writes it."""
+    import kmemopt.profiling.internals as internals
+
+    fitted = fit_constants(calibration)
+    out = []
+    for name, unit, decimals in FITTED:
+        suffix = " MiB" if unit != 1 else ""
+        out.append(
+            (
+                name,
+                f"{fitted[name] / unit:.{decimals}f}{suffix}",
+                f"{getattr(internals, name) / unit:.{decimals}f}{suffix}",
+            )
+        )
+    return out
 
 
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) == 4 and sys.argv[1] == "--fit":
-        for key, value in fit_constants(sys.argv[2], sys.argv[3]).items():
-            print(f"{key} = {value:.4f}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if sys.argv[1:2] == ["--refit"]:
+        source = Path(sys.argv[2]) if len(sys.argv) > 2 else CALIBRATION
+        print(f"{'constant':<32} {'refitted':>12} {'internals.py':>14}")
+        for name, refit, current in refit_table(source):
+            print(f"{name:<32} {refit:>12} {current:>14}" + ("" if refit == current else "   differs"))
     else:
-        print("usage: python benchmarks/suite_estimate.py --fit MEASURE_CACHE.json MODELS_DIR")
+        print("usage: python benchmarks/suite_estimate.py --refit [CALIBRATION.json]")
