@@ -190,11 +190,6 @@ def _model_inputs(model) -> list[tuple[str, tuple, str]]:
     return specs
 
 
-def _vocab_size(model) -> int:
-    sizes = [int(layer.input_dim) for layer in flatten_layers(model) if hasattr(layer, "input_dim")]
-    return max(2, min(sizes)) if sizes else 2
-
-
 def load_inputs(
     model, data: str | os.PathLike | None, *, samples: int | None = None, seed: int = 0, seq_len: int | None = None
 ) -> Inputs:
@@ -204,16 +199,15 @@ def load_inputs(
     if data is not None:
         return _read_data(Path(data), specs, samples)
     n = samples or DEFAULT_SYNTHETIC_SAMPLES
+    from kmemopt.inputs import synthetic_array, vocabulary_size
+
     rng = np.random.default_rng(seed)
+    vocabulary = vocabulary_size(model)
     arrays = []
     for _name, shape, dtype in specs:
         dims = tuple((seq_len or DEFAULT_SEQ_LEN) if d is None else int(d) for d in shape[1:])
-        if "int" in dtype:
-            arrays.append(rng.integers(0, _vocab_size(model), size=(n, *dims)).astype(dtype))
-        elif "bool" in dtype:
-            arrays.append(rng.integers(0, 2, size=(n, *dims)).astype(bool))
-        else:
-            arrays.append(rng.standard_normal((n, *dims)).astype("float32"))
+        floating = "int" not in dtype and "bool" not in dtype
+        arrays.append(synthetic_array(rng, (n, *dims), "float32" if floating else dtype, vocabulary))
     return Inputs(tuple(arrays), names, None, "synthetic")
 
 
