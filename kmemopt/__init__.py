@@ -158,6 +158,10 @@ def shrink(
     recover: str | None = None,
     epochs: int = 5,
     eval_data: str | os.PathLike | None = None,
+    target_params: float | str | None = None,
+    target_memory: int | str | None = None,
+    prune_criterion: str | None = None,
+    prune_scope: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ShrinkResult:
     """Write a slimmer copy of a model (default `<stem>.slim.keras` beside it) and report on it.
@@ -168,7 +172,10 @@ def shrink(
     - passes, in the order they apply: `prune_channels` (a fraction of channels, 0.5 or "50%", removed:
       a smaller network; first, so the other passes work on it) with `recover` ("distill" from the
       original on `data`'s inputs, or "finetune" on its labels, at most `epochs` epochs) and
-      `eval_data` (the fidelity data when `data` trains), `keep_optimizer` (saved optimizer state is
+      `eval_data` (the fidelity data when `data` trains); instead of `prune_channels`, `target_params`
+      ("0.3x" or a count) or `target_memory` ("0.5x" or "2GiB" of static training peak) prune the
+      smallest amount that reaches it; `prune_criterion` ("magnitude", "bn", "activation") and
+      `prune_scope` ("uniform", "global") choose which channels go; `keep_optimizer` (saved optimizer state is
       dropped unless True), `prune` (a sparsity, 0.5 or "50%"; implies `compress`) with `prune_first_last`,
       `quantize` ("int8", "int4", "float16", "bfloat16"), `allow_custom_layers` (int8 convolutions
       with kmemopt's own layers), `mixed_precision` ("float16", "bfloat16"), `compress` (deflate),
@@ -220,6 +227,10 @@ def shrink(
         recover=recover,
         epochs=epochs,
         eval_data=eval_data,
+        target_params=target_params,
+        target_memory=target_memory,
+        prune_criterion=prune_criterion,
+        prune_scope=prune_scope,
     )
     return _shrink(path_or_model, out, request, progress=progress)
 

@@ -481,3 +481,102 @@ def test_shrink_zero_percent_changes_nothing(cli, digits_files):
     assert data["fidelity"]["outputs"][0]["max_abs_error"] == 0.0
     assert data["after"]["param_bytes"] == data["before"]["param_bytes"]
     assert data["passes"][0]["applied"] == []
+
+
+# --------------------------------------------------------------------------------------------
+# --target-params / --target-memory: the smallest amount that reaches a target
+
+
+@pytest.mark.parametrize("ranking", [Ranking.uniform, Ranking.global_])
+def test_target_params_picks_the_smallest_amount_that_reaches_it(keras, residual_cnn, ranking):
+    from kmemopt.passes.channels.prune import model_analysis, scores_for
+    from kmemopt.passes.channels.select import Criterion
+    from kmemopt.passes.channels.target import STEPS, parse_target, search_fraction
+
+    analysis = model_analysis(residual_cnn)
+    scores = scores_for(analysis, residual_cnn, Criterion.l1)
+    search = search_fraction(analysis, parse_target("params", "0.3x"), ranking=ranking, scores=scores)
+    limit = int(0.3 * residual_cnn.count_params())
+    assert search.limit == limit and search.original == residual_cnn.count_params()
+
+    def pruned_params(fraction):
+        amount = Amount(fraction, ranking)
+        return prune_channels(residual_cnn, amount, batch_size=None, scores=scores).model.count_params()
+
+    chosen = pruned_params(search.fraction)
+    assert chosen == search.reached <= limit
+    one_less = (round(search.fraction * STEPS) - 1) / STEPS
+    assert search.one_step_less == (one_less, pruned_params(one_less))
+    assert pruned_params(one_less) > limit
+
+
+def test_target_memory_reaches_the_static_training_peak(keras, residual_cnn):
+    from kmemopt.passes.channels.prune import model_analysis
+    from kmemopt.passes.channels.target import STEPS, parse_target, search_fraction
+    from kmemopt.profiling.static import profile_model
+
+    def peak(fraction):
+        model = prune_channels(residual_cnn, fraction, batch_size=None).model
+        return profile_model(model, batch_size=8).totals.training_peak_bytes
+
+    analysis = model_analysis(residual_cnn)
+    original = profile_model(residual_cnn, batch_size=8).totals.training_peak_bytes
+    asked = (original + peak(0.999)) // 2  # the peak holds a fixed runtime part: halfway to the smallest
+    search = search_fraction(analysis, parse_target("memory", asked), batch_size=8)
+    assert search.original == original and search.limit == asked
+    assert peak(search.fraction) == search.reached <= asked
+    assert peak((round(search.fraction * STEPS) - 1) / STEPS) > asked
+    # The same limit as a multiple of the original's peak finds the same amount, or one step more
+    ratio = search_fraction(analysis, parse_target("memory", f"{asked / original:.6f}x"), batch_size=8)
+    assert 0 <= round(STEPS * ratio.fraction) - round(STEPS * search.fraction) <= 1
+
+
+def test_unreachable_target_names_the_closest_reachable_value(keras, residual_cnn):
+    from kmemopt.errors import UsageError
+    from kmemopt.passes.channels.prune import model_analysis
+    from kmemopt.passes.channels.target import parse_target, search_fraction
+
+    smallest = prune_channels(residual_cnn, 0.999, batch_size=None).model.count_params()
+    with pytest.raises(UsageError) as err:
+        search_fraction(model_analysis(residual_cnn), parse_target("params", "0.01x"))
+    assert f"still has {smallest:,} parameters" in str(err.value)
+
+
+def test_shrink_target_params_prunes_once_at_the_found_amount(keras, cli, digits_files):
+    import json
+
+    out = digits_files / "target.keras"
+    result = cli(
+        "shrink", digits_files / "digits.keras", "--target-params", "0.3x", "--prune-scope", "global",
+        "--prune-criterion", "bn", "-o", out, "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    cp = data["channel_pruning"]
+    target = cp["target"]
+    assert cp["criterion"] == "bn" and cp["ranking"] == "global"
+    assert target["kind"] == "params" and target["ratio"] == 0.3
+    assert target["limit"] == int(0.3 * data["before"]["params"])
+    assert keras.models.load_model(out).count_params() == data["after"]["params"] == target["reached"]
+    assert target["reached"] <= target["limit"] < target["one_step_less"]["value"]
+    assert cp["fraction"] == target["fraction"]
+    assert round(1000 * target["fraction"]) == round(1000 * target["one_step_less"]["fraction"]) + 1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--target-params", "0.0001x"], "cannot be reached by channel pruning"),
+        (["--target-params", "0.3x", "--prune-channels", "50%"], "give one"),
+        (["--target-params", "0.3x", "--target-memory", "1MiB"], "not both"),
+        (["--target-params", "3x"], "at most 1x"),
+        (["--prune-channels", "50%", "--prune-criterion", "activation"], "give --data"),
+        (["--prune-scope", "global"], "give --prune-channels or a --target-* option"),
+        (["--prune-criterion", "bn"], "give --prune-channels or a --target-* option"),
+    ],
+)
+def test_shrink_target_and_criterion_usage_errors_exit_2(cli, digits_files, args, message):
+    result = cli("shrink", digits_files / "digits.keras", *args, "-o", digits_files / "never.keras")
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (digits_files / "never.keras").exists()

@@ -31,6 +31,17 @@ class MixedChoice(str, Enum):
     bfloat16 = "bfloat16"
 
 
+class CriterionChoice(str, Enum):
+    magnitude = "magnitude"
+    bn = "bn"
+    activation = "activation"
+
+
+class ScopeChoice(str, Enum):
+    uniform = "uniform"
+    global_ = "global"
+
+
 class RecoverChoice(str, Enum):
     distill = "distill"
     finetune = "finetune"
@@ -72,6 +83,40 @@ def command(
             rich_help_panel=PASSES,
         ),
     ] = None,
+    target_params: Annotated[
+        Optional[str],
+        typer.Option(
+            "--target-params",
+            help="Prune the fewest channels that bring the parameters to this (0.3x, or a count like 2M).",
+            rich_help_panel=PASSES,
+        ),
+    ] = None,
+    target_memory: Annotated[
+        Optional[str],
+        typer.Option(
+            "--target-memory",
+            help="Prune the fewest channels that bring the static training peak (at --batch-size) to this "
+            "(2GiB or 0.5x).",
+            rich_help_panel=PASSES,
+        ),
+    ] = None,
+    prune_criterion: Annotated[
+        Optional[CriterionChoice],
+        typer.Option(
+            "--prune-criterion",
+            help="Channel importance: magnitude (filter L1), bn (BatchNorm |gamma|) or activation (needs "
+            "--data). Default: activation with --data, else magnitude.",
+            rich_help_panel=PASSES,
+        ),
+    ] = None,
+    prune_scope: Annotated[
+        ScopeChoice,
+        typer.Option(
+            "--prune-scope",
+            help="uniform: every layer loses the same fraction; global: one ranking, each layer keeps 10%.",
+            rich_help_panel=PASSES,
+        ),
+    ] = ScopeChoice.uniform,
     recover: Annotated[
         Optional[RecoverChoice],
         typer.Option(
@@ -255,6 +300,10 @@ def command(
             recover=recover,
             epochs=epochs,
             eval_data=eval_data,
+            target_params=target_params,
+            target_memory=target_memory,
+            prune_criterion=prune_criterion,
+            prune_scope=prune_scope,
         )
         refuse_same_file(report, model, "report")
         refuse_same_file(report, out, "report")

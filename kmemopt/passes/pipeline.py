@@ -184,6 +184,9 @@ class ShrinkRequest:
     recover: str | None = None  # after --prune-channels: "distill" (inputs only) or "finetune" (labels) on `data`
     epochs: int = 5  # at most this many recovery epochs (early stop on a held-out split)
     eval_data: Path | None = None  # the fidelity check's data when `data` trains the pruned model
+    prune_target: Any = None  # channels.target.Target: prune the smallest amount reaching it (no prune_channels)
+    prune_criterion: str | None = None  # channel importance: magnitude, bn, activation; None: activation with data
+    prune_scope: str = "uniform"  # uniform, or global (one ranking, per-layer floor)
 
 
 def _fraction(value: float | str | None) -> float | None:
@@ -223,6 +226,10 @@ def make_request(
     recover: str | None = None,
     epochs: int = 5,
     eval_data: str | os.PathLike | None = None,
+    target_params: float | str | None = None,
+    target_memory: int | str | None = None,
+    prune_criterion: str | None = None,
+    prune_scope: str | None = None,
 ) -> ShrinkRequest:
     """A checked `ShrinkRequest` from the values `kmemopt shrink` takes (see `kmemopt.shrink`); a value
     out of range raises `UsageError` (exit 2) before anything is read."""
@@ -240,11 +247,14 @@ def make_request(
         keep_optimizer=keep_optimizer,
         prune_channels=prune_channels,
     )
+    prune_target, prune_criterion, prune_scope = _channel_choices(
+        passes, data, target_params, target_memory, prune_criterion, prune_scope
+    )
     if recover is not None:
         recover = str(getattr(recover, "value", recover)).lower()
         if recover not in ("distill", "finetune"):
             raise UsageError(f"--recover takes distill or finetune. Received: {recover!r}.")
-        if passes.prune_channels is None:
+        if passes.prune_channels is None and prune_target is None:
             raise UsageError("--recover trains a channel-pruned model back; give --prune-channels too.")
         if data is None:
             raise UsageError(f"--recover {recover} trains on your data; give --data (a .npy or .npz file).")
@@ -276,7 +286,39 @@ def make_request(
         recover=recover,
         epochs=epochs,
         eval_data=Path(eval_data) if eval_data is not None else None,
+        prune_target=prune_target,
+        prune_criterion=prune_criterion,
+        prune_scope=prune_scope,
     )
+
+
+def _channel_choices(passes, data, target_params, target_memory, criterion, scope):
+    """--target-params/--target-memory (one, instead of --prune-channels), --prune-criterion, --prune-scope."""
+    from kmemopt.passes.channels.target import parse_target
+
+    if target_params is not None and target_memory is not None:
+        raise UsageError("Give one of --target-params and --target-memory, not both.")
+    target = None
+    if target_params is not None or target_memory is not None:
+        if passes.prune_channels is not None:
+            raise UsageError("--prune-channels sets the amount and a --target-* option searches for it; give one.")
+        kind, value = ("params", target_params) if target_params is not None else ("memory", target_memory)
+        target = parse_target(kind, value)
+    pruning = passes.prune_channels is not None or target is not None
+    if criterion is not None:
+        criterion = str(getattr(criterion, "value", criterion)).lower()
+        if criterion not in ("magnitude", "bn", "activation"):
+            raise UsageError(f"--prune-criterion takes magnitude, bn or activation. Received: {criterion!r}.")
+        if not pruning:
+            raise UsageError("--prune-criterion ranks channels to prune; give --prune-channels or a --target-* option.")
+        if criterion == "activation" and data is None:
+            raise UsageError("--prune-criterion activation ranks channels by their activations; give --data.")
+    scope = "uniform" if scope is None else str(getattr(scope, "value", scope)).lower()
+    if scope not in ("uniform", "global"):
+        raise UsageError(f"--prune-scope takes uniform or global. Received: {scope!r}.")
+    if scope != "uniform" and not pruning:
+        raise UsageError("--prune-scope sets how channels are pruned; give --prune-channels or a --target-* option.")
+    return target, criterion, scope
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,7 +658,7 @@ def shrink(
         before = _side(before_profile, before_bytes)
 
         pruned = None  # --prune-channels runs first: the other passes work on the smaller model
-        if options.prune_channels is not None:
+        if options.prune_channels is not None or request.prune_target is not None:
             from kmemopt.passes.channels.step import prune_step
 
             pruned = prune_step(
@@ -626,6 +668,7 @@ def shrink(
                 seq_len=seq_len,
                 train=not request.dry_run,
                 progress=say,
+                optimizer=opt_ident,
             )
             if request.recover is not None and request.eval_data is None:
                 warnings.append(

@@ -201,6 +201,8 @@ def prune_channels(
     data: Any = None,
     batch_size: int | None = 32,
     custom_objects: dict[str, Any] | None = None,
+    scores: dict[int, np.ndarray] | None = None,
+    analysis: Analysis | None = None,
 ) -> PruneResult:
     """Remove whole channels (filters, units, attention heads) and rebuild a smaller plain-Keras model.
 
@@ -208,6 +210,8 @@ def prune_channels(
     go together; whatever kmemopt cannot follow keeps its full width, and the model's inputs and
     outputs never change width. `fraction=0` rebuilds the same model (identical outputs).
     `batch_size` prices the peaks of the report with the static profile (None: parameters only).
+    `scores` and `analysis`, when the caller already has them (`model_analysis`, `scores_for`), are used
+    instead of being computed again.
 
     Example:
         >>> result = prune_channels(model, 0.5)
@@ -215,8 +219,9 @@ def prune_channels(
     """
     amount = fraction if isinstance(fraction, Amount) else Amount(float(fraction))
     criterion = Criterion(criterion)
-    analysis = model_analysis(model)
-    scores = scores_for(analysis, model, criterion, data) if amount.fraction > 0 else None
+    analysis = analysis if analysis is not None else model_analysis(model)
+    if scores is None and amount.fraction > 0:
+        scores = scores_for(analysis, model, criterion, data)
     selection = select(analysis, amount, scores)
     new = rebuild(selection, model, custom_objects)
     left = [(name, _class_of(analysis, name), why) for name, why in analysis.left_alone.items()]

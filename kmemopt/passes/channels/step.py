@@ -1,7 +1,9 @@
 """`kmemopt shrink --prune-channels`: the step that runs first, making the model the other passes work on.
 
-Importance is data-driven (mean |activation|) when `--data` is given, filter magnitude (L1) otherwise;
-`--recover` trains the pruned model back on `--data` before the fidelity gates judge it.
+Importance is `--prune-criterion` (by default data-driven, mean |activation|, when `--data` is given,
+filter magnitude (L1) otherwise); the amount is `--prune-channels`, or the smallest that reaches
+`--target-params`/`--target-memory` (target.py); `--recover` trains the pruned model back on `--data`
+before the fidelity gates judge it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kmemopt.errors import UsageError
 from kmemopt.passes.base import Action, PassResult, Reason
+from kmemopt.passes.channels.select import Criterion
 
 NAME = "prune-channels"
+
+CRITERIA = {
+    Criterion.l1: "filter L1 norm",
+    Criterion.l2: "filter L2 norm",
+    Criterion.bn: "BatchNormalization |gamma| (filter L1 norm where no BatchNorm follows)",
+    Criterion.activation: "mean |activation| on --data",
+}
+
+
+def criterion_of(name: str | None, *, has_data: bool) -> Criterion:
+    """`--prune-criterion`: magnitude (filter L1), bn or activation; by default activation with --data,
+    magnitude without."""
+    if name is None:
+        return Criterion.activation if has_data else Criterion.l1
+    return Criterion.l1 if name == "magnitude" else Criterion(name)
 
 
 @dataclass
@@ -30,21 +49,46 @@ def prune_step(
     seq_len: int | None = None,
     train: bool = True,
     progress: Callable[[str], None] | None = None,
+    optimizer: Any = None,
 ) -> PruneStep:
     """Prune `model` as `request` (a `ShrinkRequest`) asks; the model itself is not changed."""
     from kmemopt.passes import fidelity as fid
-    from kmemopt.passes.channels.prune import prune_channels
+    from kmemopt.passes.channels.prune import model_analysis, prune_channels, scores_for
     from kmemopt.passes.channels.recover import recover
-    from kmemopt.passes.channels.select import Criterion
+    from kmemopt.passes.channels.select import Amount, Ranking
+    from kmemopt.passes.channels.target import search_fraction
 
     say = progress or (lambda message: None)
-    fraction = float(request.passes.prune_channels)
     inputs = fid.load_inputs(model, request.data, seq_len=seq_len) if request.data is not None else None
-    criterion = Criterion.activation if inputs is not None else Criterion.l1
-    say(f"Pruning {fraction:.0%} of channels ({criterion.value} importance) ...")
+    criterion = criterion_of(getattr(request, "prune_criterion", None), has_data=inputs is not None)
+    if criterion is Criterion.activation and inputs is None:
+        raise UsageError("--prune-criterion activation ranks channels by their activations on your data; give --data.")
+    ranking = Ranking(getattr(request, "prune_scope", None) or "uniform")
+    target = getattr(request, "prune_target", None)
+    analysis = model_analysis(model)
+    feed = inputs.feed() if inputs is not None else None
+    scores = scores_for(analysis, model, criterion, feed)
+    search = None
+    if target is not None:
+        say(f"Searching the amount of channel pruning that reaches {target.option} {target.asked()} ...")
+        search = search_fraction(
+            analysis,
+            target,
+            ranking=ranking,
+            scores=scores if ranking is Ranking.global_ else None,
+            batch_size=request.batch_size,
+            optimizer=optimizer,
+            seq_len=seq_len,
+            input_shapes=dict(request.input_shapes) if request.input_shapes else None,
+        )
+        fraction = search.fraction
+    else:
+        fraction = float(request.passes.prune_channels)
+    say(f"Pruning {fraction:.1%} of channels ({criterion.value} importance, {ranking.value} ranking) ...")
     pruned = prune_channels(
-        model, fraction, criterion=criterion, data=inputs.feed() if inputs is not None else None, batch_size=None
-    )
+        model, Amount(fraction, ranking), criterion=criterion, data=feed, batch_size=None, scores=scores,
+        analysis=analysis,
+    )  # fmt: skip
     result = PassResult(NAME)
     for row in pruned.report.layers:
         if row.after < row.before:
@@ -55,10 +99,16 @@ def prune_step(
             why = row.kept_because or "the amount asked leaves it whole"
             result.skip(row.layer, row.class_name, Reason.CHANNELS_KEPT, what=row.what, width=row.before, why=why)
     result.notes.append(
-        f"importance: {'mean |activation| on --data' if inputs is not None else 'filter L1 norm (no --data)'}; "
+        f"importance: {CRITERIA[criterion]}; {ranking.value} ranking; "
         f"parameters {pruned.report.before.params:,} -> {pruned.report.after.params:,}"
     )
     info: dict[str, Any] = pruned.report.to_dict()
+    info["target"] = search.to_dict() if search is not None else None
+    if search is not None:
+        result.notes.append(
+            f"{search.target.option} {search.target.asked()} (at most {search.limit:,}): the smallest amount "
+            f"reaching it is {search.fraction:.1%} ({search.reached:,})"
+        )
     info["recovery"] = None
     if train and request.recover is not None and inputs is not None:
         say(f"Recovering the pruned model ({request.recover}, up to {request.epochs} epochs) ...")
