@@ -370,8 +370,11 @@ def measure_models(names, log) -> tuple[list[dict], dict]:
             except Exception as exc:
                 row.update(status="failed", message=f"static profile: {type(exc).__name__}: {exc}"[:300])
             rows[(name, b)] = row
-    # The fitted six first (the refit needs them), the largest first; then the held-out models.
-    order = sorted(rows, key=lambda k: (not rows[k]["fitted"], k[1] != 8, k[0]))
+    # The fitted six first (the refit needs them), then the held-out models at batch 8, then at the
+    # other batch sizes; within each, the most layer calls (the longest to measure) first.
+    order = sorted(
+        rows, key=lambda k: (not rows[k]["fitted"], k[1] != 8 and not rows[k]["fitted"], -rows[k].get("layer_calls", 0))
+    )
     deadline = _deadline()
     jobs = int(os.environ.get("KMEMOPT_BENCH_JOBS", "1"))
 
@@ -505,8 +508,8 @@ def _table(rows: list[dict]) -> list[str]:
         measured = _mib(k["measured_bytes"]) if k.get("measured_bytes") else f"{k.get('status') or 'failed'}"
         out.append(
             f"| {model} | {b} | {phase} | {measured} | {_mib(k['estimated_bytes'])} | **{_err(k)}** | "
-            f"{_err(est['stackoverflow get_model_memory_usage'])} | {_err(est['torchinfo'])} | "
-            f"{_err(est['accelerate estimate-memory'])} |"
+            f"{_err(est.get('stackoverflow get_model_memory_usage', {}))} | {_err(est.get('torchinfo', {}))} | "
+            f"{_err(est.get('accelerate estimate-memory', {}))} |"
         )
     return out
 
