@@ -134,6 +134,8 @@ def write_plan(
     max_memory_bytes: int | None = None,
     timeout_s: float | None = None,
     verify: bool = True,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    seq_len: int | None = None,
 ) -> dict[str, Any]:
     """Write `result.plan` into `out` (see the module docstring); return the report's `output` object.
 
@@ -203,7 +205,9 @@ def write_plan(
                 max_memory_bytes=limit,
                 timeout_s=timeout_s,
             )
-        written = run_profile(tmp, batch_size=spec.batch_size, custom_objects=custom_objects)
+        written = run_profile(
+            tmp, batch_size=spec.batch_size, custom_objects=custom_objects, input_shapes=input_shapes, seq_len=seq_len
+        )
         t = written.totals
         info["profile"] = {
             "param_bytes": t.param_bytes,

@@ -99,6 +99,8 @@ def run(
                 samples=samples,
                 max_memory_bytes=max_memory_bytes,
                 timeout_s=timeout,
+                input_shapes=input_shapes,
+                seq_len=seq_len,
             )
         else:
             notes.append(f"Nothing was written to {target}: no plan fits the budget.")
@@ -115,6 +117,8 @@ def run(
             timeout_s=timeout,
             max_memory_bytes=max_memory_bytes,
             say=say,
+            input_shapes=input_shapes,
+            seq_len=seq_len,
         )
         result = dataclasses.replace(result, measured=measured)
     return result
@@ -132,6 +136,8 @@ def measure_plan(
     timeout_s: float | None = None,
     max_memory_bytes: int | None = None,
     say: Callable[[str], None] = lambda message: None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    seq_len: int | None = None,
 ) -> dict[str, Any]:
     """The baseline file and the plan's file (`plan_file`, else a scratch one written like --apply's)
     measured in the measuring child; each measured peak beside its prediction."""
@@ -149,7 +155,14 @@ def measure_plan(
     )
 
     def one(path: Path, batch_size: int, predicted: int, optimizer: Any = None) -> dict[str, Any]:
-        profiled = run_profile(path, batch_size=batch_size, optimizer=optimizer, custom_objects=custom_objects)
+        profiled = run_profile(
+            path,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            custom_objects=custom_objects,
+            input_shapes=input_shapes,
+            seq_len=seq_len,
+        )
         m = measure_profile(profiled, path, optimizer=optimizer, **common).measured or {}
         value = m.get(key)
         return {
@@ -183,7 +196,15 @@ def measure_plan(
             say("Writing the plan's model to a scratch file ...")
             path = Path(scratch) / "plan.keras"
             try:
-                write_plan(result, src, path, custom_objects=custom_objects, verify=False)
+                write_plan(
+                    result,
+                    src,
+                    path,
+                    custom_objects=custom_objects,
+                    verify=False,
+                    input_shapes=input_shapes,
+                    seq_len=seq_len,
+                )
             except KmemoptError as exc:
                 out["plan_not_measured"] = str(exc)
                 return out
