@@ -113,9 +113,17 @@ def assign_initializes() -> Iterator[None]:
     original_assign = KerasVariable.assign
     tensorflow = backend.backend() == "tensorflow"
 
+    initializing: set[int] = set()  # ids of variables inside their own `_initialize`
+
     def direct_assign(self, value):
-        if self._value is None:
-            self._initialize(value)
+        # JAX's `_initialize` ends by calling `_direct_assign` itself (TensorFlow's makes its tf.Variable
+        # directly): inside it, the backend's own assignment runs, not a second `_initialize`.
+        if self._value is None and id(self) not in initializing:
+            initializing.add(id(self))
+            try:
+                self._initialize(value)
+            finally:
+                initializing.discard(id(self))
             self._initializer = None
         else:
             original_direct(self, value)
