@@ -366,19 +366,28 @@ def make_targets(model, outputs, loss, seed: int = 1):
     targets = []
     for y, one in zip(flat, losses, strict=True):
         name = _loss_name(one).lower()
-        shape = tuple(y.shape)
+        shape, dtype = target_spec(one, tuple(y.shape))
         if "sparse" in name:
-            targets.append(rng.integers(0, max(shape[-1], 1), size=shape[:-1]).astype("int32"))
+            targets.append(rng.integers(0, max(int(y.shape[-1]), 1), size=shape).astype(dtype))
         elif "categorical" in name:
             idx = rng.integers(0, max(shape[-1], 1), size=shape[:-1])
-            targets.append(np.eye(shape[-1], dtype="float32")[idx])
+            targets.append(np.eye(shape[-1], dtype=dtype)[idx])
         elif "binary" in name or "hinge" in name:
-            targets.append(rng.integers(0, 2, size=shape).astype("float32"))
+            targets.append(rng.integers(0, 2, size=shape).astype(dtype))
         else:
-            targets.append(rng.standard_normal(shape).astype("float32"))
+            targets.append(rng.standard_normal(shape).astype(dtype))
     if isinstance(outputs, dict):
         return tree.pack_sequence_as(outputs, targets)
     return targets[0] if len(targets) == 1 else targets
+
+
+def target_spec(loss, output_shape: tuple[int, ...]) -> tuple[tuple[int, ...], str]:
+    """The (shape, dtype) of the target `make_targets` makes for one output and its loss (XLA's
+    analysis compiles a training step over targets of this shape, without making them)."""
+    name = _loss_name(loss).lower()
+    if "sparse" in name:
+        return tuple(output_shape[:-1]), "int32"
+    return tuple(output_shape), "float32"
 
 
 # --------------------------------------------------------------------------------------------- phases
@@ -498,6 +507,7 @@ def run(spec: dict) -> dict:
     from kmemopt._keras import import_keras
 
     keras = import_keras()
+    result["backend"] = keras.backend.backend()
     # What loading this model imports is framework cost, not the model's: keras-hub (about 150 MiB)
     # is imported here, before the baseline, exactly when the load below would import it.
     from kmemopt.load.archive import read_model_file

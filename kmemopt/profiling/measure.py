@@ -102,6 +102,7 @@ class Measurement:
     nvml_used_bytes: int | None = None
     nvml_process_bytes: int | None = None
     fit: dict[str, Fit] | None = None
+    backend: str = "tensorflow"  # the Keras backend the children ran on
 
     def run_at(self, batch_size: int) -> Run | None:
         return next((r for r in self.runs if r.batch_size == batch_size), None)
@@ -119,6 +120,7 @@ class Measurement:
         main = self.main
         out: dict[str, Any] = {
             "device": self.device,
+            "backend": self.backend,
             "method": self.method,
             "status": self.status.value,
             "batch_size": main.batch_size,
@@ -189,6 +191,7 @@ class ChildMeasurement:
     layers: dict[str, int]
     layers_batch_size: int | None
     peak_rss_bytes: int  # the child's whole resident peak, seen by the sandbox
+    backend: str = "tensorflow"
 
     @classmethod
     def from_child(cls, value: dict[str, Any], peak_rss_bytes: int) -> ChildMeasurement:
@@ -205,6 +208,7 @@ class ChildMeasurement:
             layers=dict(value.get("layers") or {}),
             layers_batch_size=value.get("layers_batch_size"),
             peak_rss_bytes=peak_rss_bytes,
+            backend=value.get("backend", "tensorflow"),
         )
 
 
@@ -353,6 +357,7 @@ def measure(
     layer_bytes: dict[str, int] = {}
     layers_batch = None
     method = "vmhwm"
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")  # the children's (kmemopt.sandbox passes it on)
     gpu_main: dict[str, Any] = {}
     for b in sizes:
         spec = {
@@ -380,6 +385,7 @@ def measure(
             continue
         seconds = time.monotonic() - started
         method = child.method
+        backend = child.backend
         runs.append(
             Run(
                 batch_size=b,
@@ -423,6 +429,7 @@ def measure(
         nvml_used_bytes=nvml_used,
         nvml_process_bytes=nvml_proc,
         fit=fit,
+        backend=backend,
     )
 
 

@@ -139,6 +139,8 @@ class ProfileResult:
     measured: Any = None
     estimate: str = "static"
     elapsed_s: float = 0.0
+    backend: str = "tensorflow"  # the Keras backend the profile ran on
+    xla: Any = None  # profiling.xla.XlaEstimate: XLA's own accounting (JAX backend only)
     _graph: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +160,8 @@ class ProfileResult:
             "estimate": self.estimate,
             "measured": self.measured.to_dict() if hasattr(self.measured, "to_dict") else self.measured,
             "timeline": _timeline(self),
+            "backend": self.backend,
+            "xla_estimate": self.xla.to_dict() if self.xla is not None else None,
         }
 
 
@@ -266,8 +270,12 @@ def profile_model(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     seq_len: int | None = None,
     budget_bytes: int | None = None,
+    xla: bool | None = None,
 ) -> ProfileResult:
-    """Profile a built (possibly unallocated) Keras model."""
+    """Profile a built (possibly unallocated) Keras model.
+
+    `xla`: also compile the steps with XLA and report its accounting (JAX only; None: for a model
+    file on JAX unless KMEMOPT_XLA=0, see profiling.xla)."""
     import time
 
     started = time.perf_counter()
@@ -475,6 +483,19 @@ def profile_model(
             warnings.append(
                 f"The file's weights declare {declared:,} bytes, the architecture {param_bytes:,}; they differ."
             )
+    backend = _backend()
+    if backend != "tensorflow":
+        warnings.append(
+            f"The runtime terms ({run_train.at(batch_size):,} bytes of the training peak) are calibrated on "
+            f"TensorFlow's CPU runtime, not on {backend}'s: read the peaks as the tensors plus an uncalibrated allowance."
+        )
+    xla_result = None
+    from kmemopt.profiling.xla import wanted as xla_wanted
+
+    if backend == "jax" and (xla if xla is not None else xla_wanted(model_file)):
+        xla_result, problem = _xla_estimate(model, model_file, specs, names, batch_size, ident, totals)
+        if problem:
+            warnings.append(problem)
     optimizer_info = {
         "name": opt.name,
         "source": source,
@@ -501,8 +522,36 @@ def profile_model(
         budget=fit,
         warnings=tuple(warnings),
         elapsed_s=time.perf_counter() - started,
+        backend=backend,
+        xla=xla_result,
         _graph=graph,
     )
+
+
+def _backend() -> str:
+    from kmemopt._keras import import_keras
+
+    return str(import_keras().backend.backend())
+
+
+def _xla_estimate(model, model_file, specs, names, batch_size: int, optimizer, totals: Totals):
+    """XLA's accounting of the compiled steps (profiling.xla) beside kmemopt's count of the same tensors
+    (the peaks without the runtime terms), or None and a warning saying why there is none."""
+    import dataclasses
+
+    from kmemopt.profiling.xla import xla_estimate
+
+    loss = (model_file.compile_config or {}).get("loss") if model_file is not None else None
+    inputs = {name: (tuple(s.shape), str(s.dtype)) for name, s in zip(names, specs)}
+    try:
+        found = xla_estimate(model, inputs, batch_size, optimizer, loss)
+    except Exception as exc:  # a second estimate: its failure must not cost the user the profile
+        return None, f"XLA's own accounting could not be made ({type(exc).__name__}); the profile stands without it."
+    return dataclasses.replace(
+        found,
+        kmemopt_inference_tensor_bytes=totals.inference_peak_bytes - totals.runtime_inference_bytes,
+        kmemopt_training_tensor_bytes=totals.training_peak_bytes - totals.runtime_training_bytes,
+    ), None
 
 
 def peaks_at(result: ProfileResult, batch_size: int) -> tuple[int, int]:

@@ -257,7 +257,7 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         "[dim]Weights, gradients and optimizer state are exact; activations and peaks are static estimates "
         "(see README, 'Memory model'). Units: KiB/MiB/GiB = 1024-based.[/dim]"
     )
-    for line in measured_lines(data):
+    for line in measured_lines(data) + xla_lines(data):
         console.print(markup(line), highlight=False)
     for warning in data.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {markup(warning)}", highlight=False)
@@ -311,6 +311,28 @@ def measured_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def xla_lines(data: dict[str, Any]) -> list[str]:
+    """XLA's own accounting of the compiled steps beside kmemopt's tensors (JAX backend), as sentences."""
+    x = data.get("xla_estimate")
+    if not x:
+        return []
+    lines = [
+        f"XLA's own accounting of the compiled steps ({x['platform']}, batch {x['batch_size']}, loss {x['loss']}):"
+    ]
+    compared = x.get("compared") or {}
+    for phase in ("inference", "training"):
+        step = x[phase]
+        ours = compared.get(f"kmemopt_{phase}_tensor_bytes")
+        ratio = compared.get(f"{phase}_ratio")
+        lines.append(
+            f"  {phase} {format_bytes(step['total_bytes'])} = arguments {format_bytes(step['argument_bytes'])} + "
+            f"outputs {format_bytes(step['output_bytes'] - step['alias_bytes'])} (not aliased) + temporaries "
+            f"{format_bytes(step['temp_bytes'])}; kmemopt's tensors {format_bytes(ours)}"
+            + (f" ({ratio:.2f}x XLA's)" if ratio is not None else "")
+        )
+    return lines
+
+
 def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
     totals = data["totals"]
     model = data["model"]
@@ -354,9 +376,9 @@ def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
         f"**{format_bytes(totals['activation_bytes'])}** | **{format_bytes(totals['gradient_bytes'])}** | "
         f"**{format_bytes(totals['optimizer_bytes'])}** |"
     )
-    measured = measured_lines(data)
-    if measured:
-        out += ["", markdown(measured[0]), ""] + [f"- {markdown(line.strip())}" for line in measured[1:]]
+    for extra in (measured_lines(data), xla_lines(data)):
+        if extra:
+            out += ["", markdown(extra[0]), ""] + [f"- {markdown(line.strip())}" for line in extra[1:]]
     for warning in data.get("warnings", []):
         out.append(f"\n> warning: {markdown(warning)}")
     return "\n".join(out) + "\n"
