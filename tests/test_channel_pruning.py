@@ -571,6 +571,7 @@ def test_shrink_target_params_prunes_once_at_the_found_amount(keras, cli, digits
         (["--target-params", "0.3x", "--target-memory", "1MiB"], "not both"),
         (["--target-params", "3x"], "at most 1x"),
         (["--prune-channels", "50%", "--prune-criterion", "activation"], "give --data"),
+        (["--prune-channels", "50%", "--prune-criterion", "gradient"], "give --data"),
         (["--prune-scope", "global"], "give --prune-channels or a --target-* option"),
         (["--prune-criterion", "bn"], "give --prune-channels or a --target-* option"),
     ],
@@ -580,3 +581,45 @@ def test_shrink_target_and_criterion_usage_errors_exit_2(cli, digits_files, args
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not (digits_files / "never.keras").exists()
+
+
+def test_gradient_importance_ranks_a_channel_with_zero_outgoing_weights_last(keras):
+    from kmemopt.passes.channels.prune import input_batches, model_analysis
+    from kmemopt.passes.channels.select import Criterion, gradient_scores, magnitude_scores
+
+    keras.utils.set_random_seed(3)
+    L = keras.layers
+    inp = keras.Input((6, 6, 2))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    h = L.GlobalAveragePooling2D()(L.Conv2D(5, 3, padding="same", activation="relu", name="c2")(h))
+    model = keras.Model(inp, L.Dense(3, activation="softmax", name="out")(h))
+    c1 = model.get_layer("c1")
+    kernel, bias = c1.get_weights()
+    kernel[..., 1] *= 10.0  # channel 1 of c1 is the largest by magnitude ...
+    c1.set_weights([kernel, bias])
+    c2 = model.get_layer("c2")
+    k2, b2 = c2.get_weights()
+    k2[:, :, 1, :] = 0.0  # ... but nothing downstream reads it
+    c2.set_weights([k2, b2])
+    x = np.random.default_rng(0).random((40, 6, 6, 2)).astype("float32")
+    analysis = model_analysis(model)
+    group = analysis.groups.find(analysis.usage["c1"].own)
+    scores = gradient_scores(analysis, model, input_batches(x, batch_size=16))[group]
+    assert scores[1] == 0.0 and (np.delete(scores, 1) > 0).all()
+    assert magnitude_scores(analysis, model, Criterion.l1)[group].argmax() == 1  # magnitude would keep it
+    result = prune_channels(model, 0.25, criterion="gradient", data=x, batch_size=None)
+    np.testing.assert_array_equal(result.selection.of(analysis.usage["c1"].own), [0, 2, 3])
+    np.testing.assert_array_equal(result.model.get_layer("c1").get_weights()[0], kernel[..., [0, 2, 3]])
+
+
+def test_shrink_gradient_criterion_uses_the_labels_and_the_compile_loss(cli, digits_files):
+    import json
+
+    result = cli(
+        "shrink", digits_files / "digits.keras", "--prune-channels", "50%", "--prune-criterion", "gradient",
+        "--data", digits_files / "train.npz", "--dry-run", "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["channel_pruning"]["criterion"] == "gradient"
+    assert any("|activation x gradient|" in n for n in data["passes"][0]["notes"])

@@ -35,6 +35,7 @@ class CriterionChoice(str, Enum):
     magnitude = "magnitude"
     bn = "bn"
     activation = "activation"
+    gradient = "gradient"
 
 
 class ScopeChoice(str, Enum):
@@ -104,8 +105,8 @@ def command(
         Optional[CriterionChoice],
         typer.Option(
             "--prune-criterion",
-            help="Channel importance: magnitude (filter L1), bn (BatchNorm |gamma|) or activation (needs "
-            "--data). Default: activation with --data, else magnitude.",
+            help="Channel importance: magnitude (filter L1), bn (BatchNorm |gamma|), activation or gradient "
+            "(|activation x gradient|; both need --data). Default: activation with --data, else magnitude.",
             rich_help_panel=PASSES,
         ),
     ] = None,

@@ -185,7 +185,7 @@ class ShrinkRequest:
     epochs: int = 5  # at most this many recovery epochs (early stop on a held-out split)
     eval_data: Path | None = None  # the fidelity check's data when `data` trains the pruned model
     prune_target: Any = None  # channels.target.Target: prune the smallest amount reaching it (no prune_channels)
-    prune_criterion: str | None = None  # channel importance: magnitude, bn, activation; None: activation with data
+    prune_criterion: str | None = None  # channel importance: magnitude, bn, activation, gradient; None: activation with data
     prune_scope: str = "uniform"  # uniform, or global (one ranking, per-layer floor)
 
 
@@ -307,12 +307,12 @@ def _channel_choices(passes, data, target_params, target_memory, criterion, scop
     pruning = passes.prune_channels is not None or target is not None
     if criterion is not None:
         criterion = str(getattr(criterion, "value", criterion)).lower()
-        if criterion not in ("magnitude", "bn", "activation"):
-            raise UsageError(f"--prune-criterion takes magnitude, bn or activation. Received: {criterion!r}.")
+        if criterion not in ("magnitude", "bn", "activation", "gradient"):
+            raise UsageError(f"--prune-criterion takes magnitude, bn, activation or gradient. Received: {criterion!r}.")
         if not pruning:
             raise UsageError("--prune-criterion ranks channels to prune; give --prune-channels or a --target-* option.")
-        if criterion == "activation" and data is None:
-            raise UsageError("--prune-criterion activation ranks channels by their activations; give --data.")
+        if criterion in ("activation", "gradient") and data is None:
+            raise UsageError(f"--prune-criterion {criterion} ranks channels on your data; give --data.")
     scope = "uniform" if scope is None else str(getattr(scope, "value", scope)).lower()
     if scope not in ("uniform", "global"):
         raise UsageError(f"--prune-scope takes uniform or global. Received: {scope!r}.")

@@ -175,11 +175,18 @@ def input_batches(data: Any, *, batch_size: int = 32, max_batches: int = 4) -> l
     return [arr[i : i + batch_size] for i in range(0, min(len(arr), batch_size * max_batches), batch_size)]
 
 
-def scores_for(analysis: Analysis, model: Any, criterion: Criterion, data: Any = None) -> dict[int, np.ndarray]:
+def scores_for(
+    analysis: Analysis, model: Any, criterion: Criterion, data: Any = None, labels: Any = None, loss: Any = None
+) -> dict[int, np.ndarray]:
+    if criterion in (Criterion.activation, Criterion.gradient) and data is None:
+        raise UsageError(f"{criterion.value.capitalize()}-based channel importance needs input data; give --data.")
     if criterion is Criterion.activation:
-        if data is None:
-            raise UsageError("Activation-based channel importance needs input data; give --data or use l1.")
         return activation_scores(analysis, model, input_batches(data))
+    if criterion is Criterion.gradient:
+        from kmemopt.passes.channels.select import gradient_scores
+
+        ys = input_batches(labels) if labels is not None else None
+        return gradient_scores(analysis, model, input_batches(data), ys, loss)
     return magnitude_scores(analysis, model, criterion)
 
 

@@ -3,7 +3,8 @@
 Widths under a uniform amount depend only on the group sizes, so they are known from the config alone
 (what `kmemopt plan` prices). Which channels survive depends on an importance score per channel:
 filter magnitude (L1 or L2 of each output filter), BatchNormalization |gamma| where a BatchNorm reads
-the group, or, given data, the mean |activation| of the group's channels.
+the group, or, given data, the mean |activation| of the group's channels or their first-order Taylor
+importance |activation x gradient of the loss|.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Criterion(str, Enum):
     l2 = "l2"
     bn = "bn"  # BatchNormalization |gamma| where a BatchNorm reads the group, L1 elsewhere
     activation = "activation"  # mean |activation| over the given data
+    gradient = "gradient"  # first-order Taylor: |sum of activation x gradient| over the given data
 
 
 class Ranking(str, Enum):
@@ -274,3 +276,97 @@ def activation_scores(analysis: Analysis, model: Any, batches: list[Any]) -> dic
     heads.update({g: s for g, s in magnitude_scores(analysis, model).items() if groups.kind[g] == "heads"})
     scores.update(heads)
     return scores
+
+
+def gradient_scores(
+    analysis: Analysis, model: Any, batches: list[Any], labels: list[Any] | None = None, loss: Any = None
+) -> dict[int, np.ndarray]:
+    """First-order Taylor importance of each channel, averaged over `batches`: |sum over positions of
+    activation x dL/dactivation| at the output of the layers that make it, i.e. how much the loss moves
+    when the channel is scaled. Computed from weight gradients: scaling output channel c of a
+    convolution or Dense scales its kernel slice and bias, so dL/dscale = sum(w * dL/dw) over them.
+    A channel whose outgoing weights are all zero scores 0.
+
+    The loss: `loss` (the model's compile loss) on `labels` when both are given; otherwise
+    crossentropy against the model's own top-1 class for a model ending in a softmax, else half the
+    mean square of the outputs. Groups made by other layers (RNNs, embeddings) and attention heads
+    fall back to filter magnitude. Needs the TensorFlow backend."""
+    from kmemopt._keras import import_keras
+    from kmemopt.errors import UsageError
+    from kmemopt.passes.channels.graph import CONV, CONV_TRANSPOSE, SEPARABLE
+
+    keras = import_keras()
+    if keras.backend.backend() != "tensorflow":
+        raise UsageError(
+            f"Gradient-based channel importance needs the TensorFlow backend (this is {keras.backend.backend()}); "
+            "use --prune-criterion activation."
+        )
+    import tensorflow as tf
+
+    groups = analysis.groups
+    wanted = set(analysis.prunable())
+    by_name = {n.name: n for n in analysis.nodes}
+    producers: list[tuple[int, Any, Any, int]] = []  # (group, kernel, bias, output axis of the kernel)
+    for name, usage in analysis.usage.items():
+        node = by_name[name]
+        g = groups.find(usage.own) if usage.own is not None else None
+        if g not in wanted or groups.kind[g] != "channels":
+            continue
+        layer = model.get_layer(name)
+        if node.class_name in CONV | {"Dense"}:
+            kernel, axis = layer.kernel, -1
+        elif node.class_name in CONV_TRANSPOSE:
+            kernel, axis = layer.kernel, -2
+        elif node.class_name in SEPARABLE:
+            kernel, axis = layer.pointwise_kernel, -1
+        else:
+            continue
+        producers.append((g, kernel, getattr(layer, "bias", None), axis))
+    scores = {g: s for g, s in magnitude_scores(analysis, model).items() if g not in {p[0] for p in producers}}
+    if not producers:
+        return scores
+    softmax = _ends_in_softmax(model)
+
+    def loss_of(y_pred: Any, y_true: Any) -> Any:
+        outs = y_pred if isinstance(y_pred, (list, tuple)) else [y_pred]
+        if loss is not None and y_true is not None and len(outs) == 1:
+            return tf.reduce_mean(loss(y_true, outs[0]))
+        total = 0.0
+        for y in outs:
+            if softmax and len(outs) == 1:
+                top = y_true if y_true is not None else tf.argmax(y, axis=-1)
+                total += tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(top, y))
+            else:
+                total += 0.5 * tf.reduce_mean(tf.square(tf.cast(y, "float32")))
+        return total
+
+    variables = [v for _, k, b, _ in producers for v in (k, b) if v is not None]
+    sums = [np.zeros(int(k.shape[axis])) for _, k, _, axis in producers]
+    for i, x in enumerate(batches):
+        y_true = labels[i] if labels is not None and i < len(labels) else None
+        with tf.GradientTape() as tape:
+            value = loss_of(model(x, training=False), y_true)
+        grads = dict(zip((id(v) for v in variables), tape.gradient(value, [v.value for v in variables])))
+        for j, (_, kernel, bias, axis) in enumerate(producers):
+            grad = grads[id(kernel)]
+            if grad is None:
+                continue
+            wg = np.asarray(kernel.numpy(), np.float64) * np.asarray(grad, np.float64)
+            per = np.moveaxis(wg, axis % wg.ndim, 0).reshape(wg.shape[axis], -1).sum(axis=1)
+            if bias is not None and grads[id(bias)] is not None:
+                per = per + np.asarray(bias.numpy(), np.float64) * np.asarray(grads[id(bias)], np.float64)
+            sums[j] += np.abs(per)
+    parts: dict[int, list[np.ndarray]] = {}
+    for (g, *_), total in zip(producers, sums):
+        parts.setdefault(g, []).append(_normalized(total / max(len(batches), 1)))
+    scores.update({g: np.mean(p, axis=0) for g, p in parts.items()})
+    return scores
+
+
+def _ends_in_softmax(model: Any) -> bool:
+    last = model.layers[-1] if model.layers else None
+    if last is None:
+        return False
+    if type(last).__name__ == "Softmax":
+        return True
+    return getattr(getattr(last, "activation", None), "__name__", "") == "softmax"

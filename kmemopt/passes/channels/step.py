@@ -23,11 +23,29 @@ CRITERIA = {
     Criterion.l2: "filter L2 norm",
     Criterion.bn: "BatchNormalization |gamma| (filter L1 norm where no BatchNorm follows)",
     Criterion.activation: "mean |activation| on --data",
+    Criterion.gradient: "|activation x gradient| of the loss on --data",
 }
 
 
+def _compile_loss(compile_config: dict[str, Any] | None, labels: Any) -> Any:
+    """The model's own loss (a Keras built-in named in its compile config) for gradient importance on
+    labels; None when there are no labels or no such loss (the default loss is used)."""
+    if labels is None or not compile_config or not isinstance(compile_config.get("loss"), (str, dict)):
+        return None
+    from kmemopt._keras import import_keras
+
+    keras = import_keras()
+    loss = compile_config["loss"]
+    if isinstance(loss, dict) and loss.get("module") not in (None, "keras.losses"):
+        return None  # only Keras's own losses: nothing the file names is imported
+    try:
+        return keras.losses.get(loss)
+    except (ValueError, TypeError):
+        return None
+
+
 def criterion_of(name: str | None, *, has_data: bool) -> Criterion:
-    """`--prune-criterion`: magnitude (filter L1), bn or activation; by default activation with --data,
+    """`--prune-criterion`: magnitude (filter L1), bn, activation or gradient; by default activation with --data,
     magnitude without."""
     if name is None:
         return Criterion.activation if has_data else Criterion.l1
@@ -61,13 +79,14 @@ def prune_step(
     say = progress or (lambda message: None)
     inputs = fid.load_inputs(model, request.data, seq_len=seq_len) if request.data is not None else None
     criterion = criterion_of(getattr(request, "prune_criterion", None), has_data=inputs is not None)
-    if criterion is Criterion.activation and inputs is None:
-        raise UsageError("--prune-criterion activation ranks channels by their activations on your data; give --data.")
+    if criterion in (Criterion.activation, Criterion.gradient) and inputs is None:
+        raise UsageError(f"--prune-criterion {criterion.value} ranks channels on your data; give --data.")
     ranking = Ranking(getattr(request, "prune_scope", None) or "uniform")
     target = getattr(request, "prune_target", None)
     analysis = model_analysis(model)
     feed = inputs.feed() if inputs is not None else None
-    scores = scores_for(analysis, model, criterion, feed)
+    labels = inputs.labels if inputs is not None else None
+    scores = scores_for(analysis, model, criterion, feed, labels, _compile_loss(compile_config, labels))
     search = None
     if target is not None:
         say(f"Searching the amount of channel pruning that reaches {target.option} {target.asked()} ...")
