@@ -24,6 +24,7 @@ class PlanFormat(str, Enum):
     table = "table"
     json = "json"
     markdown = "markdown"
+    html = "html"  # one self-contained page with charts (docs/report.md)
 
 
 class Phase(str, Enum):
@@ -132,6 +133,7 @@ def command(
 
     Example: kmemopt plan model.keras --budget 8GiB -b 64
     Example: kmemopt plan model.keras --budget 8GiB --apply -o model.plan.keras --measure
+    Example: kmemopt plan model.keras --budget 8GiB --format html --report plan.html
     """
     with guarded(ctx):
         from kmemopt.plan.run import run
@@ -171,6 +173,10 @@ def command(
             text = to_json(data_out)
         elif fmt is PlanFormat.markdown:
             text = plan_markdown(data_out)
+        elif fmt is PlanFormat.html:
+            from kmemopt.report.html import plan_html
+
+            text = plan_html(data_out)
         emit(report, lambda console: render_plan(data_out, console), text)
         if result.plan is None or not result.plan.fits:
             raise typer.Exit(1)

@@ -854,3 +854,241 @@ def _signed(n: int | None) -> str:
     if n is None:
         return "-"
     return ("+" if n >= 0 else "-") + format_bytes(abs(n))
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def _plan_bars(data: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+    """The chart's rows (kind, label, bytes, css class): baseline, each strategy alone, the plan;
+    measured peaks (--measure) right under the prediction they belong to."""
+    kind = "training" if data["phase"] == "train" else "inference"
+    measured = data.get("measured") or {}
+    rows = [("baseline", f"Baseline (batch {data['batch_size']})", data["baseline"][f"{kind}_peak_bytes"], "estimated")]
+    base_m = (measured.get("baseline") or {}).get("measured_peak_bytes")
+    if base_m is not None:
+        rows.append(("baseline-measured", "Baseline, measured", base_m, "measured"))
+    for i, s in enumerate(data["strategies"]):
+        rows.append((f"strategy-{i}", f"{s['name']}: {s['label']}", s["predicted_peak_bytes"], "estimated"))
+    plan = data.get("plan")
+    if plan:
+        rows.append(
+            (
+                "plan",
+                "Plan" if plan["fits"] else "Plan (closest; does not fit)",
+                plan["predicted_peak_bytes"],
+                "estimated",
+            )
+        )
+        plan_m = (measured.get("plan") or {}).get("measured_peak_bytes")
+        if plan_m is not None:
+            rows.append(("plan-measured", "Plan, measured", plan_m, "measured"))
+    return rows
+
+
+def plan_svg(data: dict[str, Any]) -> str:
+    """Every predicted peak (baseline, each strategy alone, the plan) as a bar, the budget as a line."""
+    rows = _plan_bars(data)
+    budget = data["budget_bytes"]
+    top = max([budget] + [v for _, _, v, _ in rows]) * 1.08
+    width, row, left, right, head = 1040, 22, 330, 90, 22
+    height = head + row * len(rows) + 24
+    scale = (width - left - right) / top
+    colours = {"baseline": "#bab0ac", "plan": "#59a14f", "measured": "#1f4f8f"}
+    out = []
+    step = _nice_step(top)
+    v = 0.0
+    while v <= top * 1.0001:
+        x = _n(left + v * scale)
+        out.append(
+            f'<line class="grid" x1="{x}" x2="{x}" y1="{head}" y2="{height - 20}"/>'
+            f'<text class="tick" x="{x}" y="{height - 6}" text-anchor="middle">{_e(format_bytes(v))}</text>'
+        )
+        v += step
+    for i, (ident, label, value, kind) in enumerate(rows):
+        y = head + i * row
+        if kind == "measured":
+            colour = colours["measured"]
+        elif ident in ("baseline", "plan"):
+            colour = colours[ident]
+        else:
+            colour = "#4e79a7" if value <= budget else "#e15759"
+        short = visible(label)
+        short = short if len(short) <= 52 else short[:51] + "…"
+        w = max(value * scale, 1)
+        out.append(
+            f'<text class="tick" x="{left - 8}" y="{y + 15}" text-anchor="end">{_e(short)}</text>'
+            f'<rect class="peak-bar {kind}" id="bar-{ident}" x="{left}" y="{y + 4}" width="{_n(w)}" height="14" '
+            f'fill="{colour}" data-value="{value}"><title>{_e(label)}: {_e(format_bytes(value))} ({kind})</title></rect>'
+            f'<text class="tick" x="{_n(left + w + 5)}" y="{y + 15}">{_e(format_bytes(value))}</text>'
+        )
+    bx = _n(left + budget * scale)
+    out.append(
+        f'<line class="budget" id="plan-budget" x1="{bx}" x2="{bx}" y1="{head - 6}" y2="{height - 20}" '
+        f'data-value="{budget}"><title>budget {_e(format_bytes(budget))}</title></line>'
+        f'<text class="note" x="{bx}" y="{head - 8}" text-anchor="middle">budget {_e(format_bytes(budget))}</text>'
+    )
+    svg = (
+        f'<svg id="plan-chart" class="chart" role="img" aria-label="Predicted peaks against the budget" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+        f"{''.join(out)}</svg>"
+    )
+    legend = [
+        (colours["baseline"], "Baseline", "estimated"),
+        ("#4e79a7", "Strategy alone, under the budget", "estimated"),
+        ("#e15759", "Strategy alone, over the budget", "estimated"),
+        (colours["plan"], "Plan", "estimated"),
+        ("#b3261e", "Budget", format_bytes(budget)),
+    ]
+    if any(kind == "measured" for *_, kind in rows):
+        legend.append((colours["measured"], "Measured", "--measure"))
+    return svg + _legend(legend)
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None) or "-"
+
+
+def _breakdown_table(b: dict[str, Any], ident: str) -> str:
+    terms = (
+        ("param_bytes", "Weights", "exact"),
+        ("gradient_bytes", "Gradients", "exact"),
+        ("optimizer_bytes", "Optimizer state", "exact"),
+        ("activation_bytes", "Activations kept", "estimated"),
+        ("transient_bytes", "Transient", "estimated"),
+        ("runtime_bytes", "Runtime", "estimated"),
+        ("peak_bytes", "Peak", "estimated"),
+    )
+    out = [f'<table id="{ident}"><tbody>']
+    for key, label, kind in terms:
+        out.append(f'<tr id="{ident}-{key}"><td>{label} {_kind(kind)}</td>' + _num_cell(b[key]) + "</tr>")
+    out.append("</tbody></table>")
+    if b.get("estimated_terms"):
+        out.append(f'<p class="muted">Estimated terms: {_e(", ".join(b["estimated_terms"]))}.</p>')
+    return "".join(out)
+
+
+def plan_html(data: dict[str, Any]) -> str:
+    """The plan page: baseline, budget and plan figures, every strategy's peak against the budget,
+    the strategies table, the plan's Keras code and command, the measurement and the written file."""
+    from kmemopt.report.plan import baseline_line, cost_text, headline
+
+    model, plan = data["model"], data.get("plan")
+    kind = "training" if data["phase"] == "train" else "inference"
+    measured = data.get("measured") or {}
+    figures = [
+        _figure("budget", "Budget", data["budget_bytes"], "exact"),
+        _figure("baseline-peak", f"Baseline {kind} peak", data["baseline"][f"{kind}_peak_bytes"], "estimated"),
+    ]
+    if plan:
+        figures.append(_figure("plan-peak", "Plan's predicted peak", plan["predicted_peak_bytes"], "estimated"))
+    for key, label in (("baseline", "Baseline"), ("plan", "Plan")):
+        m = measured.get(key) or {}
+        if m.get("measured_peak_bytes") is not None:
+            figures.append(_figure(f"measured-{key}", f"{label}, measured", m["measured_peak_bytes"], "measured"))
+    status = "pass" if plan and plan["fits"] else "fail"
+    body = [
+        '<div class="figures">' + "".join(figures) + "</div>",
+        f'<p id="plan-verdict" class="status-{status}" data-fits="{str(bool(plan and plan["fits"])).lower()}">'
+        f"{_e(headline(data))}</p>",
+        f"<h2>Peaks against the budget {_kind('estimated')}</h2>"
+        f'<p class="muted">The {kind} peak each strategy reaches alone at its own setting, priced by the static '
+        "profile on the model rebuilt with it; the plan combines them. Hover a bar for its number.</p>",
+        plan_svg(data),
+        f'<h2>Each strategy alone</h2><p class="muted">Click a column to sort. Peak and saving {_kind("estimated")} '
+        "(a negative saving costs memory); the cost column says how its risk is known.</p>",
+    ]
+    t = [
+        '<div class="scroll"><table class="sortable" id="strategies"><thead><tr><th>Strategy</th><th>Setting</th>'
+        '<th>Settings</th><th class="num">Predicted peak</th><th class="num">Saving</th><th>Cost</th>'
+        "<th>In the file</th></tr></thead><tbody>"
+    ]
+    for s in data["strategies"]:
+        t.append(
+            f'<tr class="strategy"><td>{_e(s["name"])}</td><td class="name">{_e(s["label"])}</td>'
+            f"<td><code>{_e(_settings_text(s['settings']))}</code></td>"
+            + _num_cell(s["predicted_peak_bytes"])
+            + _num_cell(s["saving_bytes"], ("-" + format_bytes(-s["saving_bytes"])) if s["saving_bytes"] < 0 else None)
+            + f"<td>{_e(cost_text(s['cost']))}</td><td>{'yes' if s['applies_to_file'] else 'no'}</td></tr>"
+        )
+    t.append("</tbody></table></div>")
+    body.append("".join(t))
+    if plan:
+        body.append("<h2>The plan" + ("" if plan["fits"] else " (closest; does not fit)") + "</h2>")
+        body.append(
+            '<ul class="plain" id="plan-strategies">'
+            + "".join(
+                f"<li><b>{_e(s['label'])}</b> <span class='muted'>{_e(cost_text(s['cost']))}</span></li>"
+                for s in plan["strategies"]
+            )
+            + "</ul>"
+        )
+        body.append(_breakdown_table(plan["breakdown"], "plan-breakdown"))
+        body.append(f'<h3>Keras code</h3><pre id="plan-code"><code>{_e_code(plan["keras_code"])}</code></pre>')
+        body.append(f'<h3>Command</h3><pre id="plan-command"><code>{_e(plan["command"])}</code></pre>')
+    if measured:
+        body.append(_plan_measured_table(data))
+    output = data.get("output")
+    if output:
+        held = ", ".join(s["label"] for s in output["in_file"]) or "nothing but the compiled optimizer"
+        items = [f"<li>not in the file: {_e(s['label'])} ({_e(s['why'])})</li>" for s in output["not_in_file"]]
+        if output.get("reload"):
+            items.append(f"<li>Verified: reloaded with {_e(output['reload']['loaded_with'])}.</li>")
+        body.append(
+            f"<h2>The written file</h2><p>Wrote <code>{_e(output['path'])}</code>: it holds {_e(held)}.</p>"
+            + (f'<ul class="plain">{"".join(items)}</ul>' if items else "")
+        )
+    if data.get("notes"):
+        body.append('<h2>Notes</h2><ul class="plain">' + "".join(f"<li>{_e(n)}</li>" for n in data["notes"]) + "</ul>")
+    search = data.get("search") or {}
+    if search:
+        body.append(
+            f'<p class="muted">{search["combinations"]} combinations priced, {search["builds"]} model builds, '
+            f"{search['seconds']:.1f} s.</p>"
+        )
+    sub = f"{_e(model['path'] or model['name'])} · {_e(data['phase'])} · batch {data['batch_size']} · {_e(baseline_line(data))}"
+    return _page(
+        "plan",
+        f"kmemopt plan: {model['path'] or model['name']}",
+        sub,
+        "".join(body),
+        str(data.get("kmemopt_version", "")),
+    )
+
+
+def _e_code(text: str) -> str:
+    """Code as escaped lines, each made visible on its own (a name cannot add a line)."""
+    return "\n".join(_e(line) for line in (text or "").split("\n"))
+
+
+def _plan_measured_table(data: dict[str, Any]) -> str:
+    measured = data["measured"]
+    out = [
+        f'<h2>Measured {_kind("measured")}</h2><p class="muted">On {_e(measured.get("device") or "-")}: each '
+        "measured peak beside its prediction.</p>",
+        '<table id="plan-measured"><thead><tr><th></th><th class="num">Batch</th><th class="num">Predicted</th>'
+        '<th class="num">Measured</th><th class="num">Error</th><th>Budget</th></tr></thead><tbody>',
+    ]
+    for label, key in (("Baseline", "baseline"), ("Plan", "plan")):
+        m = measured.get(key)
+        if not m:
+            continue
+        value = m.get("measured_peak_bytes")
+        ok = value is not None and value <= data["budget_bytes"]
+        error = m.get("error_pct")
+        out.append(
+            f'<tr id="measured-row-{key}"><td>{label}</td><td class="num">{m["batch_size"]}</td>'
+            + _num_cell(m.get("predicted_peak_bytes"))
+            + _num_cell(value, None if value is not None else str(m.get("status") or "-"))
+            + f'<td class="num">{"-" if error is None else f"{error:+.1f}%"}</td>'
+            + f'<td class="status-{"pass" if ok else "fail"}">{"under" if ok else "over"}</td></tr>'
+        )
+    out.append("</tbody></table>")
+    plan_m = measured.get("plan") or {}
+    if plan_m.get("not_measured"):
+        out.append(
+            f'<p class="muted">Not in the measured run (not in the file): {_e(", ".join(plan_m["not_measured"]))}.</p>'
+        )
+    if measured.get("plan_not_measured"):
+        out.append(f'<p class="muted">Plan not measured: {_e(measured["plan_not_measured"])}</p>')
+    return "".join(out)
