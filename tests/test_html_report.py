@@ -370,3 +370,26 @@ def test_measured_profile_page_draws_the_measured_peak(load, mlp_path):
     assert page.locator("svg#batch-chart rect.measured-point").count() == 4  # 2 runs x 2 phases
     assert page.locator("table#measured-runs tbody tr").count() == 2
     assert 'class="kind measured"' in page.content()
+
+
+def test_shrink_page_shows_each_pruned_layers_widths(keras, tmp_path):
+    """--prune-channels: the page lists every layer whose width changed, with the JSON's widths."""
+    import kmemopt
+
+    x = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same", name="conv_a")(x)
+    h = keras.layers.Conv2D(8, 3, padding="same", name="conv_b")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    path = tmp_path / "cnn.keras"
+    keras.Model(x, keras.layers.Dense(3, name="out")(h)).save(path)
+    data = kmemopt.shrink(path, tmp_path / "cnn.slim.keras", prune_channels=0.5, samples=4).to_dict()
+    page = shrink_html(data)
+    shown = {
+        m.group(3): (int(m.group(1)), int(m.group(2)))
+        for m in re.finditer(r'<tr data-before="(\d+)" data-after="(\d+)"><td class="name">([^<]*)</td>', page)
+    }
+    expected = {
+        r["layer"]: (r["before"], r["after"]) for r in data["channel_pruning"]["layers"] if r["after"] < r["before"]
+    }
+    assert expected and {k: shown[k] for k in expected} == expected
+    assert shown["conv_a"] == (8, 4)

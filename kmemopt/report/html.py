@@ -575,6 +575,32 @@ def _ratio(before: int | None, after: int | None) -> str:
     return f"{after / before:.3f}×"
 
 
+def _channels_html(data: dict[str, Any]) -> str:
+    """--prune-channels: each layer's width before -> after, and why a layer kept its width."""
+    from kmemopt.report.shrink import _channel_rows, _channel_summary
+
+    cp = data.get("channel_pruning")
+    if not cp:
+        return ""
+    out = [
+        f'<h2 id="channels">Channels ({_e(cp["fraction"])} of each prunable group asked, '
+        f"{_e(cp['criterion'])} importance)</h2>",
+        f'<p class="muted">Widths before → after {_kind("exact")}; layers left whole say why.</p>',
+        '<div class="scroll"><table class="sortable" id="channel-layers"><thead><tr><th>Layer</th><th>Class</th>'
+        '<th>Width</th><th class="num">Before</th><th class="num">After</th><th>Kept because</th></tr></thead><tbody>',
+    ]
+    for r in _channel_rows(cp, all_layers=False):
+        out.append(
+            f'<tr data-before="{int(r["before"])}" data-after="{int(r["after"])}"><td class="name">{_e(r["layer"])}</td>'
+            f"<td>{_e(r['class_name'])}</td><td>{_e(r['what'])}</td>"
+            f'<td class="num">{int(r["before"]):,}</td><td class="num">{int(r["after"]):,}</td>'
+            f"<td>{_e(r['kept_because'] or '')}</td></tr>"
+        )
+    out.append("</tbody></table></div>")
+    out += [f"<p>{_e(line)}</p>" for line in _channel_summary(cp)]
+    return "".join(out)
+
+
 def shrink_html(data: dict[str, Any]) -> str:
     """The shrink page: before/after figures, per-layer bytes and dtypes, passes with reasons, fidelity."""
     before, after = data["before"], data["after"] or {}
@@ -640,6 +666,7 @@ def shrink_html(data: dict[str, Any]) -> str:
         )
     t.append("</tbody></table></div>")
     body.append("".join(t))
+    body.append(_channels_html(data))
     body.append("<h2>Passes</h2>")
     for p in data["passes"]:
         body.append(
