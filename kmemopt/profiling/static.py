@@ -487,7 +487,8 @@ def profile_model(
     if backend != "tensorflow":
         warnings.append(
             f"The runtime terms ({run_train.at(batch_size):,} bytes of the training peak) are calibrated on "
-            f"TensorFlow's CPU runtime, not on {backend}'s: read the peaks as the tensors plus an uncalibrated allowance."
+            f"TensorFlow's CPU runtime, not on {backend}'s, whose measured peaks ran well above these estimates "
+            "(docs/backends.md): --measure gives the real ones."
         )
     xla_result = None
     from kmemopt.profiling.xla import wanted as xla_wanted
