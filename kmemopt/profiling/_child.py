@@ -25,7 +25,6 @@ samples is the same `psutil.Process().memory_info().rss` read here.
 
 from __future__ import annotations
 
-import gc
 import os
 import threading
 import time
@@ -60,13 +59,9 @@ def rss_bytes() -> int:
 
 
 def _trim() -> None:
-    gc.collect()
-    try:
-        import ctypes
+    from kmemopt.memory import release_memory
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_memory()
 
 
 class HighWaterMark:
@@ -145,7 +140,6 @@ class GpuMeter:
         pynvml.nvmlInit()
         self._nvml = pynvml
         self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        self._start_peak = 0
 
     def configure(self) -> None:
         """Before any tensor: TensorFlow must not grab the whole card."""
@@ -175,8 +169,7 @@ class GpuMeter:
             import torch
 
             torch.cuda.reset_peak_memory_stats()
-        elif self.backend == "jax":
-            self._start_peak = self._jax_stats().get("peak_bytes_in_use", 0)
+        # JAX cannot reset its allocator's peak: see allocator().
 
     def _jax_stats(self) -> dict:
         import jax
@@ -215,13 +208,6 @@ class GpuMeter:
 # --------------------------------------------------------------------------------------------- inputs
 
 
-def _embedding_vocab(model) -> int | None:
-    from kmemopt.keras_compat.layers import flatten_layers
-
-    sizes = [layer.input_dim for layer in flatten_layers(model) if type(layer).__name__ == "Embedding"]
-    return min(sizes) if sizes else None
-
-
 def _load_data(path: str | None):
     if not path:
         return None
@@ -236,9 +222,11 @@ def _load_data(path: str | None):
 def make_inputs(model, specs: list[dict], batch: int, data, seed: int = 0) -> dict:
     import numpy as np
 
+    from kmemopt.inputs import synthetic_array, vocabulary_size
+
     rng = np.random.default_rng(seed)
     out = {}
-    vocab = _embedding_vocab(model)
+    vocab = vocabulary_size(model)
     for spec in specs:
         name, dims, dtype = spec["name"], [int(d) for d in spec["shape"][1:]], spec["dtype"]
         source = None
@@ -250,12 +238,8 @@ def make_inputs(model, specs: list[dict], batch: int, data, seed: int = 0) -> di
             reps = -(-batch // max(len(source), 1))
             arr = np.concatenate([source] * reps)[:batch] if reps > 1 else source[:batch]
             out[name] = np.asarray(arr).astype(dtype)
-        elif np.issubdtype(np.dtype(dtype), np.integer):
-            out[name] = rng.integers(0, vocab or 2, size=[batch] + dims).astype(dtype)
-        elif np.dtype(dtype) == np.bool_:
-            out[name] = rng.integers(0, 2, size=[batch] + dims).astype(bool)
         else:
-            out[name] = rng.standard_normal([batch] + dims).astype(dtype)
+            out[name] = synthetic_array(rng, (batch, *dims), dtype, vocab)
     return out
 
 
