@@ -34,11 +34,14 @@ def profile(
     seq_len: int | None = None,
     budget: int | str | None = None,
     custom_objects: dict[str, Any] | str | None = None,
+    xla: bool | None = None,
 ) -> ProfileResult:
     """Profile a saved model file (`.keras` or legacy `.h5`) or an in-memory `keras.Model`.
 
     Weights are never read from a file: the architecture is rebuilt without allocating variables
     after the config passed kmemopt's allowlist. Returns a `ProfileResult` (see `to_dict()`).
+    `xla`: on the JAX backend, also report XLA's own accounting of the compiled steps (None: for a
+    model file, unless KMEMOPT_XLA=0; compiling a training step can take minutes).
 
     Example:
         >>> r = kmemopt.profile("sample_models/digits_cnn.keras", batch_size=64, budget="2 GiB")
@@ -54,6 +57,7 @@ def profile(
         seq_len=seq_len,
         budget=budget,
         custom_objects=custom_objects,
+        xla=xla,
     )
 
 

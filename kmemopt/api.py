@@ -33,7 +33,15 @@ def open_checked(path: str | os.PathLike, custom_objects=None):
 
 
 def profile(
-    path_or_model, *, batch_size=32, optimizer=None, input_shapes=None, seq_len=None, budget=None, custom_objects=None
+    path_or_model,
+    *,
+    batch_size=32,
+    optimizer=None,
+    input_shapes=None,
+    seq_len=None,
+    budget=None,
+    custom_objects=None,
+    xla: bool | None = False,
 ):
     from kmemopt.profiling.static import profile_model
 
@@ -56,6 +64,7 @@ def profile(
         input_shapes=input_shapes,
         seq_len=seq_len,
         budget_bytes=budget_bytes,
+        xla=xla,
     )
 
 

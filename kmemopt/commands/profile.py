@@ -105,6 +105,7 @@ def command(
                 seq_len=seq_len,
                 budget=budget_bytes,
                 custom_objects=custom_objects,
+                xla=None,  # XLA's accounting on JAX, unless KMEMOPT_XLA=0 (the other commands skip it)
             )
         if measure or batch_sizes:
             from kmemopt.profiling.measure import Device, measure_profile, parse_batch_sizes

@@ -270,12 +270,13 @@ def profile_model(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     seq_len: int | None = None,
     budget_bytes: int | None = None,
-    xla: bool | None = None,
+    xla: bool | None = False,
 ) -> ProfileResult:
     """Profile a built (possibly unallocated) Keras model.
 
     `xla`: also compile the steps with XLA and report its accounting (JAX only; None: for a model
-    file on JAX unless KMEMOPT_XLA=0, see profiling.xla)."""
+    file on JAX unless KMEMOPT_XLA=0, see profiling.xla). Off by default: compiling a training step
+    can take minutes, so only `kmemopt profile` (and `kmemopt.profile`) ask for it."""
     import time
 
     started = time.perf_counter()
