@@ -28,7 +28,7 @@ demo: install
 	$(KMEMOPT) profile sample_models/digits_cnn.keras --batch-size 64 --budget 512MiB
 
 test: install browser
-	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile --durations=40 $(PYTEST_ARGS)
 
 # The fast tier (its target: under 5 minutes on a 2-core machine); its 20 slowest tests are listed, so a slow newcomer shows.
 test-fast: install browser
