@@ -555,9 +555,17 @@ def markdown(rows: list[dict]) -> str:
         "",
         _figures("Held out (kmemopt)", held),
     ]
-    short = sorted({r["model"] for r in held} - {r["model"] for r in held if r["batch_size"] != 8})
+    measured_at = {}
+    for r in held:
+        if r.get("measured_bytes"):
+            measured_at.setdefault(r["model"], set()).add(r["batch_size"])
+    short = sorted(m for m, bs in measured_at.items() if bs == {8})
     if short:
-        out += ["", "Measured at batch 8 only, to fit the run in its time: " + ", ".join(short) + "."]
+        out += [
+            "",
+            "Held-out models measured at batch 8 only (their other batch sizes were cut, or failed, to finish "
+            "the run in its time; listed below): " + ", ".join(short) + ".",
+        ]
     failed = sorted(
         {
             (r["model"], r["batch_size"], r.get("status"), r.get("message", ""))
