@@ -381,15 +381,16 @@ def measure_models(names, log) -> tuple[list[dict], dict]:
     def work(key):
         name, b = key
         row = rows[key]
+        # Stamped as the child starts: the code on disk then is the code it runs.
+        stamp = {"measured_at": provenance.current(this_machine)}
         if "status" in row:  # the static profile failed: nothing to measure with
-            return key, {}
+            return key, stamp
         inputs = [i.to_dict() for i in extras[key]["profile"].inputs]
-        return key, _measure_one(paths[name], inputs, b, deadline, log, name)
+        return key, {**_measure_one(paths[name], inputs, b, deadline, log, name), **stamp}
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for key, got in pool.map(work, order):
             rows[key].update(got)
-            rows[key]["measured_at"] = provenance.current(this_machine)
             _write_calibration([rows[k] for k in sorted(rows, key=_row_order)])
     return [rows[k] for k in sorted(rows, key=_row_order)], extras
 
