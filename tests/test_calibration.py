@@ -1,5 +1,5 @@
 """The calibrated memory model (docs/measure.md): each rule on a hand-checked graph, and one real
-architecture measured against its estimate (slow)."""
+held-out architecture (not used to fit the runtime constants) measured against its estimate (slow)."""
 
 from __future__ import annotations
 
@@ -81,12 +81,16 @@ def test_runtime_terms_follow_the_documented_constants(keras):
 
 
 @pytest.mark.slow
-def test_mobilenet_v2_estimate_is_within_the_band_of_its_measurement(keras, tmp_path):
-    """One real architecture, measured for real (about a minute): estimate / measured in 0.8-1.25."""
+def test_a_held_out_architecture_is_estimated_within_the_band_of_its_measurement(keras, tmp_path):
+    """Xception (separable convolutions with residual adds) at a 96x96 input, measured for real at batch 8:
+    estimate / measured in 0.8-1.25. A held-out model (HELD_OUT in benchmarks/suite_estimate.py): the
+    runtime constants were not fitted on it, so a wrong constant can fail this. In the committed run
+    (benchmarks/calibration.json, "Xception96") it measured 1.07x (inference) and 1.00x (training)."""
     from kmemopt.profiling.measure import measure_profile
 
-    path = tmp_path / "mobilenet_v2.keras"
-    keras.applications.MobileNetV2(weights=None).save(path)
+    path = tmp_path / "xception96.keras"
+    keras.utils.set_random_seed(0)
+    keras.applications.Xception(weights=None, input_shape=(96, 96, 3), classes=10).save(path)
     result = measure_profile(kmemopt.profile(path, batch_size=8), path)
     m = result.measured
     assert m["status"] == "ok"
