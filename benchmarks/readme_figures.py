@@ -46,7 +46,7 @@ def _estimate(rows: list[dict]) -> list[str]:
         models = sorted({r["model"] for r in group})
         text = (
             f"  - {label[0].upper() + label[1:]} ({', '.join(models)}; batch 1, 8, 32; inference and training): {band} of {len(group)} rows "
-            f"within {BAND[0]}-{BAND[1]}x of the measured CPU peak, median error "
+            f"within {BAND[0]}-{BAND[1]}x of the measured CPU peak, median absolute error "
             f"{statistics.median(abs(r['error_pct']) for r in group):.0f}%; {len(under)} under-estimates"
         )
         if worst_under:
@@ -61,7 +61,7 @@ def _estimate(rows: list[dict]) -> list[str]:
         if group:
             band = sum(BAND[0] <= r["ratio"] <= BAND[1] for r in group)
             med = statistics.median(abs(r["error_pct"]) for r in group)
-            others.append(f"{name} {band} of {len(group)} (median error {med:.0f}%)")
+            others.append(f"{name} {band} of {len(group)} (median absolute error {med:.0f}%)")
     if others:
         out.append("  - The usual rules of thumb on the same rows, in the band: " + "; ".join(others) + ".")
     return [f"- **Estimates against measurements** (static estimate vs measured peak; {_when(rows)}):", *out]
