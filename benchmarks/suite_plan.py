@@ -528,7 +528,8 @@ def _yes(v) -> str:
 def summary(rows: list[dict]) -> dict:
     """The goals of issue 14, counted over the rows (failed rows count as not met)."""
     plans = [r for r in rows if r["kind"] == "plan"]
-    fitted = sum(bool(r.get("fits_measured")) for r in plans)
+    # Only a written plan counts: when no combination is predicted to fit, --apply writes nothing.
+    fitted = sum(bool(r.get("written") and r.get("fits_measured")) for r in plans)
     singles = [
         r for r in rows if r["kind"] == "strategy" and r.get("error") != "the strategy does not apply to this model"
     ]
@@ -583,11 +584,14 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in plans:
         params = f"{r['params'] / 1e6:,.1f} M" if r.get("params") else "-"
+        fits = _yes(r.get("fits_measured")) if not r.get("error") else "error"
+        if not r.get("error") and not r.get("written"):
+            fits += " (no plan predicted to fit: not written, the closest measured from a scratch file)"
         out.append(
             f"| {r['model']} | {params} | {_mib(r.get('baseline_measured_bytes'))} | "
             f"{_mib(r.get('baseline_remeasured_bytes'))} | {_mib(r.get('budget_bytes'))} | {r.get('plan', '-')} | "
             f"{_mib(r.get('predicted_peak_bytes'))} | {_mib(r.get('measured_peak_bytes'))} | "
-            f"{_yes(r.get('fits_measured')) if not r.get('error') else 'error'} |"
+            f"{fits} |"
         )
     out += [
         "",
@@ -651,6 +655,9 @@ def markdown(rows: list[dict]) -> str:
             f"{r['seconds']:.1f} |"
         )
     out += [
+        "",
+        "Rows that did not answer are listed at the end (a plan stopped after "
+        f"{DECLARED_TIMEOUT_S} s is not shown here).",
         "",
         "Plan time is the wall time of the whole `kmemopt plan` process (Python, TensorFlow and keras-hub start-up",
         "included), on this shared 2-core machine; the search itself is in results.json (`search_seconds`).",

@@ -26,6 +26,7 @@ def _plan(model, fits, error=None):
         "predicted_peak_bytes": 180 * MIB,
         "measured_peak_bytes": (190 if fits else 230) * MIB,
         "fits_measured": fits,
+        "written": True,
     }
     if error:
         row = {"kind": "plan", "model": model, "error": error}
@@ -71,6 +72,8 @@ def test_summary_counts_failed_rows_as_not_met():
     rows[0] = _plan("m0", None, error="baseline not measured (timeout)")
     s = suite_plan.summary(rows)
     assert (s["plans_under_budget"], s["fit_goal_met"], s["time_goal_met"]) == (8, False, False)
+    rows[1] = dict(rows[1], written=False)  # no plan predicted to fit: nothing applied, not counted
+    assert suite_plan.summary(rows)["plans_under_budget"] == 7
 
 
 def test_markdown_lists_every_row_and_failures():
