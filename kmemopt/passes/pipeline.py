@@ -185,7 +185,8 @@ class ShrinkRequest:
     epochs: int = 5  # at most this many recovery epochs (early stop on a held-out split)
     eval_data: Path | None = None  # the fidelity check's data when `data` trains the pruned model
     prune_target: Any = None  # channels.target.Target: prune the smallest amount reaching it (no prune_channels)
-    prune_criterion: str | None = None  # channel importance: magnitude, bn, activation, gradient; None: activation with data
+    # channel importance: magnitude, bn, activation, gradient; None: activation with data, else magnitude
+    prune_criterion: str | None = None
     prune_scope: str = "uniform"  # uniform, or global (one ranking, per-layer floor)
 
 
