@@ -106,7 +106,30 @@ SIZE_METHODS = (
 )
 
 
-def _shrink(rows: list[dict]) -> list[str]:
+TRAINED_METHODS = (
+    ("kmemopt shrink --quantize int8 --allow-custom-layers (int8 convolutions)", "int8 with kmemopt's layers"),
+    ("kmemopt shrink --quantize int8 (convolutions float16)", "int8 (plain Keras)"),
+    ('Keras model.quantize("int8") (Dense only)', 'Keras\'s own `model.quantize("int8")`'),
+)
+
+
+def _trained_convs(rows: list[dict]) -> list[str]:
+    """The int8 convolutions on CNNs trained on digits (benchmarks/suite_int8conv.py), held-out accuracy."""
+    out = [f"  - Convolutional networks trained on real data (scikit-learn's digits; {_when(rows)}):"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by = {r["method"]: r for r in rows if r["model"] == model}
+        items = [
+            f"{label} {by[m]['ratio']:.3f}x "
+            f"({_fidelity({**by[m], 'fidelity_source': 'data', 'fidelity_samples': by[m]['test_samples']})})"
+            for m, label in TRAINED_METHODS
+            if m in by
+        ]
+        if items:
+            out.append(f"    - {model}: " + "; ".join(items) + ".")
+    return out if len(out) > 1 else []
+
+
+def _shrink(rows: list[dict], trained: list[dict] | None = None) -> list[str]:
     out = [
         f"- **Smaller files, each size beside its fidelity** (file size as a fraction of the float32 file; {_when(rows)}):"
     ]
@@ -120,6 +143,8 @@ def _shrink(rows: list[dict]) -> list[str]:
                 items.append(f"{label} {r['ratio']:.3f}x ({_fidelity(r)})")
         if items:
             out.append(f"  - {model}: " + "; ".join(items) + ".")
+    if trained:
+        out += _trained_convs(trained)
     mem = [
         r
         for r in rows
@@ -142,7 +167,7 @@ def generate(results: dict) -> str:
     if results.get("speed"):
         lines += _speed(results["speed"])
     if results.get("shrink"):
-        lines += _shrink(results["shrink"])
+        lines += _shrink(results["shrink"], results.get("int8conv"))
     lines.append(END)
     return "\n".join(lines)
 
