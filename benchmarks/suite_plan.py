@@ -189,7 +189,8 @@ def measure_file(path: Path, batch_size: int, seq_len: int | None = None) -> dic
 
     started = time.monotonic()
     profiled = profile(path, batch_size=batch_size, seq_len=seq_len)
-    m = measure_profile(profiled, path, timeout_s=TIMEOUT_S).measured or {}
+    measured = measure_profile(profiled, path, timeout_s=TIMEOUT_S).measured
+    m = measured.to_dict() if measured is not None else {}
     return {
         "peak_bytes": m.get("training_peak_bytes"),
         "status": m.get("status"),

@@ -163,7 +163,8 @@ def measure_plan(
             input_shapes=input_shapes,
             seq_len=seq_len,
         )
-        m = measure_profile(profiled, path, optimizer=optimizer, **common).measured or {}
+        measured = measure_profile(profiled, path, optimizer=optimizer, **common).measured
+        m = measured.to_dict() if measured is not None else {}
         value = m.get(key)
         return {
             "batch_size": batch_size,

@@ -26,6 +26,7 @@ from kmemopt.errors import UsageError
 
 if TYPE_CHECKING:
     from kmemopt.profiling.line import Line
+    from kmemopt.profiling.static import ProfileResult
 
 DEFAULT_TIMEOUT_S = 900  # kmemopt.sandbox.DEFAULT_TIMEOUT_S
 GPU_MISSING = "no NVIDIA GPU is visible"
@@ -441,7 +442,7 @@ def compare(estimated: int | None, measured: int | None) -> float | None:
 
 
 def measure_profile(
-    result,
+    result: ProfileResult,
     path: str | os.PathLike,
     *,
     batch_sizes: Sequence[int] | None = None,
@@ -453,12 +454,12 @@ def measure_profile(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_memory_bytes: int | None = None,
     on_phase: Callable[[str], None] | None = None,
-):
+) -> ProfileResult:
     """Measure the model a static `ProfileResult` describes; return the result with `measured` filled.
 
-    `measured` is `MeasuredProfile.to_dict()`: the measurement with `estimated` and `error_pct` (per
-    phase, at the measured batch size) and, for each run, the static estimate at that batch size, so
-    each figure sits beside its estimate.
+    `measured` is a `MeasuredProfile`; its `to_dict()` (the JSON's `measured` object) is the
+    measurement with `estimated` and `error_pct` (per phase, at the measured batch size) and, for each
+    run, the static estimate at that batch size, so each figure sits beside its estimate.
     """
     import dataclasses
 
@@ -498,9 +499,7 @@ def measure_profile(
         on_phase=on_phase,
     )
     measured = MeasuredProfile(m, inference_line=result.inference, training_line=result.training)
-    # Still its JSON dict, as ProfileResult.measured's readers (plan, check) expect; the typed value is
-    # `measured` itself, ready for ProfileResult.measured once they read its fields.
-    return dataclasses.replace(result, measured=measured.to_dict())
+    return dataclasses.replace(result, measured=measured)
 
 
 def check_run_memory(result, batch_sizes: Sequence[int], max_memory_bytes: int | None) -> None:

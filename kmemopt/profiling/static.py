@@ -9,7 +9,7 @@ documented in the README.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmemopt.errors import UsageError
 from kmemopt.keras_compat.layers import model_leaves
@@ -19,6 +19,9 @@ from kmemopt.profiling.dtypes import nbytes
 from kmemopt.profiling.internals import layer_internals, least_certain, runtime_costs
 from kmemopt.profiling.line import ZERO, Line
 from kmemopt.profiling.optimizer import OptimizerState, optimizer_state
+
+if TYPE_CHECKING:
+    from kmemopt.profiling.measure import MeasuredProfile
 
 SCHEMA_VERSION = 1
 MAX_BATCH = 2**40
@@ -136,7 +139,7 @@ class ProfileResult:
     file: FileComposition | None
     budget: BudgetFit | None
     warnings: tuple[str, ...] = ()
-    measured: Any = None
+    measured: MeasuredProfile | None = None  # filled by profiling.measure.measure_profile (--measure)
     estimate: str = "static"
     elapsed_s: float = 0.0
     backend: str = "tensorflow"  # the Keras backend the profile ran on
@@ -158,7 +161,7 @@ class ProfileResult:
             "file": self.file.to_dict() if self.file else None,
             "warnings": list(self.warnings),
             "estimate": self.estimate,
-            "measured": self.measured.to_dict() if hasattr(self.measured, "to_dict") else self.measured,
+            "measured": self.measured.to_dict() if self.measured is not None else None,
             "timeline": _timeline(self),
             "backend": self.backend,
             "xla_estimate": self.xla.to_dict() if self.xla is not None else None,

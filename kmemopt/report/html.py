@@ -577,7 +577,7 @@ def _ratio(before: int | None, after: int | None) -> str:
 
 def _channels_html(data: dict[str, Any]) -> str:
     """--prune-channels: each layer's width before -> after, and why a layer kept its width."""
-    from kmemopt.report.shrink import _channel_rows, _channel_summary
+    from kmemopt.report.shrink import channel_rows, channel_summary
 
     cp = data.get("channel_pruning")
     if not cp:
@@ -589,7 +589,7 @@ def _channels_html(data: dict[str, Any]) -> str:
         '<div class="scroll"><table class="sortable" id="channel-layers"><thead><tr><th>Layer</th><th>Class</th>'
         '<th>Width</th><th class="num">Before</th><th class="num">After</th><th>Kept because</th></tr></thead><tbody>',
     ]
-    for r in _channel_rows(cp, all_layers=False):
+    for r in channel_rows(cp, all_layers=False):
         out.append(
             f'<tr data-before="{int(r["before"])}" data-after="{int(r["after"])}"><td class="name">{_e(r["layer"])}</td>'
             f"<td>{_e(r['class_name'])}</td><td>{_e(r['what'])}</td>"
@@ -597,7 +597,7 @@ def _channels_html(data: dict[str, Any]) -> str:
             f"<td>{_e(r['kept_because'] or '')}</td></tr>"
         )
     out.append("</tbody></table></div>")
-    out += [f"<p>{_e(line)}</p>" for line in _channel_summary(cp)]
+    out += [f"<p>{_e(line)}</p>" for line in channel_summary(cp)]
     return "".join(out)
 
 

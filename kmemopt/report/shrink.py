@@ -62,12 +62,12 @@ def _changed_layers(data: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _channel_rows(cp: dict[str, Any], all_layers: bool) -> list[dict[str, Any]]:
+def channel_rows(cp: dict[str, Any], all_layers: bool) -> list[dict[str, Any]]:
     """--prune-channels rows: the layers that changed width or kept it for a reason."""
     return [r for r in cp["layers"] if all_layers or r["after"] < r["before"] or r["kept_because"]]
 
 
-def _channel_summary(cp: dict[str, Any]) -> list[str]:
+def channel_summary(cp: dict[str, Any]) -> list[str]:
     b, a = cp["before"]["params"], cp["after"]["params"]
     lines = [f"Parameters {b:,} → {a:,} ({_ratio(b, a)}); FLOPs: {cp['flops']}"]
     rec = cp.get("recovery")
@@ -90,7 +90,7 @@ def _render_channels(data: dict[str, Any], console, all_layers: bool) -> None:
     )
     for col in ("Layer", "Class", "Width", "Before", "After", "Kept because"):
         ct.add_column(col, justify="right" if col in ("Before", "After") else "left", overflow="fold")
-    for r in _channel_rows(cp, all_layers):
+    for r in channel_rows(cp, all_layers):
         ct.add_row(
             markup(r["layer"]),
             markup(r["class_name"]),
@@ -100,7 +100,7 @@ def _render_channels(data: dict[str, Any], console, all_layers: bool) -> None:
             markup(r["kept_because"] or ""),
         )
     console.print(ct)
-    for line in _channel_summary(cp):
+    for line in channel_summary(cp):
         console.print(markup(line), highlight=False)
 
 
@@ -253,12 +253,12 @@ def shrink_markdown(data: dict[str, Any]) -> str:
             "| Layer | Class | Width | Before | After | Kept because |",
             "|---|---|---|---:|---:|---|",
         ]
-        for r in _channel_rows(cp, False):
+        for r in channel_rows(cp, False):
             out.append(
                 f"| {markdown_code(r['layer'])} | {markdown(r['class_name'])} | {markdown(r['what'])} "
                 f"| {r['before']:,} | {r['after']:,} | {markdown(r['kept_because'] or '')} |"
             )
-        out += [""] + [markdown(line) for line in _channel_summary(cp)]
+        out += [""] + [markdown(line) for line in channel_summary(cp)]
     fid = data.get("fidelity")
     if fid:
         out += [
