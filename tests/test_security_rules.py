@@ -254,6 +254,39 @@ def test_class_entry_resolving_to_a_function_is_refused(allow):
     assert (info.value.rule, info.value.where) == ("TRUST-UNKNOWN", "$.config.activation")
 
 
+def _function_entry(name: str) -> dict:
+    """How Keras serializes a registered function (keras-hub's gelu in a flattened backbone's layer)."""
+    return {"module": "builtins", "class_name": "function", "config": name, "registered_name": "function"}
+
+
+def test_registered_keras_hub_gelu_is_allowed_and_other_names_are_not(allow):
+    """A functional graph flattened from a keras-hub backbone names `keras_hub>gelu_approximate`; Keras
+    finds it in its registry. That one known function passes; any other registered-looking name does not."""
+    from kmemopt.load.trust import check_config, mentions_keras_hub, precheck_config
+
+    def dense(activation):
+        return {
+            "class_name": "Dense",
+            "module": "keras.layers",
+            "registered_name": None,
+            "config": {"activation": activation},
+        }
+
+    good = dense(_function_entry("keras_hub>gelu_approximate"))
+    assert mentions_keras_hub(good)  # so keras-hub is imported and its gelu registered before the check
+    precheck_config(good)
+    assert check_config(good, allow) == 2
+    for name in ("keras_hub>evil", "keras_hub>upload_preset", "gelu_approximate"):
+        bad = dense(_function_entry(name))
+        with pytest.raises(UnsafeModelError) as info:
+            precheck_config(bad)
+        assert (info.value.rule, info.value.where) == ("TRUST-FUNCTION", "$.config.activation")
+        with pytest.raises(UnsafeModelError) as info:
+            check_config(bad, allow)
+        # keras_hub>upload_preset is refused as the string Keras would resolve, one level down
+        assert info.value.rule == "TRUST-FUNCTION" and info.value.where.startswith("$.config.activation")
+
+
 def test_functional_graph_naming_a_missing_layer_is_malformed(nested_path, tmp_path, allow):
     """Found by fuzzing: Keras raises RuntimeError for an input layer that does not exist (was exit 4)."""
     from kmemopt.load.build import build_from_file

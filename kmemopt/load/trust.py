@@ -128,6 +128,8 @@ def mentions_keras_hub(config: Any) -> bool:
                 isinstance(registered, str) and registered.startswith("keras_hub>")
             ):
                 return True
+            if node.get("class_name") == "function" and node.get("config") in _EXTENSION_FUNCTIONS:
+                return True  # registered by keras-hub's import
     return False
 
 
@@ -482,6 +484,10 @@ def precheck_config(config: Any, root: str = "$", *, custom_objects: bool = Fals
             continue
         module, class_name = node.get("module"), node["class_name"]
         if class_name == "function":
+            # A registered function of a trusted package is serialized under module "builtins" and found
+            # by its registered name ("keras_hub>gelu_approximate"): check_config resolves it so.
+            if node.get("config") in _EXTENSION_FUNCTIONS:
+                continue
             if not (module in _FUNCTION_NAMESPACES or (module or "").startswith(_FUNCTION_SOURCES)):
                 raise UnsafeModelError(
                     f"The model names the function {_describe(str(node.get('config')), module)}, which is not a "
@@ -658,6 +664,9 @@ def check_config(config: Any, allow: Allowlist, root: str = "$", *, legacy: bool
                     obj = allow.custom_objects[registered]
                 elif fn_name in allow.custom_objects:
                     obj = allow.custom_objects[fn_name]
+                elif fn_name in _EXTENSION_FUNCTIONS:
+                    # Keras looks a function's name up in its registry first; only the known ones pass.
+                    obj = registry.registered_objects().get(fn_name)
                 elif isinstance(module, str) and (
                     module in _FUNCTION_NAMESPACES or module.startswith(registry.PRIVATE_PREFIX)
                 ):
