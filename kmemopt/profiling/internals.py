@@ -48,9 +48,24 @@ def activation_source(layer) -> Source:
     if not isinstance(layer, keras.layers.Layer):  # a bare operation in a functional graph (keras.ops.add)
         return Source.EXACT
     builtin = type(layer).__module__.split(".")[0] == "keras"
+    if builtin and name in UPCASTING_NORMALIZATIONS and _is_16_bit(layer):
+        return Source.TRACED  # it computes in float32 on 16-bit inputs: copies no rule counts
     if builtin and not any(True for _ in flatten_layers(layer, include_self=False)):
         return Source.RULE if activation_extra(layer) else Source.EXACT
     return Source.TRACED
+
+
+# Keras 3.15's normalisations compute in float32 when their compute dtype is 16-bit (they cast the
+# input up, normalise, and cast the result back: layers/normalization/*.py), so under mixed precision
+# they hold float32 copies of their input and output that their outputs do not show: traced.
+UPCASTING_NORMALIZATIONS = frozenset(
+    {"BatchNormalization", "LayerNormalization", "GroupNormalization", "RMSNormalization", "UnitNormalization"}
+)
+
+
+def _is_16_bit(layer) -> bool:
+    compute = str(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32"))
+    return compute in ("float16", "bfloat16")
 
 
 def _per_sample(shape, dtype) -> int:
@@ -385,10 +400,47 @@ OP_UNITS = {
 
 
 def op_units(layer) -> int:
-    name = type(layer).__name__
-    if name == "Bidirectional":
+    """The op units of one call of `layer` (see the table above).
+
+    A layer of a class OP_UNITS names, or of a subclass of one (keras-hub's cached attention is a
+    MultiHeadAttention), counts as that class. A layer that runs other layers in its call (a keras-hub
+    transformer block, a user's composite layer, a subclassed model: the calls the profile traces at
+    operation level) counts one for its own call plus the units of each layer it holds, as if those
+    were called one by one in a functional model; nothing is fitted for it."""
+    known = _known_units(layer)
+    if known is not None:
+        return known
+    from kmemopt.keras_compat.layers import flatten_layers
+
+    units = 1
+    seen: set[int] = set()
+    todo = [layer]
+    while todo:  # each layer once, however deep or shared (a walk, not a recursion)
+        outer = todo.pop()
+        for sub in flatten_layers(outer, include_self=False, recursive=False):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            known = _known_units(sub)
+            if known is None:
+                units += 1
+                todo.append(sub)
+            else:
+                units += known
+    return units
+
+
+def _known_units(layer) -> int | None:
+    """The units of a class OP_UNITS names (or a subclass of one), of a Bidirectional wrapper, or of a
+    layer that holds no other layer (1); None for a composite layer."""
+    if type(layer).__name__ == "Bidirectional":
         return op_units(layer.forward_layer) + op_units(layer.backward_layer)
-    return OP_UNITS.get(name, 1)
+    for cls in type(layer).__mro__:
+        if cls.__name__ in OP_UNITS:
+            return OP_UNITS[cls.__name__]
+    if not getattr(layer, "_layers", None):  # a leaf layer, or a bare operation (keras.ops.add)
+        return 1
+    return None
 
 
 def runtime_costs(graph, param_bytes: int) -> dict[str, Line]:

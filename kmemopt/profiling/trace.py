@@ -72,6 +72,49 @@ CONTROL_FLOW_OPS = frozenset(
 )
 # Operations whose outputs are shapes or broadcast indices: graph bookkeeping.
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs"})
+# Element-wise operations whose CPU kernels write their output into an input's buffer when this
+# operation is that input's last reader and the sizes match (TensorFlow's
+# `forward_input_or_allocate_output`, used by the cwise, bias-add and activation kernels): no new
+# memory then. Their outputs have their inputs' dtype, so equal bytes mean an equal shape.
+FORWARDING_OPS = frozenset(
+    {
+        "Abs",
+        "Add",
+        "AddN",
+        "AddV2",
+        "BiasAdd",
+        "Div",
+        "DivNoNan",
+        "Elu",
+        "EluGrad",
+        "Erf",
+        "Exp",
+        "Log",
+        "Maximum",
+        "Minimum",
+        "Mul",
+        "Neg",
+        "Pow",
+        "RealDiv",
+        "Reciprocal",
+        "Relu",
+        "Relu6",
+        "Relu6Grad",
+        "ReluGrad",
+        "Rsqrt",
+        "RsqrtGrad",
+        "Selu",
+        "Sigmoid",
+        "SigmoidGrad",
+        "Sqrt",
+        "SqrtGrad",
+        "Square",
+        "SquaredDifference",
+        "Sub",
+        "Tanh",
+        "TanhGrad",
+    }
+)
 
 
 class Untraceable(Exception):
@@ -321,6 +364,38 @@ def _roots(g: _Graph) -> dict[tuple[int, int], tuple[int, int]]:
     return root
 
 
+def _forwarding(g: _Graph, lines, root, last: dict, protected: set, ops: range) -> tuple[dict, dict]:
+    """Buffers and last uses once element-wise operations reuse their inputs' buffers (FORWARDING_OPS).
+
+    An input's buffer is taken over when this operation is its last reader, it is the same size as
+    the output, and it is not `protected` (the layer's own inputs and outputs, which the model-level
+    walk owns); the buffer then lives until the output's last reader. Returns (buffer of each
+    tensor, last use of each buffer)."""
+    took: dict[tuple[int, int], tuple[int, int]] = {}  # output -> the input buffer it took over
+
+    def buffer(ref: tuple[int, int]) -> tuple[int, int]:
+        while ref in took:
+            ref = took[ref]
+        return ref
+
+    last = dict(last)
+    for i in ops:
+        out = (i, 0)
+        if g.types[i] not in FORWARDING_OPS or len(g.sizes[i]) != 1 or root[out] != out:
+            continue
+        line = lines.get(out)
+        for ref in g.inputs[i]:
+            buf = buffer(root[ref])
+            if buf in protected or last.get(buf) != i or lines.get(buf) != line:
+                continue
+            if _counted(g, lines, root, buf) is None:  # constants, weights, bookkeeping: not reusable
+                continue
+            took[out] = buf
+            last[buf] = last.get(out, i)
+            break
+    return {ref: buffer(r) for ref, r in root.items()}, last
+
+
 def _account(inf: _Graph, inf_lines, train: _Graph, train_lines, batch: int) -> OpTrace:
     transient = _inference_transient(inf, inf_lines, batch)
     saved, backward, reads_in, reads_out = _training(train, train_lines, batch)
@@ -373,9 +448,10 @@ def _peak(g: _Graph, lines, root, ops: range, last: dict, excluded: set, batch: 
 
 def _inference_transient(g: _Graph, lines, batch: int) -> Line:
     root = _roots(g)
-    last = _last_uses(g, root)
-    excluded = {root[r] for r in g.layer_inputs + g.layer_outputs}
-    return _peak(g, lines, root, range(len(g.types)), last, excluded, batch)
+    ends = {root[r] for r in g.layer_inputs + g.layer_outputs}
+    buffers, last = _forwarding(g, lines, root, _last_uses(g, root), ends, range(len(g.types)))
+    excluded = {buffers[r] for r in ends}
+    return _peak(g, lines, buffers, range(len(g.types)), last, excluded, batch)
 
 
 def _training(g: _Graph, lines, batch: int) -> tuple[Line, Line, tuple[bool, ...], tuple[bool, ...]]:
@@ -394,12 +470,16 @@ def _training(g: _Graph, lines, batch: int) -> tuple[Line, Line, tuple[bool, ...
         if line is not None:
             saved_refs.add(ref)
             saved = saved + line
-    last = _last_uses(g, root, skip=upstream)
     # Forward: what is alive and not kept; backward: what the gradient operations make, final
     # gradients left out (weight gradients are counted as held, input gradients as the inputs' size).
+    # A buffer an element-wise operation reuses is counted once, as the tensor it ends up holding.
     finals = {root[r] for r in g.weight_grads | g.input_grads}
-    forward = _peak(g, lines, root, range(g.n_forward), last, ends | saved_refs, batch)
-    backward = _peak(g, lines, root, range(g.n_upstream, len(g.types)), last, finals | ends, batch)
+    buffers, last = _forwarding(g, lines, root, _last_uses(g, root, skip=upstream), ends, range(len(g.types)))
+    kept = {buffers[r] for r in ends | saved_refs}
+    forward = _peak(g, lines, buffers, range(g.n_forward), last, kept, batch)
+    backward = _peak(
+        g, lines, buffers, range(g.n_upstream, len(g.types)), last, {buffers[r] for r in finals | ends}, batch
+    )
     return saved, (forward if forward.at(batch) > backward.at(batch) else backward), reads_in, reads_out
 
 
