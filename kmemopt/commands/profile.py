@@ -80,12 +80,36 @@ def command(
             "before anything runs; the child is stopped past it (default: half the physical memory).",
         ),
     ] = None,
+    devices: Annotated[
+        Optional[int],
+        typer.Option("--devices", min=1, help="Per-device memory over N devices with keras.distribution (JAX)."),
+    ] = None,
+    distribution: Annotated[
+        Optional[str],
+        typer.Option(
+            "--distribution", help="data (DataParallel) or model (ModelParallel with a LayoutMap); with --devices."
+        ),
+    ] = None,
+    layout: Annotated[
+        Optional[str],
+        typer.Option("--layout", help="Model parallel: auto (shard big weights) or a FILE of regex -> axes rules."),
+    ] = None,
+    mesh: Annotated[
+        Optional[str], typer.Option("--mesh", help="Model parallel: BATCHxMODEL devices, e.g. 2x4 (default 1xN).")
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="Also distribute the model for real on N virtual JAX CPU devices and show its shards."
+        ),
+    ] = False,
 ) -> None:
     """Show where a saved model's memory goes, layer by layer, without loading its weights.
 
     Example: kmemopt profile model.keras --batch-size 64 --budget 16GiB
     Example: kmemopt profile model.keras --measure --batch-sizes 1,8,32
     Example: kmemopt profile model.keras --format html -o report.html
+    Example: kmemopt profile model.keras --devices 8 --distribution model --layout auto
     """
     with guarded(ctx):
         from kmemopt.api import profile as run_profile
@@ -125,6 +149,20 @@ def command(
                     timeout_s=timeout,
                     max_memory_bytes=parse_size(max_memory) if max_memory else None,
                     on_phase=lambda p: update(f"Measuring {model}: {p} ..."),
+                )
+        if devices is not None or distribution is not None or mesh is not None or layout is not None or verify:
+            from kmemopt.profiling.distribution import distribute
+
+            with progress(f"Distributing {model} ..."):
+                result = distribute(
+                    result,
+                    model,
+                    devices=devices,
+                    kind=distribution,
+                    layout=layout,
+                    mesh=mesh,
+                    verify=verify,
+                    optimizer=optimizer,
                 )
         report = result.to_dict()
         from kmemopt.report import to_json

@@ -19,6 +19,9 @@ class OptimizerState:
     per_variable_bytes: dict[int, int] = field(default_factory=dict)  # id(model variable) -> bytes
     global_bytes: int = 0  # counters, learning rate, loss scale: not tied to one variable
     slots_per_variable: float = 0.0
+    # Every optimizer variable as (path, shape, dtype, index of its trainable variable or None for a
+    # global): what profiling.distribution shards (a slot follows its variable's layout in Keras 3).
+    variables: tuple[tuple[str, tuple[int, ...], str, int | None], ...] = ()
 
 
 def _variables_of(optimizer) -> list:
@@ -70,6 +73,7 @@ def optimizer_state(identifier: Any, model, mixed_float16: bool | None = None) -
     global_bytes = 0
     total = 0
     elements = 0
+    listed: list[tuple[str, tuple[int, ...], str, int | None]] = []
     for var in _variables_of(optimizer):
         size = nbytes(var.shape, var.dtype)
         total += size
@@ -81,6 +85,7 @@ def optimizer_state(identifier: Any, model, mixed_float16: bool | None = None) -
         if index is None:
             name = var.name
             index = next((j for p, j in prefixes if name.startswith(p)), None)
+        listed.append((str(var.path), tuple(int(d) for d in var.shape), str(var.dtype), index))
         if index is None:
             global_bytes += size
         else:
@@ -95,6 +100,7 @@ def optimizer_state(identifier: Any, model, mixed_float16: bool | None = None) -
         per_variable_bytes=per_var,
         global_bytes=global_bytes,
         slots_per_variable=(total - global_bytes) / trainable_bytes,
+        variables=tuple(listed),
     )
 
 

@@ -144,6 +144,10 @@ class ProfileResult:
     elapsed_s: float = 0.0
     backend: str = "tensorflow"  # the Keras backend the profile ran on
     xla: Any = None  # profiling.xla.XlaEstimate: XLA's own accounting (JAX backend only)
+    # profiling.distribution: every weight and optimizer variable (path, shape, dtype), and the
+    # per-device profile when one was asked for (--devices)
+    variables: tuple = field(default=(), repr=False, compare=False)
+    distribution: Any = None
     _graph: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +169,7 @@ class ProfileResult:
             "timeline": _timeline(self),
             "backend": self.backend,
             "xla_estimate": self.xla.to_dict() if self.xla is not None else None,
+            **({"distribution": self.distribution.to_dict()} if self.distribution is not None else {}),
         }
 
 
@@ -529,8 +534,15 @@ def profile_model(
         elapsed_s=time.perf_counter() - started,
         backend=backend,
         xla=xla_result,
+        variables=_variable_table(model, opt),
         _graph=graph,
     )
+
+
+def _variable_table(model, opt: OptimizerState) -> tuple:
+    from kmemopt.profiling.distribution import variable_table
+
+    return variable_table(model, opt)
 
 
 def _backend() -> str:

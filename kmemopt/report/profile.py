@@ -261,6 +261,10 @@ def render_profile(data: dict[str, Any], console, *, top: int | None = None) -> 
         console.print(markup(line), highlight=False)
     for warning in data.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {markup(warning)}", highlight=False)
+    if data.get("distribution"):
+        from kmemopt.report.distribution import render_distribution
+
+        render_distribution(data["distribution"], console)
 
 
 def _error(estimated: int | None, measured: int | None) -> str:
@@ -381,4 +385,8 @@ def profile_markdown(data: dict[str, Any], top: int | None = None) -> str:
             out += ["", markdown(extra[0]), ""] + [f"- {markdown(line.strip())}" for line in extra[1:]]
     for warning in data.get("warnings", []):
         out.append(f"\n> warning: {markdown(warning)}")
+    if data.get("distribution"):
+        from kmemopt.report.distribution import distribution_markdown
+
+        out += ["", distribution_markdown(data["distribution"])]
     return "\n".join(out) + "\n"
