@@ -567,7 +567,7 @@ def per_device(
     if the_mesh.kind is Kind.model and the_mesh.model > 1:
         warnings.append(
             "Activations per device assume none is split over the model axis (each device of a model group "
-            f"holds its batch's {b} sample(s) whole): an estimate, an upper bound where XLA splits them too."
+            f"holds its batch slice's {b} sample(s) whole); where XLA splits them too, a device holds less."
         )
     return DistributionProfile(
         kind=the_mesh.kind,
