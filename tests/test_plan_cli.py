@@ -172,3 +172,69 @@ def test_measure_puts_measured_beside_predicted(mlp_path):
     assert plan["predicted_peak_bytes"] == result.plan.predicted.peak_bytes
     assert plan["measured_peak_bytes"] > 0 and plan["file"] is None  # a scratch file, gone
     assert result.to_dict()["measured"] is m
+
+
+@pytest.fixture(scope="module")
+def bert_paths(keras, tmp_path_factory):
+    """A tiny keras-hub BertBackbone under a classifier head: token inputs of length 8, and of unknown length."""
+    keras_hub = pytest.importorskip("keras_hub")
+    folder = tmp_path_factory.mktemp("bert")
+    paths = {}
+    for length in (8, None):
+        keras.utils.set_random_seed(0)
+        backbone = keras_hub.models.BertBackbone(
+            vocabulary_size=200,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            max_sequence_length=8,
+            name="bert_backbone",
+        )
+        inputs = {
+            k: keras.Input((length,), dtype="int32", name=k) for k in ("token_ids", "segment_ids", "padding_mask")
+        }
+        out = keras.layers.Dense(2, activation="softmax", name="classifier")(backbone(inputs)["pooled_output"])
+        model = keras.Model(inputs, out, name="bert_classifier")
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        paths[length] = folder / f"bert_{length or 'free'}.keras"
+        model.save(paths[length])
+    return paths
+
+
+def test_backbone_under_fixed_length_inputs_is_profiled_from_them(bert_paths):
+    """The nested backbone's own inputs have an unknown length; the outer inputs fix it (was UnknownDimension)."""
+    import kmemopt
+
+    free = kmemopt.profile(bert_paths[None], batch_size=4, seq_len=8).totals
+    for seq_len in (None, 8):
+        fixed = kmemopt.profile(bert_paths[8], batch_size=4, seq_len=seq_len).totals
+        assert fixed.training_peak_bytes == free.training_peak_bytes
+        assert fixed.inference_peak_bytes == free.inference_peak_bytes
+    result = _plan(bert_paths[8], budget="1GiB", batch_size=4, only=["batch_size"])
+    assert result.baseline_training_peak_bytes == free.training_peak_bytes
+
+
+def test_freezing_inside_a_keras_hub_backbone_is_written_or_listed_as_lost(bert_paths, tmp_path):
+    """A backbone's config is its constructor's arguments: its layers' trainable flags are not in the file.
+    Freezing the whole backbone is (its own flag); freezing part of it is listed under not_in_file."""
+    import kmemopt
+
+    path = bert_paths[8]
+    whole = _plan(path, budget="1GiB", batch_size=4, only=["freeze"], freeze="^bert_backbone/", apply=True,
+                  out=tmp_path / "whole.keras")  # fmt: skip
+    assert [s["name"] for s in whole.output["in_file"]] == ["freeze"] and whole.output["not_in_file"] == []
+    assert whole.output["matches_plan"] is True
+    written = kmemopt.profile(tmp_path / "whole.keras", batch_size=4).totals
+    assert written.gradient_bytes == whole.plan.predicted.gradient_bytes == 4 * (16 * 2 + 2)  # the head only
+
+    part = _plan(path, budget="1GiB", batch_size=4, only=["freeze"], freeze="transformer_layer_0", apply=True,
+                 out=tmp_path / "part.keras")  # fmt: skip
+    (lost,) = part.output["not_in_file"]
+    assert lost["name"] == "freeze" and "constructor" in lost["why"] and "layer.trainable = False" in lost["keras_code"]
+    assert lost["weights"] and all("transformer_layer_0" in w for w in lost["weights"])
+    assert part.output["in_file"] == [] and part.output["matches_plan"] is None
+    # The report is true to the file: the written model trains what the plan froze.
+    baseline = kmemopt.profile(path, batch_size=4).totals
+    assert kmemopt.profile(tmp_path / "part.keras", batch_size=4).totals.gradient_bytes == baseline.gradient_bytes
+    assert part.plan.predicted.gradient_bytes < baseline.gradient_bytes

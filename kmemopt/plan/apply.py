@@ -77,9 +77,16 @@ def build_plan_model(model, spec: ModelSpec, *, compile_config: dict[str, Any] |
 
     new = _rebuilt_with_policy(model, spec, custom) if spec.dtype_policy else model
     if spec.frozen:
+        from kmemopt.keras_compat.layers import flatten_layers, is_container
+
         patterns = [re.compile(p) for p in spec.frozen]
         for path, layer in model_leaves(new):
             if any(p.search(path) for p in patterns):
+                layer.trainable = False
+        # A nested model frozen whole is frozen as one: its own `trainable` flag is in its config even
+        # when its layers' flags are not (a keras-hub backbone's config is its constructor's arguments).
+        for layer in flatten_layers(new, include_self=False):
+            if is_container(layer) and layer.weights and not layer.trainable_weights:
                 layer.trainable = False
     if compile_config:
         config = copy.deepcopy(dict(compile_config))
@@ -89,6 +96,23 @@ def build_plan_model(model, spec: ModelSpec, *, compile_config: dict[str, Any] |
         # loader compiles a loaded model from this same dict (compile_from_config), optimizer built.
         new.compile_from_config(config)
     return new
+
+
+def frozen_weights_lost(model, custom=None) -> list[str]:
+    """Paths of the weights `model` freezes that its file would train again: the file holds what its
+    config holds, and a nested model whose config is its constructor's arguments (a keras-hub backbone)
+    does not hold its layers' `trainable` flags. Found by rebuilding `model`'s config, unallocated."""
+    from keras.saving import serialize_keras_object
+
+    from kmemopt.load.build import build_from_config
+
+    frozen = {v.path for v in model.weights} - {v.path for v in model.trainable_weights}
+    if not frozen:
+        return []
+    config = serialize_keras_object(model)
+    config.pop("compile_config", None)
+    rebuilt = build_from_config(config, custom_objects=custom)
+    return sorted(frozen & {v.path for v in rebuilt.trainable_weights})
 
 
 def _rebuilt_with_policy(model, spec: ModelSpec, custom):
@@ -180,12 +204,15 @@ def write_plan(
             stored.close()
     if new is not model:
         del model
+    lost = frozen_weights_lost(new, custom) if spec.frozen else []
+    lost_freeze = [s for s in held if s.strategy == "freeze"] if lost else []
     custom_file = custom_objects if isinstance(custom_objects, (str, os.PathLike)) else None
     info: dict[str, Any] = {
         "path": str(target),
         "written": True,
-        "in_file": [{"name": s.strategy, "label": s.label} for s in held],
-        "not_in_file": [not_in_file(s, _code(result, s)) for s in rest],
+        "in_file": [{"name": s.strategy, "label": s.label} for s in held if s not in lost_freeze],
+        "not_in_file": [not_in_file(s, _code(result, s)) for s in rest]
+        + [{**not_in_file(s, _code(result, s)), "why": _lost_why(len(lost)), "weights": lost} for s in lost_freeze],
         "optimizer": plan_optimizer(spec) if result.phase == "train" else None,
         "optimizer_state": "fresh (the input's saved optimizer state is not carried over)",
         "batch_size": spec.batch_size,
@@ -220,7 +247,7 @@ def write_plan(
     predicted = proposal.predicted
     # The file holds the whole plan's weights, gradients and optimizer state only when every setting is
     # in it (the batch size changes none of them): then its profile must give the plan's bytes exactly.
-    info["holds_plan_state"] = all(s.strategy in IN_FILE for s in proposal.settings)
+    info["holds_plan_state"] = all(s.strategy in IN_FILE for s in proposal.settings) and not lost
     info["matches_plan"] = (
         (info["profile"]["param_bytes"], info["profile"]["gradient_bytes"], info["profile"]["optimizer_bytes"])
         == (predicted.param_bytes, predicted.gradient_bytes, predicted.optimizer_bytes)
@@ -228,6 +255,14 @@ def write_plan(
         else None
     )
     return info
+
+
+def _lost_why(n: int) -> str:
+    return (
+        f"{n} frozen weight(s) lie inside a nested model whose config holds its constructor's arguments, not "
+        "its layers' trainable flags (a keras-hub backbone): they train in the written file; freeze them "
+        "after loading"
+    )
 
 
 def _code(result: PlanResult, setting: Setting) -> str:

@@ -191,13 +191,14 @@ def measure_plan(
 
     _, rest = split_settings(proposal.settings)
     unmeasured = [s.label for s in rest if s.strategy != "batch_size"]
+    written = result.output
     with tempfile.TemporaryDirectory(prefix="kmemopt-plan-") as scratch:
         path = plan_file
         if path is None:
             say("Writing the plan's model to a scratch file ...")
             path = Path(scratch) / "plan.keras"
             try:
-                write_plan(
+                written = write_plan(
                     result,
                     src,
                     path,
@@ -212,8 +213,10 @@ def measure_plan(
         say("Measuring the plan ...")
         measured = one(path, proposal.spec.batch_size, proposal.predicted.peak_bytes)
     measured["file"] = str(plan_file) if plan_file is not None else None
-    # What the file cannot hold is not in the measured run either (remat, LoRA, quantized weights).
-    measured["not_measured"] = unmeasured
+    # What the file cannot hold is not in the measured run either (remat, LoRA, quantized weights, and
+    # freezing inside a nested model whose config does not hold its layers' flags).
+    lost = [e["label"] for e in (written or {}).get("not_in_file", []) if e.get("weights")]
+    measured["not_measured"] = unmeasured + lost
     value = measured["measured_peak_bytes"]
     measured["fits_measured"] = value is not None and value <= result.budget_bytes
     out["plan"] = measured

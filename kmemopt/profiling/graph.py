@@ -139,8 +139,6 @@ class Tracer:
         return self._leaf(model, in_ids, in_specs, args, {}, None, prefix)
 
     def _trace_functional(self, model, in_ids, in_specs, prefix):
-        from keras import tree
-
         td_id: dict[int, int] = {}
         td_spec: dict[int, Any] = {}
         if len(model.inputs) != len(in_ids):
@@ -150,6 +148,19 @@ class Tracer:
         for x, tid, spec in zip(model.inputs, in_ids, in_specs):
             td_id[id(x)] = tid
             td_spec[id(x)] = spec
+        # A nested model whose own inputs leave a dimension unknown that its caller fixes (a keras-hub
+        # backbone under fixed-length token inputs): its nodes' shapes lack it, so it is traced from the specs.
+        outer = self.recompute
+        if any(tuple(x.shape)[1:] != tuple(s.shape)[1:] for x, s in zip(model.inputs, in_specs)):
+            self.recompute = True
+        try:
+            return self._trace_nodes(model, td_id, td_spec, prefix)
+        finally:
+            self.recompute = outer
+
+    def _trace_nodes(self, model, td_id, td_spec, prefix):
+        from keras import tree
+
         for depth in sorted(model._nodes_by_depth, reverse=True):
             for node in model._nodes_by_depth[depth]:
                 if node.is_input or not node.operation:
