@@ -110,6 +110,56 @@ def test_lora_trains_adapters_only(keras, cnn_path):
     assert base.gradient_bytes - r8.predicted.gradient_bytes == 4 * (kernels - adapters)
 
 
+def test_composed_pricing_equals_the_whole_walk(cnn_path):
+    """The search prices a combination from terms cached per variant (trained variables per freezing,
+    backward lines per freezing and remat, optimizer state, runtime); each price must equal the whole
+    walk over a freshly built variant, whatever was priced before it."""
+    import copy
+
+    from kmemopt.api import open_checked
+    from kmemopt.plan.planner import _optimizer_config
+    from kmemopt.plan.pricing import Pricer, optimizer_identifier, training_breakdown
+    from kmemopt.plan.strategy import ModelSpec
+    from kmemopt.profiling.optimizer import optimizer_state
+
+    model_file, model, _ = open_checked(cnn_path)
+    config = copy.deepcopy(model_file.config)
+    config.pop("compile_config", None)
+    base = ModelSpec(model_config=config, optimizer_config=_optimizer_config("adam"), batch_size=16)
+    sgd = {"module": "keras.optimizers", "class_name": "SGD", "config": {"momentum": 0.9}}
+    low = ("^(c1|bn1)$",)
+    specs = [
+        base,
+        base.with_changes(batch_size=4, gradient_accumulation_steps=4),
+        base.with_changes(frozen=low),
+        base.with_changes(remat="activations"),
+        base.with_changes(frozen=low, remat="activations", batch_size=8, gradient_accumulation_steps=2),
+        base.with_changes(
+            dtype_policy="mixed_bfloat16", frozen=low, remat="activations", batch_size=4, gradient_accumulation_steps=4
+        ),  # fmt: skip
+        base.with_changes(
+            dtype_policy="mixed_float16",
+            optimizer_config=sgd,
+            frozen=("^c2$",),
+            batch_size=2,
+            gradient_accumulation_steps=8,
+        ),  # fmt: skip
+        base.with_changes(dtype_policy="mixed_bfloat16", batch_size=32),
+    ]
+    pricer = Pricer()
+    pricer.seed(base, model)
+    composed = [pricer.price(spec, "train") for spec in specs]
+    again = [pricer.price(spec, "train") for spec in reversed(specs)][::-1]  # every term from the caches
+    assert again == composed
+    assert pricer.builds == 2  # the two mixed policies; the rest composes on the seeded variant
+    for spec, fast in zip(specs, composed):
+        fresh = Pricer().variant(spec)
+        ident = optimizer_identifier(spec.optimizer_config, spec.gradient_accumulation_steps)
+        opt = optimizer_state(ident, fresh.model, mixed_float16=(spec.dtype_policy == "mixed_float16") or None)
+        assert fast == training_breakdown(fresh, spec, opt), spec
+    assert len({b.peak_bytes for b in composed}) == len(specs)  # eight different steps, not one number
+
+
 def test_search_picks_the_cheapest_that_fits(cnn_path):
     first = _plan(cnn_path, budget=10**12, batch_size=32)
     half = next(r for r in _rows(first, "batch_size") if r.setting.label == "batch 16 x 2 accumulation steps")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kmemopt.errors import UsageError
-from kmemopt.plan.pricing import Breakdown, Pricer, config_key
+from kmemopt.plan.pricing import Breakdown, Pricer
 from kmemopt.plan.strategy import Cost, ModelSpec, Setting, Strategy
 
 PHASES = ("train", "infer")
@@ -195,7 +195,9 @@ def plan(
         seq_len=seq_len,
         legacy=model_file is not None and model_file.format == "h5",
     )
-    base_variant = pricer.seed(base, model) if not input_shapes and not seq_len else pricer.variant(base)
+    # The baseline's profile is the base variant's: same model, batch and input shapes (the optimizer
+    # changes no term the pricer reads from it), so the largest model is traced once.
+    base_variant = pricer.seed(base, model, baseline)
     from kmemopt.plan.strategies import builtin_strategies, contributed_strategies
 
     if strategies is None:
@@ -226,7 +228,7 @@ def plan(
                 keras_code=strategy.keras_code(setting),
             )
             rows.append(row)
-            priced.append((row, _rebuilds(pricer, base, spec)))
+            priced.append((row, pricer.key(spec) != pricer.key(base)))
         cheap = [row.setting for row, rebuild in priced if not rebuild]
         rebuilt = sorted(
             (row for row, rebuild in priced if rebuild), key=lambda r: (-r.saving_bytes, r.setting.penalty)
@@ -290,15 +292,6 @@ def plan(
         notes=tuple(notes),
         base_spec=base,
         base_profile=baseline,
-    )
-
-
-def _rebuilds(pricer: Pricer, base: ModelSpec, spec: ModelSpec) -> bool:
-    return (config_key(spec.model_config), spec.dtype_policy, spec.lora_rank, spec.weight_dtype) != (
-        config_key(base.model_config),
-        base.dtype_policy,
-        base.lora_rank,
-        base.weight_dtype,
     )
 
 

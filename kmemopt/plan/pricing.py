@@ -88,6 +88,34 @@ class Breakdown:
         }
 
 
+@dataclass(frozen=True)
+class TrainableSet:
+    """The variables a step trains once some layers are frozen, and their gradients' bytes."""
+
+    ids: frozenset[int]
+    variables: tuple[tuple[int, int], ...]  # (id, bytes) of each trained variable, once, in model order
+    gradient_bytes: int
+
+
+@dataclass(frozen=True)
+class BackwardLines:
+    """What the backward pass of one (frozen, remat) choice holds, as lines in the batch size: the tensors
+    kept from the forward pass, and each recorded call's backward working set (the peak is the largest
+    of these at the batch size, found per combination)."""
+
+    saved: Line
+    steps: tuple[Line, ...]
+    estimated: tuple[str, ...]
+
+    def worst(self, batch_size: int) -> Line:
+        """The first largest backward step at `batch_size` (the order the whole-graph walk picks it in)."""
+        worst = ZERO
+        for line in self.steps:
+            if line.at(batch_size) > worst.at(batch_size):
+                worst = line
+        return worst
+
+
 @dataclass
 class Variant:
     """One architecture, built unallocated and profiled once."""
@@ -99,6 +127,11 @@ class Variant:
     weight_dtype: str | None
     paths: dict[int, str] = field(default_factory=dict)  # id(layer) -> layer path
     optimizers: dict[str, Any] = field(default_factory=dict)  # optimizer key -> OptimizerState
+    # The per-layer terms a training step is composed of, each computed once (see `Pricer.training`).
+    runtime: Line | None = None  # loader residue + training graph + input copy
+    trainable: dict[tuple[str, ...], TrainableSet] = field(default_factory=dict)  # frozen patterns -> ...
+    backward: dict[tuple[tuple[str, ...], str | None], BackwardLines] = field(default_factory=dict)
+    inference: dict[int, Breakdown] = field(default_factory=dict)  # batch size -> the inference step
 
     @property
     def graph(self):
@@ -189,15 +222,25 @@ class Pricer:
         self.legacy = legacy
         self.variants: dict[tuple, Variant] = {}
         self.builds = 0
+        self._config_keys: dict[int, tuple[Mapping[str, Any], str]] = {}  # id(config) -> (config, key)
 
-    def seed(self, spec: ModelSpec, model) -> Variant:
-        """Use `model` (built unallocated from `spec.model_config`, unchanged) as the spec's variant."""
-        key = (config_key(spec.model_config), spec.dtype_policy, spec.lora_rank, spec.weight_dtype)
-        self.variants[key] = self._variant(spec, model)
+    def key(self, spec: ModelSpec) -> tuple:
+        """What identifies the spec's variant (the architecture as built): its config and dtypes."""
+        held = self._config_keys.get(id(spec.model_config))
+        if held is None or held[0] is not spec.model_config:  # the config is kept: its id is not reused
+            held = (spec.model_config, config_key(spec.model_config))
+            self._config_keys[id(spec.model_config)] = held
+        return (held[1], spec.dtype_policy, spec.lora_rank, spec.weight_dtype)
+
+    def seed(self, spec: ModelSpec, model, profile=None) -> Variant:
+        """Use `model` (built unallocated from `spec.model_config`, unchanged) as the spec's variant, with
+        `profile`, its static profile at the spec's batch size and the pricer's input shapes, if made."""
+        key = self.key(spec)
+        self.variants[key] = self._variant(spec, model, profile)
         return self.variants[key]
 
     def variant(self, spec: ModelSpec) -> Variant:
-        key = (config_key(spec.model_config), spec.dtype_policy, spec.lora_rank, spec.weight_dtype)
+        key = self.key(spec)
         found = self.variants.get(key)
         if found is None:
             found = self._build(spec)
@@ -224,17 +267,18 @@ class Pricer:
                         layer.enable_lora(spec.lora_rank)
         return self._variant(spec, model)
 
-    def _variant(self, spec: ModelSpec, model) -> Variant:
+    def _variant(self, spec: ModelSpec, model, profile=None) -> Variant:
         from kmemopt.keras_compat.layers import model_leaves
         from kmemopt.profiling.static import profile_model
 
-        profile = profile_model(
-            model,
-            batch_size=spec.batch_size,
-            optimizer=_base_optimizer(spec.optimizer_config),
-            input_shapes=self.input_shapes,
-            seq_len=self.seq_len,
-        )
+        if profile is None:  # the graph, the weights and the inference peak: the optimizer changes none
+            profile = profile_model(
+                model,
+                batch_size=spec.batch_size,
+                optimizer=_base_optimizer(spec.optimizer_config),
+                input_shapes=self.input_shapes,
+                seq_len=self.seq_len,
+            )
         paths = {id(layer): path for path, layer in model_leaves(model)}
         for call in profile._graph.calls:
             paths.setdefault(id(call.layer), call.path)
@@ -257,54 +301,91 @@ class Pricer:
     # ----------------------------------------------------------------------------------------- pricing
 
     def frozen_layers(self, variant: Variant, patterns: tuple[str, ...]) -> set[int]:
-        if not patterns:
-            return set()
-        compiled = [re.compile(p) for p in patterns]
-        return {lid for lid, path in variant.paths.items() if any(c.search(path) for c in compiled)}
+        return frozen_layers(variant, patterns)
 
     def price(self, spec: ModelSpec, phase: str) -> Breakdown:
         variant = self.variant(spec)
-        if phase == "infer":
-            return inference_breakdown(variant, spec.batch_size)
+        if phase == "infer":  # a function of the variant and the batch size only
+            found = variant.inference.get(spec.batch_size)
+            if found is None:
+                found = variant.inference[spec.batch_size] = inference_breakdown(variant, spec.batch_size)
+            return found
         return self.training(variant, spec)
 
     def training(self, variant: Variant, spec: ModelSpec) -> Breakdown:
+        """The training step composed from the variant's terms, each computed once: the runtime, the
+        trained variables of each freezing, the optimizer state of each optimizer, and the backward lines of
+        each (freezing, remat) pair; a combination then costs a sum and one pass over the backward steps.
+        Equal to `training_breakdown`, the whole walk (tested)."""
         from kmemopt.profiling.internals import runtime_costs
 
         opt = self.optimizer(variant, spec)
-        frozen = self.frozen_layers(variant, spec.frozen)
-        graph = variant.graph
-        model = variant.model
-        trainable = {id(v) for v in model.trainable_variables}
-        for layer_id in frozen:
-            layer = _layer_by_id(variant, layer_id)
-            for v in getattr(layer, "weights", ()):
-                trainable.discard(id(v))
-        seen: set[int] = set()
-        gradient = 0
-        optimizer = opt.global_bytes
-        for v in model.trainable_variables:
-            if id(v) in trainable and id(v) not in seen:
-                seen.add(id(v))
-                gradient += nbytes(v.shape, v.dtype)
-                optimizer += opt.per_variable_bytes.get(id(v), 0)
-        # Slots keyed to variables the model no longer trains (none unless Keras changes) are not counted.
-        saved, transient, estimated = backward_terms(graph, trainable, spec.batch_size, remat=spec.remat)
-        param_bytes = variant.profile.totals.param_bytes
-        runtime = runtime_costs(graph, param_bytes)
-        run_train = runtime["loader_residue"] + runtime["training_graph"] + runtime["input_copy"]
-        b = spec.batch_size
-        peak = param_bytes + gradient + optimizer + saved.at(b) + transient.at(b) + run_train.at(b)
-        return Breakdown(
-            peak_bytes=peak,
-            param_bytes=param_bytes,
-            gradient_bytes=gradient,
-            optimizer_bytes=optimizer,
-            activation_bytes=saved.at(b),
-            transient_bytes=transient.at(b),
-            runtime_bytes=run_train.at(b),
-            estimated_terms=tuple(estimated),
-        )
+        trained = variant.trainable.get(spec.frozen)
+        if trained is None:
+            trained = variant.trainable[spec.frozen] = trainable_set(variant, spec.frozen)
+        backward = variant.backward.get((spec.frozen, spec.remat))
+        if backward is None:
+            backward = backward_lines(variant.graph, trained.ids, remat=spec.remat)
+            variant.backward[(spec.frozen, spec.remat)] = backward
+        if variant.runtime is None:
+            runtime = runtime_costs(variant.graph, variant.profile.totals.param_bytes)
+            variant.runtime = runtime["loader_residue"] + runtime["training_graph"] + runtime["input_copy"]
+        optimizer = opt.global_bytes + sum(opt.per_variable_bytes.get(v, 0) for v, _ in trained.variables)
+        return _breakdown(variant, spec.batch_size, trained.gradient_bytes, optimizer, backward, variant.runtime)
+
+
+def frozen_layers(variant: Variant, patterns: tuple[str, ...]) -> set[int]:
+    if not patterns:
+        return set()
+    compiled = [re.compile(p) for p in patterns]
+    return {lid for lid, path in variant.paths.items() if any(c.search(path) for c in compiled)}
+
+
+def trainable_set(variant: Variant, patterns: tuple[str, ...]) -> TrainableSet:
+    """The variables that train with the layers matching `patterns` frozen: gradients and slots only for these."""
+    model = variant.model
+    trainable = {id(v) for v in model.trainable_variables}
+    for layer_id in frozen_layers(variant, patterns):
+        layer = _layer_by_id(variant, layer_id)
+        for v in getattr(layer, "weights", ()):
+            trainable.discard(id(v))
+    seen: set[int] = set()
+    variables = []
+    for v in model.trainable_variables:
+        if id(v) in trainable and id(v) not in seen:
+            seen.add(id(v))
+            variables.append((id(v), nbytes(v.shape, v.dtype)))
+    return TrainableSet(frozenset(trainable), tuple(variables), sum(n for _, n in variables))
+
+
+def training_breakdown(variant: Variant, spec: ModelSpec, opt) -> Breakdown:
+    """The training step of `spec` on its variant by the whole walk, nothing reused: the definition that
+    `Pricer.training`'s composition of cached terms must equal. `opt`: the spec's OptimizerState."""
+    from kmemopt.profiling.internals import runtime_costs
+
+    trained = trainable_set(variant, spec.frozen)
+    # Slots keyed to variables the model no longer trains (none unless Keras changes) are not counted.
+    optimizer = opt.global_bytes + sum(opt.per_variable_bytes.get(v, 0) for v, _ in trained.variables)
+    backward = backward_lines(variant.graph, trained.ids, remat=spec.remat)
+    runtime = runtime_costs(variant.graph, variant.profile.totals.param_bytes)
+    run_train = runtime["loader_residue"] + runtime["training_graph"] + runtime["input_copy"]
+    return _breakdown(variant, spec.batch_size, trained.gradient_bytes, optimizer, backward, run_train)
+
+
+def _breakdown(variant: Variant, b: int, gradient: int, optimizer: int, backward: BackwardLines, run_train: Line):
+    param_bytes = variant.profile.totals.param_bytes
+    saved, transient = backward.saved, backward.worst(b)
+    peak = param_bytes + gradient + optimizer + saved.at(b) + transient.at(b) + run_train.at(b)
+    return Breakdown(
+        peak_bytes=peak,
+        param_bytes=param_bytes,
+        gradient_bytes=gradient,
+        optimizer_bytes=optimizer,
+        activation_bytes=saved.at(b),
+        transient_bytes=transient.at(b),
+        runtime_bytes=run_train.at(b),
+        estimated_terms=backward.estimated,
+    )
 
 
 def _layer_by_id(variant: Variant, layer_id: int):
@@ -400,8 +481,8 @@ def _merged_kernel_bytes(layer) -> int:
     return n * itemsize(compute)
 
 
-def backward_terms(graph, trainable: set[int], batch_size: int, *, remat: str | None = None):
-    """(saved line, backward transient line, estimated terms) of a training step.
+def backward_lines(graph, trainable: set[int] | frozenset[int], *, remat: str | None = None) -> BackwardLines:
+    """The kept tensors and every recorded call's backward working set, as lines in the batch size.
 
     With every weight trainable and no remat this is the static profile's own rule
     (`graph.saved_for_backward`, `graph.backward_transient`), restricted to the operations the gradient
@@ -422,9 +503,8 @@ def backward_terms(graph, trainable: set[int], batch_size: int, *, remat: str | 
     dependent: set[int] = set()
     needed = {root(t) for t in list(graph.inputs) + list(graph.outputs)}
     extra = ZERO
-    worst = ZERO
+    steps: list[Line] = []
     estimated: set[str] = set()
-    b = batch_size
     for call in graph.calls:
         layer = call.layer
         trains = any(id(v) in trainable for v in getattr(layer, "weights", ()))
@@ -461,11 +541,9 @@ def backward_terms(graph, trainable: set[int], batch_size: int, *, remat: str | 
                 extra = extra + Line(merged, 0)
             transient = transient + Line(2 * merged, 0)
             estimated.add("lora_merged_kernel")
-        line = g._sum(graph.tensors[t].size for t in set(call.inputs) | set(call.outputs)) + transient
-        if line.at(b) > worst.at(b):
-            worst = line
+        steps.append(g._sum(graph.tensors[t].size for t in set(call.inputs) | set(call.outputs)) + transient)
     saved = g._sum(graph.tensors[t].size for t in needed) + extra
-    return saved, worst, sorted(estimated)
+    return BackwardLines(saved, tuple(steps), tuple(sorted(estimated)))
 
 
 def _remat_activations(layer, name: str, out: Line, saved_extra: Line):
