@@ -322,3 +322,15 @@ def test_attention_block_with_a_json_layout_equals_the_shards(needs_jax, keras, 
     r = kmemopt.profile(path, batch_size=4)
     out = _verified(r, path, devices=4, kind="model", layout=layout, mesh="1x4")
     assert out.verified.layouts["mha/query/kernel"] == [None, "model", None]
+
+
+@pytest.mark.slow
+def test_adafactor_factored_slots_go_through_the_layout_map_and_equal_the_shards(needs_jax, mlp_file):
+    """Adafactor's row and column statistics are not made from their variable (another shape): Keras
+    gives them the layout map's answer for their own path (none here: replicated); its velocity is."""
+    r = kmemopt.profile(mlp_file, batch_size=16, optimizer="adafactor")
+    out = _verified(r, mlp_file, devices=8, kind="model", optimizer="adafactor")
+    factored = [v for v in r.variables if v.role == "slot" and v.owner == "d2/kernel"]
+    assert {v.shape for v in factored} == {(512,), (1024,), (512, 1024)}
+    velocity = next(v for v in factored if v.shape == (512, 1024))
+    assert out.verified.layouts[velocity.path] == [None, "model"]

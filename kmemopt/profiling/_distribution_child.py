@@ -9,7 +9,8 @@ trainable weights and the optimizer's variables; then compiles, sharded, the for
 passes with the gradients in their weights' layout (as the optimizer's update consumes them; XLA left
 free may split a gradient further), the inference step and the training step (the state donated,
 its layouts kept as Keras's JAX trainer keeps them, the batch split over the "batch" axis), and reads
-XLA's per-device `memory_analysis()` of each.
+XLA's per-device `memory_analysis()` of each; and, for scale, the same forward and backward passes on
+one device at the per-device batch with nothing sharded.
 """
 
 from __future__ import annotations
@@ -150,6 +151,22 @@ def verify_in_child(request: dict[str, Any], arrays: list) -> tuple[dict[str, An
             .lower(tv, ntv, ov, x, targets)
             .compile()
         )
+    # The same forward and backward passes on one device at the per-device batch, nothing sharded: what
+    # XLA gives one device when the batch is split and the activations are not (kmemopt's assumption).
+    local = batch // int(batch_axis)
+
+    def plain(shape, dtype) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(tuple(int(d) for d in shape), jax.dtypes.canonicalize_dtype(dtype))
+
+    x_one = _as_model_input(
+        model, {name: plain((local, *shape[1:]), dtype) for name, shape, dtype in request["inputs"]}
+    )
+    y_one = [plain((local, *t.shape[1:]), t.dtype) for t in targets]
+    single = (
+        jax.jit(grads_only)
+        .lower([plain(a.shape, a.dtype) for a in tv], [plain(a.shape, a.dtype) for a in ntv], x_one, y_one)
+        .compile()
+    )
     return {
         "devices": names,
         "measured": measured,
@@ -158,6 +175,7 @@ def verify_in_child(request: dict[str, Any], arrays: list) -> tuple[dict[str, An
             "inference": XlaStep.from_analysis(inference.memory_analysis()).to_dict(),
             "training": XlaStep.from_analysis(training.memory_analysis()).to_dict(),
             "backward": XlaStep.from_analysis(backward.memory_analysis()).to_dict(),
+            "backward_one_device": XlaStep.from_analysis(single.memory_analysis()).to_dict(),
         },
         "platform": jax.default_backend(),
         "seconds": time.perf_counter() - started,

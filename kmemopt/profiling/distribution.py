@@ -683,6 +683,7 @@ def verify(
     tensors_inference = mine.inference_peak_bytes - mine.runtime_inference_bytes
     # The forward and backward passes' temporaries: the activations kept and the backward workspace.
     xla_activations = value["xla"]["backward"]["temp_bytes"]
+    one_device = value["xla"]["backward_one_device"]["temp_bytes"]
     ours_activations = mine.activation_bytes + mine.backward_transient_bytes
     compared = {
         "kmemopt_training_tensor_bytes": tensors_training,
@@ -692,6 +693,11 @@ def verify(
         "kmemopt_activation_bytes": ours_activations,
         "xla_activation_bytes": xla_activations,
         "activation_ratio": _ratio(ours_activations, xla_activations),
+        # XLA's own figure for one device running the per-device batch unsharded: the split's share of
+        # the difference (split_ratio near 1: splitting the batch is all the distribution changes).
+        "xla_one_device_activation_bytes": one_device,
+        "activation_ratio_one_device": _ratio(ours_activations, one_device),
+        "split_ratio": _ratio(xla_activations, one_device),
     }
     checked = Verification(
         devices=tuple(value["devices"]),

@@ -76,6 +76,11 @@ def verification_lines(data: dict[str, Any]) -> list[str]:
         f"temporaries {format_bytes(c['xla_activation_bytes'])} (kmemopt's activations "
         f"{format_bytes(first['activation_bytes'] + first['backward_transient_bytes'])}, {_x(c['activation_ratio'])})"
     )
+    if c.get("xla_one_device_activation_bytes") is not None:
+        lines.append(
+            f"  XLA for one device running {data['batch_per_device']} sample(s) unsharded: temporaries "
+            f"{format_bytes(c['xla_one_device_activation_bytes'])} (kmemopt {_x(c['activation_ratio_one_device'])})"
+        )
     return lines
 
 
