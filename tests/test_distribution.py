@@ -334,3 +334,16 @@ def test_adafactor_factored_slots_go_through_the_layout_map_and_equal_the_shards
     assert {v.shape for v in factored} == {(512,), (1024,), (512, 1024)}
     velocity = next(v for v in factored if v.shape == (512, 1024))
     assert out.verified.layouts[velocity.path] == [None, "model"]
+
+
+@pytest.mark.slow
+def test_cli_verify_shows_jax_beside_the_estimate(needs_jax, cli, mlp_file):
+    r = cli("profile", mlp_file, "-b", "16", "--devices", "4", "--distribution", "model", "--verify", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)["distribution"]
+    v = d["verified"]
+    assert v["equal"] and v["devices"] == ["0", "1", "2", "3"]
+    assert set(v["measured"]["weights"].values()) == {d["per_device"][0]["param_bytes"]}
+    assert v["compared"]["xla_activation_bytes"] == v["xla"]["backward"]["temp_bytes"] > 0
+    table = cli("profile", mlp_file, "-b", "16", "--devices", "4", "--verify")
+    assert table.exit_code == 0 and "equal kmemopt's on every device" in table.stdout
