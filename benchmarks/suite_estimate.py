@@ -15,7 +15,9 @@ authors compute them:
 Every model is measured at every batch size on every run (nothing is carried from an earlier run);
 each measurement, with the static profile inputs the refit needs, is written to
 benchmarks/calibration.json (committed), and `python benchmarks/suite_estimate.py --refit` refits the
-runtime constants from that file alone. The held-out models (HELD_OUT) were fixed before fitting.
+runtime constants from that file alone, and `--reestimate` recomputes today's static estimates for its
+measured rows (rebuilding the models, measuring nothing) beside the committed measured peaks and
+estimates. The held-out models (HELD_OUT) were fixed before fitting.
 KMEMOPT_BENCH_MODELS=DIR keeps the saved .keras files; KMEMOPT_BENCH_JOBS=N measures N children at a
 time; KMEMOPT_BENCH_DEADLINE=HH:MM (UTC) records the measurements not started by then as not run;
 KMEMOPT_BENCH_HELD_OUT_B8=A,B measures those held-out models at batch 8 only.
@@ -681,6 +683,72 @@ def refit_table(calibration: Path = CALIBRATION) -> list[tuple[str, str, str]]:
     return out
 
 
+# --------------------------------------------------------------------------------------------- offline re-estimate
+
+
+def reestimate(calibration: Path = CALIBRATION, directory: Path | None = None, log=print) -> list[dict]:
+    """Today's static estimates for every measured row of benchmarks/calibration.json, beside the
+    committed measured peaks and the estimates committed with them. Measures nothing (a measurement
+    needs a quiet machine): it rebuilds the models (no weights trained) and profiles them with the
+    code on disk, so a change to the memory model can be checked against the committed measurements.
+    Nothing is fitted here: the fitted and held-out rows are only reported apart."""
+    data = json.loads(Path(calibration).read_text())
+    rows = [r for r in data["rows"] if r.get("status") == "ok"]
+    names = tuple(n for n in MODELS + HELD_OUT if any(r["model"] == n for r in rows))
+    workdir = directory or Path(tempfile.mkdtemp(prefix="kmemopt-reestimate-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = save_models(workdir, log, names)
+    out = []
+    for r in rows:
+        if r["model"] not in paths:
+            continue
+        now = profile_inputs(r["model"], paths[r["model"]], r["batch_size"])
+        for phase in ("inference", "training"):
+            out.append(
+                {
+                    "model": r["model"],
+                    "batch_size": r["batch_size"],
+                    "phase": phase,
+                    "held_out": r["model"] in HELD_OUT,
+                    "measured_bytes": r[f"{phase}_peak_bytes"],
+                    "committed_bytes": r[f"estimated_{phase}_bytes"],
+                    "estimated_bytes": now[f"estimated_{phase}_bytes"],
+                }
+            )
+    return out
+
+
+def in_band_by_model(rows: list[dict]) -> list[tuple[str, bool, int, int, int]]:
+    """(model, held out, rows in band now, rows in band as committed, rows), in the suite's order."""
+    counts: dict[str, list] = {}
+    for r in rows:
+        c = counts.setdefault(r["model"], [r["held_out"], 0, 0, 0])
+        c[1] += BAND[0] <= r["estimated_bytes"] / r["measured_bytes"] <= BAND[1]
+        c[2] += BAND[0] <= r["committed_bytes"] / r["measured_bytes"] <= BAND[1]
+        c[3] += 1
+    return [(m, *counts[m]) for m in sorted(counts, key=(MODELS + HELD_OUT).index)]
+
+
+def reestimate_table(rows: list[dict]) -> list[str]:
+    out = [f"{'model':<22} {'batch':>5} {'phase':<9} {'measured MiB':>12} {'now':>6} {'committed':>9}"]
+    for r in rows:
+        out.append(
+            f"{r['model']:<22} {r['batch_size']:>5} {r['phase']:<9} {r['measured_bytes'] / 1024**2:>12.1f} "
+            f"{r['estimated_bytes'] / r['measured_bytes']:>5.2f}x {r['committed_bytes'] / r['measured_bytes']:>8.2f}x"
+        )
+    counts = in_band_by_model(rows)
+    for held, label in ((False, "in-sample (fitted)"), (True, "held out")):
+        out.append(f"{label}: rows within {BAND[0]}-{BAND[1]}x now / as committed")
+        group = [c for c in counts if c[1] == held]
+        for model, _, now, before, n in group:
+            out.append(f"  {model:<22} {now}/{n}  (committed {before}/{n})")
+        out.append(
+            f"  {'total':<22} {sum(c[2] for c in group)}/{sum(c[4] for c in group)}  "
+            f"(committed {sum(c[3] for c in group)}/{sum(c[4] for c in group)})"
+        )
+    return out
+
+
 if __name__ == "__main__":
     import sys
 
@@ -690,5 +758,11 @@ if __name__ == "__main__":
         print(f"{'constant':<32} {'refitted':>12} {'internals.py':>14}")
         for name, refit, current in refit_table(source):
             print(f"{name:<32} {refit:>12} {current:>14}" + ("" if refit == current else "   differs"))
+    elif sys.argv[1:2] == ["--reestimate"]:
+        keep = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+        print("\n".join(reestimate_table(reestimate(directory=keep, log=lambda m: print(m, file=sys.stderr)))))
     else:
-        print("usage: python benchmarks/suite_estimate.py --refit [CALIBRATION.json]")
+        print(
+            "usage: python benchmarks/suite_estimate.py --refit [CALIBRATION.json]\n"
+            "       python benchmarks/suite_estimate.py --reestimate [MODELS_DIR]"
+        )

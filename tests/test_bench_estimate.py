@@ -149,3 +149,31 @@ def test_markdown_reports_fitted_and_held_out_apart_and_lists_unmeasured_rows():
     in_sample, held = md.split("**Held out**")
     assert "| MobileNetV2 | 8 |" in in_sample and "GPT2Small" not in in_sample
     assert "| GPT2Small | 8 |" in held
+
+
+def test_in_band_by_model_compares_todays_estimates_with_the_committed_ones():
+    def row(model, phase, now, committed, measured=100, held_out=True):
+        return {
+            "model": model,
+            "batch_size": 8,
+            "phase": phase,
+            "held_out": held_out,
+            "measured_bytes": measured,
+            "estimated_bytes": now,
+            "committed_bytes": committed,
+        }
+
+    rows = [
+        row("ViTSmall", "inference", 96, 37),  # 0.96x now, 0.37x as committed
+        row("ViTSmall", "training", 126, 15),  # 1.26x: just outside the band
+        row("MobileNetV2", "inference", 80, 125, held_out=False),  # both ends of the band are in it
+        row("GPT2Small", "training", 79, 120),
+    ]
+    assert suite_estimate.in_band_by_model(rows) == [
+        ("MobileNetV2", False, 1, 1, 1),
+        ("GPT2Small", True, 0, 1, 1),
+        ("ViTSmall", True, 1, 0, 2),
+    ]
+    table = suite_estimate.reestimate_table(rows)
+    assert "  total                  1/1  (committed 1/1)" in table  # in-sample
+    assert "  total                  1/3  (committed 1/3)" in table  # held out
