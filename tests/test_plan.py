@@ -26,8 +26,9 @@ def cnn_path(keras, models_dir):
 
 def _plan(path, **kw):
     from kmemopt.plan.planner import plan
+    from kmemopt.plan.request import make_request
 
-    return plan(path, **kw)
+    return plan(path, make_request(**kw))
 
 
 def _rows(result, name):

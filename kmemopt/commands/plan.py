@@ -136,6 +136,7 @@ def command(
     Example: kmemopt plan model.keras --budget 8GiB --format html --report plan.html
     """
     with guarded(ctx):
+        from kmemopt.plan.request import make_request
         from kmemopt.plan.run import run
         from kmemopt.report import to_json
         from kmemopt.report.plan import plan_markdown, render_plan
@@ -145,8 +146,7 @@ def command(
         refuse_same_file(report, out, "report")
         names = [n.strip() for n in only.split(",") if n.strip()] if only else None
         with progress(f"Planning {model} ...") as update:
-            result = run(
-                model,
+            request = make_request(
                 budget=budget,
                 batch_size=batch_size,
                 phase=phase.value,
@@ -165,8 +165,8 @@ def command(
                 custom_objects=custom_objects,
                 max_memory=max_memory,
                 timeout=timeout,
-                progress=update,
             )
+            result = run(model, request, progress=update)
         data_out = result.to_dict()
         text = None
         if fmt is PlanFormat.json:

@@ -22,11 +22,13 @@ from typing import Any
 def plan(path_or_model: Any, **options: Any):
     """Price every strategy on the model rebuilt with it, propose the cheapest combination that fits
     `budget` (bytes or "8GiB"), and on request write it (`apply=True`, `out=`) and measure it
-    (`measure=True`). Options: see `kmemopt.plan.run.run`. Returns a `PlanResult` (`to_dict()` is the
-    JSON in docs/plan.md)."""
+    (`measure=True`). Options: `kmemopt.plan.request.make_request`'s, and `progress` (a callable that
+    takes a message). Returns a `PlanResult` (`to_dict()` is the JSON in docs/plan.md)."""
+    from kmemopt.plan.request import make_request
     from kmemopt.plan.run import run
 
-    return run(path_or_model, **options)
+    progress = options.pop("progress", None)
+    return run(path_or_model, make_request(**options), progress=progress)
 
 
 class _CallablePackage(types.ModuleType):

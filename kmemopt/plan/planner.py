@@ -1,7 +1,7 @@
 """`kmemopt plan`: the baseline, every strategy priced alone, and the cheapest combination that fits.
 
 Example:
-    >>> result = plan("model.keras", budget="8GiB", batch_size=64)
+    >>> result = plan("model.keras", make_request(budget="8GiB", batch_size=64))
     >>> result.plan.fits, result.plan.keras_code
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 from kmemopt.errors import UsageError
 from kmemopt.plan.pricing import Breakdown, Pricer
+from kmemopt.plan.request import PlanRequest
 from kmemopt.plan.strategy import Cost, ModelSpec, Setting, Strategy
 
-PHASES = ("train", "infer")
 SCHEMA_VERSION = 1
 # Settings of a strategy that rebuilds the model (a dtype policy, LoRA, pruning) enter the search at
 # most this many at a time (the ones that save most alone): each is one more unallocated build.
@@ -134,45 +134,18 @@ class PlanResult:
 # --------------------------------------------------------------------------------------------- the plan
 
 
-def plan(
-    path_or_model,
-    *,
-    budget: int | str,
-    batch_size: int = 32,
-    phase: str = "train",
-    optimizer: Any = None,
-    freeze: str | None = None,
-    train_last: int | None = None,
-    only: Sequence[str] | None = None,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
-    seq_len: int | None = None,
-    custom_objects=None,
-    strategies: Sequence[Strategy] | None = None,
-) -> PlanResult:
+def plan(path_or_model, request: PlanRequest, *, strategies: Sequence[Strategy] | None = None) -> PlanResult:
     """Price every strategy on the model rebuilt with it and search the cheapest combination that fits.
 
-    `budget`: bytes or a size ("8GiB"); `phase`: "train" or "infer"; `freeze`: a layer-path regex
-    (or `train_last` N weighted layers) for the freezing strategy; `only`: strategy names to use.
+    `request` (`make_request`): the budget, batch size, phase ("train" or "infer"), the freezing
+    strategy's regex (or `train_last` N weighted layers), the strategies to use (`only`), ...
+    `strategies`: instead of the built-in and contributed ones.
     """
-    from kmemopt.units import parse_size
-
     started = time.perf_counter()
-    if phase not in PHASES:
-        raise UsageError(f"--phase must be train or infer. Received: {phase!r}.")
-    if batch_size < 1:
-        raise UsageError(f"The batch size must be at least 1. Received: batch_size={batch_size}.")
-    budget_bytes = parse_size(budget) if isinstance(budget, str) else int(budget)
-    if budget_bytes <= 0:
-        raise UsageError(f"--budget must be a positive size such as 8GiB. Received: {budget!r}.")
-    if freeze is not None:
-        import re
-
-        try:
-            re.compile(freeze)
-        except re.error as exc:
-            raise UsageError(f"--freeze is not a valid regular expression ({exc}). Received: {freeze!r}.") from None
-
-    model_file, model, custom, path = _open(path_or_model, custom_objects)
+    phase, batch_size, budget_bytes = request.phase, request.batch_size, request.budget_bytes
+    input_shapes = dict(request.input_shapes) if request.input_shapes else None
+    seq_len, optimizer, only = request.seq_len, request.optimizer, request.only
+    model_file, model, custom, path = _open(path_or_model, request.custom_objects)
     from kmemopt.profiling.static import _optimizer_identifier, profile_model
 
     baseline = profile_model(
@@ -201,7 +174,7 @@ def plan(
     from kmemopt.plan.strategies import builtin_strategies, contributed_strategies
 
     if strategies is None:
-        strategies = builtin_strategies(base_variant.model, freeze=freeze, train_last=train_last)
+        strategies = builtin_strategies(base_variant.model, freeze=request.freeze, train_last=request.train_last)
         strategies += contributed_strategies()
     if only:
         unknown = set(only) - {s.name for s in strategies}

@@ -12,76 +12,36 @@ import copy
 import dataclasses
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kmemopt.errors import KmemoptError, UsageError
 from kmemopt.plan.planner import PlanResult, plan
+from kmemopt.plan.request import PlanRequest
 
 
 def default_output(path: Path) -> Path:
     return path.with_name(f"{path.stem}.plan.keras")
 
 
-def run(
-    path_or_model: Any,
-    *,
-    budget: int | str,
-    batch_size: int = 32,
-    phase: str = "train",
-    optimizer: Any = None,
-    freeze: str | None = None,
-    train_last: int | None = None,
-    only: Sequence[str] | None = None,
-    apply: bool = False,
-    out: str | os.PathLike | None = None,
-    force: bool = False,
-    measure: bool = False,
-    data: str | os.PathLike | None = None,
-    samples: int | None = None,
-    device: str = "cpu",
-    gpu_index: int = 0,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
-    seq_len: int | None = None,
-    custom_objects: Any = None,
-    max_memory: int | str | None = None,
-    timeout: float | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> PlanResult:
-    """The plan (see `kmemopt.plan.planner.plan`), written (`apply`) and measured (`measure`) on request."""
-    from kmemopt.units import parse_size
-
+def run(path_or_model: Any, request: PlanRequest, *, progress: Callable[[str], None] | None = None) -> PlanResult:
+    """The plan (see `kmemopt.plan.planner.plan`), written (`request.apply`) and measured
+    (`request.measure`) on request. `request`: `kmemopt.plan.request.make_request`."""
     say = progress or (lambda message: None)
     is_path = isinstance(path_or_model, (str, os.PathLike))
-    if out is not None and not apply:
-        raise UsageError("-o names the file --apply writes; add --apply (or drop -o).")
-    if (apply or measure) and not is_path:
+    if (request.apply or request.measure) and not is_path:
         raise UsageError("--apply and --measure read the model's weights from its file: give plan() a path.")
-    if data is not None and not Path(data).is_file():
-        raise UsageError(f"--data {data} is not a readable file (.npy, or .npz keyed by input name or 'x').")
-    max_memory_bytes = parse_size(max_memory) if isinstance(max_memory, str) else max_memory
     src = Path(path_or_model) if is_path else None
-    target = (Path(out) if out is not None else default_output(src)) if apply and src is not None else None
-    if target is not None:
+    target = None
+    if request.apply and src is not None:
+        target = request.out if request.out is not None else default_output(src)
         from kmemopt.write.save import check_output
 
-        check_output(src, target, force)  # before the search: a bad -o is a usage error at once
+        check_output(src, target, request.force)  # before the search: a bad -o is a usage error at once
 
     say("Pricing every strategy ...")
-    result = plan(
-        path_or_model,
-        budget=budget,
-        batch_size=batch_size,
-        phase=phase,
-        optimizer=optimizer,
-        freeze=freeze,
-        train_last=train_last,
-        only=only,
-        input_shapes=input_shapes,
-        seq_len=seq_len,
-        custom_objects=custom_objects,
-    )
+    result = plan(path_or_model, request)
     notes = list(result.notes)
     output = None
     if target is not None and src is not None:
@@ -93,35 +53,39 @@ def run(
                 result,
                 src,
                 target,
-                force=force,
-                custom_objects=custom_objects,
-                data=data,
-                samples=samples,
-                max_memory_bytes=max_memory_bytes,
-                timeout_s=timeout,
-                input_shapes=input_shapes,
-                seq_len=seq_len,
+                force=request.force,
+                custom_objects=request.custom_objects,
+                data=request.data,
+                samples=request.samples,
+                max_memory_bytes=request.max_memory_bytes,
+                timeout_s=request.timeout,
+                input_shapes=_shapes(request),
+                seq_len=request.seq_len,
             )
         else:
             notes.append(f"Nothing was written to {target}: no plan fits the budget.")
     result = dataclasses.replace(result, output=output, notes=tuple(notes))
-    if measure and src is not None:
+    if request.measure and src is not None:
         measured = measure_plan(
             result,
             src,
             Path(output["path"]) if output else None,
-            custom_objects=custom_objects,
-            data=data,
-            device=device,
-            gpu_index=gpu_index,
-            timeout_s=timeout,
-            max_memory_bytes=max_memory_bytes,
+            custom_objects=request.custom_objects,
+            data=request.data,
+            device=request.device,
+            gpu_index=request.gpu_index,
+            timeout_s=request.timeout,
+            max_memory_bytes=request.max_memory_bytes,
             say=say,
-            input_shapes=input_shapes,
-            seq_len=seq_len,
+            input_shapes=_shapes(request),
+            seq_len=request.seq_len,
         )
         result = dataclasses.replace(result, measured=measured)
     return result
+
+
+def _shapes(request: PlanRequest) -> dict[str, tuple[int, ...]] | None:
+    return dict(request.input_shapes) if request.input_shapes else None
 
 
 def measure_plan(
