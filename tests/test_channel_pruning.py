@@ -435,6 +435,7 @@ def digits_files(digits_cnn, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_shrink_prunes_first_recovers_then_quantizes(keras, cli, digits_files):
     import json
 
@@ -542,6 +543,7 @@ def test_unreachable_target_names_the_closest_reachable_value(keras, residual_cn
     assert f"still has {smallest:,} parameters" in str(err.value)
 
 
+@pytest.mark.slow
 def test_shrink_target_params_prunes_once_at_the_found_amount(keras, cli, digits_files):
     import json
 

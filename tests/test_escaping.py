@@ -171,7 +171,7 @@ def test_profile_on_a_terminal_prints_no_hostile_sequence(hostile_path):
 # the error line
 
 
-@pytest.mark.parametrize("colour", [False, True])
+@pytest.mark.parametrize("colour", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_an_error_quoting_a_hostile_class_name_is_exactly_one_line(bad_class_path, colour):
     proc = _run_cli("profile", bad_class_path, env={"FORCE_COLOR": "1"} if colour else {"NO_COLOR": "1"})
     assert proc.returncode == 3

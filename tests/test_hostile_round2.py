@@ -53,6 +53,26 @@ FAST = frozenset(
     }
 )
 
+# `profile` in the fast tier: the refusals that cost no framework import (format, config markers: a
+# second each), and one case of every other family (each run that reaches Keras costs a TensorFlow
+# import). `make test` runs `profile` on every case.
+FAST_PROFILE = FAST | frozenset(
+    {
+        "zip_in_userblock_h5",
+        "zip_hdf5_at_512_h5",
+        "zip_hdf5_at_1024_h5",
+        "zip_named_h5",
+        "gzip_zeros_ratio_keras",
+        "tensor_marker_bytes",
+        "numpy_marker_unicode",
+        "long_list_ints",
+        "sequential_20k_layers",
+        "markup_layer_name",
+        "markup_class_name",
+        "bom_config",
+    }
+)
+
 # kmemopt.load_model in a fresh interpreter, its errors mapped to exit codes as the CLI maps them; anything
 # that is not a KmemoptError (a raw Keras or h5py exception) is exit 4, which no case accepts.
 API = """
@@ -237,7 +257,7 @@ def _params():
     for name in ROUND2_CASE_NAMES:
         for command in ROUND2_COMMANDS:
             extra = command != "profile" and name not in FAST or name == "convnext_tiny"
-            marks = [pytest.mark.slow] if extra else []
+            marks = [pytest.mark.slow] if extra or (command == "profile" and name not in FAST_PROFILE) else []
             if extra and not FULL_CORPUS:
                 marks.append(pytest.mark.skip(reason="one case a class by default; KMEMOPT_FULL_CORPUS=1 runs all"))
             yield pytest.param(command, name, id=f"{command}-{name}", marks=marks)
@@ -314,6 +334,7 @@ def _plain_keras(path: Path, safe_mode: bool) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a positive control (plain Keras in a child): `make test` runs it
 def test_format_confusion_canaries_are_live(corpus2):
     """Positive control: plain Keras, picking its loader by the file name, runs the part kmemopt must refuse."""
     controls = {c.name: c.control for c in corpus2.cases if c.control is not None}
@@ -328,8 +349,9 @@ def test_format_confusion_canaries_are_live(corpus2):
     "case_name",
     [
         "markup_layer_name",
-        "bom_config",
-        "bom_config_and_metadata",
+        # positive controls (plain Keras in a child, seconds each): one in the fast tier
+        pytest.param("bom_config", marks=pytest.mark.slow),
+        pytest.param("bom_config_and_metadata", marks=pytest.mark.slow),
         pytest.param("convnext_tiny", marks=pytest.mark.slow),
     ],
 )
@@ -341,6 +363,7 @@ def test_plain_keras_loads_what_kmemopt_must_accept(corpus2, case_name):
     assert "LOADED" in done.stdout, done.stdout[-500:] + done.stderr[-500:]
 
 
+@pytest.mark.slow  # a positive control (plain Keras in a child): `make test` runs it
 def test_activation_strings_resolve_under_plain_keras(corpus2):
     """Positive control: plain Keras, in safe mode, turns these strings into non-activation Keras functions."""
     cases = [c for c in corpus2.cases if c.keras_resolves]

@@ -101,11 +101,13 @@ def test_import_kmemopt_then_keras_loads_custom_layers(custom_layer_file):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_keras_imported_first_then_kmemopt_loads_custom_layers(custom_layer_file):
     proc = _run(f"import keras, kmemopt\nkeras.models.load_model({str(custom_layer_file)!r})\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_plain_keras_without_kmemopt_cannot_load_custom_layers(custom_layer_file):
     proc = _run(f"import keras\nkeras.models.load_model({str(custom_layer_file)!r})\n")
     assert proc.returncode != 0  # the opt-in is real: these files need kmemopt

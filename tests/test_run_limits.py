@@ -67,7 +67,11 @@ def big_models(keras, tmp_path_factory) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------- static check first
 
 
-@pytest.mark.parametrize("name", ["long_input", "repeat", "huge_input"])
+# One model in the fast tier: the check is the same static comparison for each (`make test` runs all).
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param("long_input", marks=pytest.mark.slow), pytest.param("repeat", marks=pytest.mark.slow), "huge_input"],
+)
 def test_shrink_refuses_a_run_over_the_default_limit(big_models, tmp_path, name):
     out = tmp_path / "out.keras"
     rc, peak, stderr, seconds = run_cli_peak("shrink", big_models[name], "-o", out)
@@ -79,7 +83,7 @@ def test_shrink_refuses_a_run_over_the_default_limit(big_models, tmp_path, name)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["repeat", "huge_input"])
+@pytest.mark.parametrize("name", [pytest.param("repeat", marks=pytest.mark.slow), "huge_input"])
 def test_profile_measure_refuses_a_run_over_the_default_limit(big_models, name):
     rc, peak, stderr, seconds = run_cli_peak("profile", big_models[name], "--measure")
     assert rc == 3, stderr

@@ -305,6 +305,7 @@ def _load_unsafe(path: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a positive control (plain Keras runs each planted canary): `make test` runs it
 def test_lambda_canaries_are_live(corpus):
     """Positive control: plain Keras with safe_mode=False runs the planted code, so the corpus is live."""
     fired = corpus.controls / "canaries"

@@ -163,16 +163,11 @@ def test_dry_run_writes_nothing(cnn_path, work):
     assert {a.layer for a in _pass(r, "quantize").applied} >= {"conv", "hidden", "classes"}
 
 
-def test_in_memory_model(keras, work, mlp_model):
-    r = kmemopt.shrink(mlp_model, work / "memory.keras", quantize="int8", samples=8)
-    assert r.written and r.before.file_bytes is None
-    reloaded = keras.models.load_model(work / "memory.keras")
-    assert reloaded.get_layer("hidden").quantization_mode == "int8"
-
-
-def test_in_memory_model_is_not_modified(keras, mlp_model, work):
+def test_in_memory_model_is_written_and_not_modified(keras, mlp_model, work):
     before = [w.copy() for w in mlp_model.get_weights()]
     r = kmemopt.shrink(mlp_model, work / "memory2.keras", quantize="int8", samples=8, explain=True)
+    assert r.written and r.before.file_bytes is None
+    assert keras.models.load_model(work / "memory2.keras").get_layer("hidden").quantization_mode == "int8"
     assert {row.layer for row in r.fidelity.explain} == {"hidden", "out"}  # one layer at a time
     errors = [row.relative_l2_error for row in r.fidelity.explain]
     assert errors == sorted(errors, reverse=True)  # the layer that hurts most first

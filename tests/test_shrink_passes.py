@@ -98,9 +98,10 @@ def keras_int8_path(keras, work):  # noqa: F811
     "options, pass_name",
     [
         (dict(quantize="float16"), "quantize"),
-        (dict(quantize="int8"), "quantize"),
-        (dict(prune=0.5, prune_first_last=True), "prune"),
-        (dict(mixed_precision="float16"), "mixed-precision"),
+        # the same rule for every pass (a shrink run each): one in the fast tier
+        pytest.param(dict(quantize="int8"), "quantize", marks=pytest.mark.slow),
+        pytest.param(dict(prune=0.5, prune_first_last=True), "prune", marks=pytest.mark.slow),
+        pytest.param(dict(mixed_precision="float16"), "mixed-precision", marks=pytest.mark.slow),
     ],
 )
 def test_layers_already_quantized_in_the_input_are_kept(keras_int8_path, work, options, pass_name):  # noqa: F811
@@ -150,6 +151,7 @@ def test_a_model_whose_config_lists_no_layers_is_quantized_in_place(gpt2_path, w
     assert r.fidelity.outputs[0].cosine_similarity > 0.999
 
 
+@pytest.mark.slow
 def test_a_callers_layerless_model_is_not_quantized_in_place(keras, gpt2_path, work):  # noqa: F811
     model = keras.models.load_model(gpt2_path)
     before = [v.numpy().tobytes() for v in model.weights]
@@ -159,6 +161,7 @@ def test_a_callers_layerless_model_is_not_quantized_in_place(keras, gpt2_path, w
     assert [v.numpy().tobytes() for v in model.weights] == before  # the caller's model is untouched
 
 
+@pytest.mark.slow
 def test_a_model_whose_config_lists_no_layers_is_pruned_in_place(gpt2_path, work):  # noqa: F811
     r = kmemopt.shrink(gpt2_path, work / "gpt2.pruned.keras", prune=0.5, seq_len=16, samples=8)
     applied = {a.layer: a for a in _pass(r, "prune").applied}

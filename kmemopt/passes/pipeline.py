@@ -572,13 +572,14 @@ def shrink(
     seq_len = request.seq_len  # both filled below when the model's inputs leave a dimension unknown
     input_shapes = dict(request.input_shapes) if request.input_shapes else None
     limit = sandbox.resolve_max_memory(request.max_memory_bytes)
-    keras = import_keras()
     src: Path | None = None
     target: Path | None
     if isinstance(path_or_model, (str, os.PathLike)):
+        # Keras is imported after the file's own checks (open_checked): a file refused by its bytes
+        # or its config never costs a framework import.
         src = Path(path_or_model)
         target = Path(out) if out is not None else save.default_output(src)
-    elif isinstance(path_or_model, keras.Model):
+    elif isinstance(path_or_model, import_keras().Model):
         if out is None and not request.dry_run:
             raise UsageError("shrink() of an in-memory model needs an output path: shrink(model, 'out.keras').")
         target = Path(out) if out is not None else None
@@ -621,6 +622,7 @@ def shrink(
             }
             opt_ident = request.optimizer if request.optimizer is not None else "adam"
             before_bytes = None
+        keras = import_keras()  # imported already by the build (open_checked) or the caller's model
         if request.data is not None and seq_len is None and not input_shapes and _has_unknown_dims(static_model):
             # The fidelity run feeds the user's arrays: size the peaks (and the RUN-MEMORY check) by them.
             input_shapes = _shapes_from_data(static_model, Path(request.data)) or input_shapes
