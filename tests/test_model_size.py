@@ -170,6 +170,7 @@ def test_counts_match_keras_for_a_real_graph(keras):
     assert size.to_dict() == {"layers": 4 + 2, "calls": 6, "graph_depth": 4, "nesting": 1}
 
 
+@pytest.mark.slow  # counts four 20,000-layer configs: the CLI refusals below keep the class in the fast tier
 def test_counting_a_huge_config_is_fast_and_linear():
     config = _chain(50_000)
     started = time.perf_counter()
@@ -209,7 +210,12 @@ def test_over_a_limit_is_refused(config, words):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: _sequential(20_000), lambda: _chain(20_000), lambda: _wide(20_000), lambda: _shared(20_000)],
+    [
+        lambda: _sequential(20_000),
+        lambda: _chain(20_000),
+        pytest.param(lambda: _wide(20_000), marks=pytest.mark.slow),  # the costliest to build; `make test`
+        lambda: _shared(20_000),
+    ],
     ids=["sequential", "chain", "wide", "shared"],
 )
 def test_cli_refuses_20000_layers_quickly(cli, tmp_path, make):

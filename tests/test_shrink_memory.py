@@ -43,8 +43,9 @@ def test_a_freed_layer_reads_back_from_the_file_bit_for_bit(keras, nested_path):
     "options",
     [
         make_options(quantize="int8"),  # float16 convolutions + Keras int8 Dense
-        make_options(quantize="int8", allow_custom_layers=True),  # kmemopt int8 convolutions
-        make_options(prune=0.5, prune_first_last=True),  # a transform on the values
+        # kmemopt int8 convolutions, a transform on the values: the same file path, run by `make test`
+        pytest.param(make_options(quantize="int8", allow_custom_layers=True), marks=pytest.mark.slow),
+        pytest.param(make_options(prune=0.5, prune_first_last=True), marks=pytest.mark.slow),
     ],
     ids=["int8", "int8-custom", "prune"],
 )
