@@ -183,3 +183,44 @@ def test_keras_hub_encoder_is_traced_and_counts_what_it_creates(encoder_model):
     new = r._graph
     assert g.saved_for_backward(new).at(b) > 4 * g.saved_for_backward(old).at(b)
     assert r.totals.inference_activation_peak_bytes > g.inference_peak(old, b)[0].at(b)
+
+
+def test_identical_layers_without_a_config_are_traced_once(keras, monkeypatch):
+    """keras-hub's LlamaTransformerDecoder.get_config raises, which made every block of a Llama traced on
+    its own (32 traces of a 7 B model). Blocks are keyed by their attributes instead: identical ones are
+    traced once, one with another setting on its own, and the profile is the same number."""
+    from kmemopt.profiling.static import profile_model
+
+    class NoConfig(keras.layers.Layer):
+        def __init__(self, slope=0.5, **kwargs):
+            super().__init__(**kwargs)
+            self.slope = slope
+            self.d = keras.layers.Dense(D, name="d")
+
+        def build(self, shape):
+            self.d.build(shape)
+
+        def call(self, x):
+            return keras.ops.leaky_relu(self.d(x), self.slope) * keras.ops.sigmoid(x)
+
+        def get_config(self):
+            raise AttributeError("'NoConfig' object has no attribute 'rope_scaling_factor'")
+
+    inp = keras.Input((D,), name="x")
+    h = inp
+    for n, slope in enumerate((0.5, 0.5, 0.5, 0.25)):
+        h = NoConfig(slope, name=f"block{n}")(h)
+    model = keras.Model(inp, h, name="no_config")
+    traced = []
+    real = trace.OpTracer._trace
+    monkeypatch.setattr(
+        trace.OpTracer, "_trace", lambda self, layer, *a: traced.append(layer.name) or real(self, layer, *a)
+    )
+    keyed = profile_model(model, batch_size=8).totals
+    assert traced == ["block0", "block3"]
+    traced.clear()
+    monkeypatch.setattr(trace, "_settings", lambda layer, depth=0: None)  # each traced on its own
+    alone = profile_model(model, batch_size=8).totals
+    assert traced == ["block0", "block1", "block2", "block3"]
+    assert keyed.training_peak_bytes == alone.training_peak_bytes
+    assert keyed.inference_peak_bytes == alone.inference_peak_bytes

@@ -493,8 +493,11 @@ def _cache_key(layer: Any, args: tuple, kwargs: dict) -> Any:
     try:
         named = layer.get_config()
         config = json.dumps({k: v for k, v in named.items() if k != "name"}, sort_keys=True, default=str)
-    except Exception:  # noqa: BLE001  (a layer without a usable config is traced on its own)
-        return None
+    except Exception:  # noqa: BLE001  (keras-hub's LlamaTransformerDecoder.get_config reads unset attributes)
+        settings = _settings(layer)
+        if settings is None:
+            return None  # traced on its own
+        config = repr(settings)
 
     def describe(x: Any) -> Any:
         if isinstance(x, keras.KerasTensor):
@@ -507,3 +510,66 @@ def _cache_key(layer: Any, args: tuple, kwargs: dict) -> Any:
     weights = tuple((tuple(v.shape), str(v.dtype), bool(v.trainable)) for v in layer.weights)
     policy = getattr(getattr(layer, "dtype_policy", None), "name", None)
     return (type(layer), config, policy, weights, repr(tree.map_structure(lambda _: 0, (args, kwargs))), args_key)
+
+
+# Attributes that name a layer (identical layers differ only in these).
+_NAME_ATTRIBUTES = frozenset({"name", "_name", "_path", "_parent_path"})
+
+
+def _settings(layer: Any, depth: int = 0) -> Any:
+    """What a layer whose `get_config` fails is made of, names left out: its plain attributes, functions
+    by qualified name, objects by their config (else their type), variables by shape and dtype, and its
+    sublayers' settings. Two layers with equal settings, weights and arguments trace identically (the
+    32 decoder blocks of a keras-hub Llama: traced once, not 32 times). None past a nesting depth."""
+    import json
+
+    import keras
+
+    if depth > 6:
+        return None
+
+    def describe(v: Any, level: int) -> Any:
+        if isinstance(v, (int, float, str, bool, type(None))):
+            return v
+        if isinstance(v, keras.layers.Layer):
+            try:
+                return (type(v).__qualname__, json.dumps(
+                    {k: c for k, c in v.get_config().items() if k != "name"}, sort_keys=True, default=str
+                ))  # fmt: skip
+            except Exception:  # noqa: BLE001
+                inner = _settings(v, depth + 1)
+                if inner is None:
+                    raise _Undescribed from None
+                return inner
+        if isinstance(v, keras.Variable):
+            return ("variable", tuple(v.shape), str(v.dtype), bool(v.trainable))
+        if level > 3:
+            return type(v).__qualname__
+        if isinstance(v, (list, tuple)):
+            return tuple(describe(x, level + 1) for x in v)
+        if isinstance(v, dict):
+            return tuple(sorted(((str(k), describe(x, level + 1)) for k, x in v.items()), key=repr))
+        if isinstance(v, (set, frozenset)):
+            return tuple(sorted(repr(describe(x, level + 1)) for x in v))
+        if callable(v) and hasattr(v, "__qualname__"):
+            return f"{getattr(v, '__module__', '?')}.{v.__qualname__}"
+        if hasattr(v, "get_config"):
+            try:
+                return (type(v).__qualname__, json.dumps(v.get_config(), sort_keys=True, default=str))
+            except Exception:  # noqa: BLE001
+                return type(v).__qualname__
+        return type(v).__qualname__
+
+    try:
+        described = tuple(
+            (k, describe(v, 0))
+            for k, v in sorted(vars(layer).items())
+            if k not in _NAME_ATTRIBUTES and k not in ("_inbound_nodes", "_outbound_nodes")  # not the graph around it
+        )
+    except _Undescribed:
+        return None
+    return (type(layer).__qualname__, described)
+
+
+class _Undescribed(Exception):
+    """A sublayer too deeply nested to describe."""
