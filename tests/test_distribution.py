@@ -347,3 +347,31 @@ def test_cli_verify_shows_jax_beside_the_estimate(needs_jax, cli, mlp_file):
     assert v["compared"]["xla_activation_bytes"] == v["xla"]["backward"]["temp_bytes"] > 0
     table = cli("profile", mlp_file, "-b", "16", "--devices", "4", "--verify")
     assert table.exit_code == 0 and "equal kmemopt's on every device" in table.stdout
+
+
+def test_a_layout_file_is_read_with_bounds(tmp_path):
+    from kmemopt.profiling.distribution import MAX_LAYOUT_FILE_BYTES, parse_layout_file
+
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"# x\n" * (MAX_LAYOUT_FILE_BYTES // 4 + 1))
+    with pytest.raises(UsageError, match="over 1,048,576 bytes"):
+        parse_layout_file(big)
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe d1 -> model")
+    with pytest.raises(UsageError, match="not UTF-8"):
+        parse_layout_file(binary)
+    good = tmp_path / "ok.txt"
+    good.write_text("d1/kernel -> -, model  \n")
+    assert [(r.pattern, r.axes, r.where) for r in parse_layout_file(good)] == [
+        ("d1/kernel", (None, "model"), f"{good}:1")
+    ]
+
+
+def test_a_weight_name_in_a_note_is_data_in_the_table(cli, keras, tmp_path):
+    inp = keras.Input((7,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(40_000, name="[bold]wide")(inp))
+    path = tmp_path / "wide.keras"
+    model.save(path)
+    r = cli("profile", path, "-b", "3", "--devices", "3", "--distribution", "model")
+    assert r.exit_code == 0, r.stderr
+    assert "'[bold]wide/kernel'" in r.stdout  # printed as written, not read as rich markup
