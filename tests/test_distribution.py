@@ -144,6 +144,8 @@ def test_layout_rules_match_as_keras_layout_map_does(mlp_profile):
     lay = resolve_layout(variables, mesh, parse_layout("kernel -> None, model\n"))
     assert all(a == (None,) * len(a) for a in lay.axes.values())
     assert any("match no variable" in n for n in lay.notes)
+    lay = resolve_layout(variables, mesh, parse_layout("d1/output -> batch, model\n"))
+    assert any("name layer outputs" in n for n in lay.notes) and not any("match no variable" in n for n in lay.notes)
     with pytest.raises(UsageError, match="matches 2 layout rules"):
         resolve_layout(variables, mesh, parse_layout("d1/b.* -> model\n.*/bias -> model\n"))
 

@@ -395,6 +395,14 @@ def resolve_layout(variables: Sequence[VariableSpec], mesh: Mesh, layout: str | 
         _check(v, rule, mesh)
         axes[v.path] = rule.axes
     unused = [r for r in rules if r.pattern not in used]
+    # Keras also looks up "<layer path>/output" in the layout map and relayouts that layer's output.
+    outputs = [r for r in unused if r.pattern.endswith("output")]
+    unused = [r for r in unused if r not in outputs]
+    if outputs:
+        notes += (
+            f"{len(outputs)} layout rule(s) name layer outputs (Keras relayouts those activations): the per-device "
+            "activation estimate does not split them.",
+        )
     if unused and name != AUTO:
         notes += (
             f"{len(unused)} layout rule(s) match no variable (first: {unused[0].pattern[:60]!r} at {unused[0].where}).",
