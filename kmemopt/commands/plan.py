@@ -60,6 +60,15 @@ def command(
         ),
     ] = None,
     optimizer: OptimizerOpt = None,
+    devices: Annotated[
+        Optional[int],
+        typer.Option(
+            "--devices",
+            min=2,
+            help="Plan for this many devices with keras.distribution (JAX): the budget is per device, and data and "
+            "model parallelism are strategies.",
+        ),
+    ] = None,
     apply: Annotated[
         bool,
         typer.Option(
@@ -165,6 +174,7 @@ def command(
                 custom_objects=custom_objects,
                 max_memory=max_memory,
                 timeout=timeout,
+                devices=devices,
             )
             result = run(model, request, progress=update)
         data_out = result.to_dict()

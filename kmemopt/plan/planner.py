@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kmemopt.errors import UsageError
+from kmemopt.plan.devices import Infeasible
 from kmemopt.plan.pricing import Breakdown, Pricer
 from kmemopt.plan.request import PlanRequest
 from kmemopt.plan.strategy import Cost, ModelSpec, Setting, Strategy
@@ -94,6 +95,7 @@ class PlanResult:
     measured: dict[str, Any] | None = None
     output: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()
+    devices: int | None = None  # --devices: the budget is each device's
     base_spec: ModelSpec | None = field(default=None, repr=False, compare=False)
     base_profile: Any = field(default=None, repr=False, compare=False)  # the baseline's ProfileResult
 
@@ -120,6 +122,7 @@ class PlanResult:
                 "breakdown": self.baseline_priced.to_dict(),
             },
             "budget_bytes": self.budget_bytes,
+            "devices": self.devices,
             "batch_size": self.batch_size,
             "phase": self.phase,
             "strategies": [row.to_dict() for row in self.strategies],
@@ -176,6 +179,10 @@ def plan(path_or_model, request: PlanRequest, *, strategies: Sequence[Strategy] 
     if strategies is None:
         strategies = builtin_strategies(base_variant.model, freeze=request.freeze, train_last=request.train_last)
         strategies += contributed_strategies()
+        if request.devices:
+            from kmemopt.plan.devices import Distribution
+
+            strategies.append(Distribution(request.devices, model=base_variant.model))
     if only:
         unknown = set(only) - {s.name for s in strategies}
         if unknown:
@@ -219,7 +226,10 @@ def plan(path_or_model, request: PlanRequest, *, strategies: Sequence[Strategy] 
         spec = base
         for setting in chosen:
             spec = by_name[setting.strategy].apply(spec, setting)
-        predicted = pricer.price(spec, phase)
+        try:
+            predicted = pricer.price(spec, phase)
+        except Infeasible:  # e.g. a smaller batch that the devices' batch axis does not divide
+            continue
         count += 1
         penalty = sum(s.penalty for s in chosen)
         if predicted.peak_bytes <= budget_bytes:
@@ -242,6 +252,12 @@ def plan(path_or_model, request: PlanRequest, *, strategies: Sequence[Strategy] 
         proposal = _proposal(chosen, spec, predicted, budget_bytes, by_name, base, path, phase)
         notes.append("No combination fits the budget; the plan is the one that comes closest.")
     del picked
+    if request.devices:
+        notes.append(
+            f"The budget is each device's, of {request.devices}; a plan with the distribution strategy gives one "
+            "device's peak (weights, gradients and optimizer slots exactly as kmemopt profile --devices shards "
+            "them; activations of the per-device batch, estimated). keras.distribution runs on the JAX backend."
+        )
     if phase == "train" and any(r.setting.strategy == "remat" for r in rows):
         notes.append(
             'Only RematScope(mode="activations") is priced: on the TensorFlow backend, modes "full", '
@@ -263,6 +279,7 @@ def plan(path_or_model, request: PlanRequest, *, strategies: Sequence[Strategy] 
         builds=pricer.builds,
         seconds=time.perf_counter() - started,
         notes=tuple(notes),
+        devices=request.devices,
         base_spec=base,
         base_profile=baseline,
     )
@@ -325,6 +342,10 @@ BUILTIN = frozenset({"batch_size", "mixed_precision", "optimizer", "freeze", "lo
 def plan_code(spec: ModelSpec, chosen: Sequence[Setting], by_name, phase: str) -> str:
     """A training (or inference) script that applies the whole plan, in the order Keras needs."""
     lines = ["import keras", ""]
+    for setting in chosen:
+        if setting.strategy == "distribution":  # set before the model's variables are made
+            lines.append(f"# {setting.label}")
+            lines.extend(by_name[setting.strategy].keras_code(setting).splitlines())
     if spec.dtype_policy:
         lines.append(f'keras.mixed_precision.set_global_policy("{spec.dtype_policy}")  # before loading')
     if spec.weight_dtype == "float16":
@@ -335,7 +356,7 @@ def plan_code(spec: ModelSpec, chosen: Sequence[Setting], by_name, phase: str) -
     else:
         lines.append('model = keras.models.load_model("model.keras")')
     for setting in chosen:
-        if setting.strategy not in BUILTIN:  # a contributed strategy's own code, as it gives it
+        if setting.strategy not in BUILTIN and setting.strategy != "distribution":  # its own code, as it gives it
             lines.append(f"# {setting.label}")
             lines.extend(by_name[setting.strategy].keras_code(setting).splitlines())
     if spec.weight_dtype in ("int8", "int4"):
@@ -389,5 +410,8 @@ def plan_command(path, budget_bytes: int, batch_size: int, phase: str, chosen: S
     for setting in chosen:
         if setting.strategy == "freeze" and "pattern" in setting.settings:
             args += ["--freeze", str(setting.settings["pattern"])]
+    spread = [s for s in chosen if s.strategy == "distribution"]
+    if spread:  # a distributed step is set up in the training script: the command re-plans, it cannot write
+        return shlex.join(args + ["--devices", str(spread[0].settings["devices"]), "--only", ",".join(names)])
     args += ["--only", ",".join(names), "--apply", "-o", out]
     return shlex.join(args)

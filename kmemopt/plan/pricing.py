@@ -132,6 +132,7 @@ class Variant:
     trainable: dict[tuple[str, ...], TrainableSet] = field(default_factory=dict)  # frozen patterns -> ...
     backward: dict[tuple[tuple[str, ...], str | None], BackwardLines] = field(default_factory=dict)
     inference: dict[int, Breakdown] = field(default_factory=dict)  # batch size -> the inference step
+    shards: dict[tuple, Any] = field(default_factory=dict)  # (placement, optimizer key) -> plan.devices.Shards
 
     @property
     def graph(self):
@@ -284,17 +285,20 @@ class Pricer:
             paths.setdefault(id(call.layer), call.path)
         return Variant(model, profile, spec.dtype_policy, spec.lora_rank, spec.weight_dtype, paths)
 
+    def optimizer_key(self, spec: ModelSpec) -> str:
+        ident = optimizer_identifier(spec.optimizer_config, spec.gradient_accumulation_steps)
+        return json.dumps([ident, spec.dtype_policy == "mixed_float16"], sort_keys=True, default=str)
+
     def optimizer(self, variant: Variant, spec: ModelSpec):
         from kmemopt.profiling.optimizer import optimizer_state
 
-        ident = optimizer_identifier(spec.optimizer_config, spec.gradient_accumulation_steps)
         # mixed_float16 trains with loss scaling: a LossScaleOptimizer around the optimizer (Keras's compile
         # adds it under a global mixed_float16 policy; `plan --apply` writes it into the compile config).
-        scaled = spec.dtype_policy == "mixed_float16"
-        key = json.dumps([ident, scaled], sort_keys=True, default=str)
+        key = self.optimizer_key(spec)
         state = variant.optimizers.get(key)
         if state is None:
-            state = optimizer_state(ident, variant.model, mixed_float16=scaled or None)
+            ident = optimizer_identifier(spec.optimizer_config, spec.gradient_accumulation_steps)
+            state = optimizer_state(ident, variant.model, mixed_float16=spec.dtype_policy == "mixed_float16" or None)
             variant.optimizers[key] = state
         return state
 
@@ -304,6 +308,10 @@ class Pricer:
         return frozen_layers(variant, patterns)
 
     def price(self, spec: ModelSpec, phase: str) -> Breakdown:
+        if spec.placement is not None:  # one device's share of a distributed step (--devices)
+            from kmemopt.plan.devices import per_device
+
+            return per_device(self, spec, phase)
         variant = self.variant(spec)
         if phase == "infer":  # a function of the variant and the batch size only
             found = variant.inference.get(spec.batch_size)

@@ -39,6 +39,7 @@ class PlanRequest:
     custom_objects: Any = None
     max_memory_bytes: int | None = None  # what running the model may take; None: the sandbox's default
     timeout: float | None = None  # seconds a child may run; None: its default
+    devices: int | None = None  # spread the step over this many devices (keras.distribution); budget per device
 
 
 def make_request(
@@ -63,6 +64,7 @@ def make_request(
     custom_objects: Any = None,
     max_memory: int | str | None = None,
     timeout: float | None = None,
+    devices: int | None = None,
 ) -> PlanRequest:
     """The request, each argument checked (a bad one is a UsageError, exit 2)."""
     from kmemopt.units import parse_size
@@ -79,6 +81,13 @@ def make_request(
             re.compile(freeze)
         except re.error as exc:
             raise UsageError(f"--freeze is not a valid regular expression ({exc}). Received: {freeze!r}.") from None
+    if devices is not None and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 2):
+        raise UsageError(f"--devices must be a whole number of at least 2. Received: {devices!r}.")
+    if devices is not None and (apply or measure):
+        raise UsageError(
+            "--devices plans a distributed step, which --apply cannot write into a file and --measure cannot run "
+            "on one machine's CPU; drop --apply/--measure (or --devices)."
+        )
     if out is not None and not apply:
         raise UsageError("-o names the file --apply writes; add --apply (or drop -o).")
     if data is not None and not Path(data).is_file():
@@ -104,4 +113,5 @@ def make_request(
         custom_objects=custom_objects,
         max_memory_bytes=parse_size(max_memory) if isinstance(max_memory, str) else max_memory,
         timeout=timeout,
+        devices=devices,
     )

@@ -35,6 +35,7 @@ class ModelSpec:
     gradient_accumulation_steps: int | None = None
     remat: str | None = None  # a keras.RematScope mode, or None
     weight_dtype: str | None = None  # inference: "int8", "int4", "float16" (shrink's passes)
+    placement: Any = None  # plan.devices.Placement: the step spread over devices (--devices), or None
     extra: Mapping[str, Any] = field(default_factory=dict)  # strategy-specific, carried for the report
 
     def with_changes(self, **changes: Any) -> ModelSpec:

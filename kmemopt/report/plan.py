@@ -35,10 +35,18 @@ def cost_text(cost: dict[str, Any]) -> str:
 def headline(data: dict[str, Any]) -> str:
     """One sentence: does the baseline fit, and what the plan does (plain text; names quoted by caller)."""
     budget = format_bytes(data["budget_bytes"])
+    devices = data.get("devices")
     plan = data["plan"]
     if plan is None:
         return f"No strategy applies to this model in the {data['phase']} phase."
     peak = format_bytes(plan["predicted_peak_bytes"])
+    spread = [s for s in plan.get("strategies") or [] if s.get("name") == "distribution"]
+    if devices:
+        where = f"{devices} x {budget}"
+        if plan["fits"]:
+            how = f" with {spread[0]['label']}" if spread else " (one device is enough)"
+            return f"Plan: fits on {where}{how}: {peak} predicted per device."
+        return f"No plan fits on {where}; the closest reaches {peak} per device."
     if plan["fits"]:
         return f"Plan: {peak} predicted, within the {budget} budget."
     return f"No plan fits the {budget} budget; the closest reaches {peak}."
