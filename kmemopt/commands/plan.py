@@ -56,7 +56,7 @@ def command(
         typer.Option(
             "--only",
             help="Comma-separated strategies to use: batch_size, mixed_precision, remat, optimizer, lora, freeze, "
-            "weight_dtype (and channel_pruning when available).",
+            "weight_dtype (and channel_pruning when available; distribution with --devices).",
         ),
     ] = None,
     optimizer: OptimizerOpt = None,
