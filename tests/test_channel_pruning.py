@@ -177,7 +177,12 @@ def test_report_prices_both_models_with_the_static_profile(keras, residual_cnn):
     assert report.before.params == residual_cnn.count_params()
     assert (report.after.params, report.after.training_peak_bytes) == (after.params, after.training_peak_bytes)
     assert report.after.inference_peak_bytes < report.before.inference_peak_bytes
-    assert report.to_dict()["flops"].startswith("not computed")
+    from kmemopt.profiling.flops import model_flops
+
+    flops = report.to_dict()["flops"]
+    assert (flops["before"], flops["after"]) == (model_flops(residual_cnn).total, model_flops(result.model).total)
+    assert flops["after"] < flops["before"] and flops["not_counted"] == []
+    assert sum(row["after"] or 0 for row in flops["layers"]) == flops["after"]
 
 
 def test_importance_keeps_the_largest_filters(keras):
@@ -482,6 +487,13 @@ def test_shrink_zero_percent_changes_nothing(cli, digits_files):
     assert data["fidelity"]["outputs"][0]["max_abs_error"] == 0.0
     assert data["after"]["param_bytes"] == data["before"]["param_bytes"]
     assert data["passes"][0]["applied"] == []
+    flops = data["channel_pruning"]["flops"]
+    assert flops["before"] == flops["after"] > 0 and flops["not_counted"] == []
+    text = cli("shrink", digits_files / "digits.keras", "--prune-channels", "0%", "-o", digits_files / "same2.keras")
+    from kmemopt.profiling.flops import format_flops
+
+    shown = format_flops(flops["before"])
+    assert f"FLOPs per sample: {shown} → {shown} (1.000x)" in text.output
 
 
 # --------------------------------------------------------------------------------------------

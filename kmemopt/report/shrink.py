@@ -69,12 +69,28 @@ def channel_rows(cp: dict[str, Any], all_layers: bool) -> list[dict[str, Any]]:
 
 def channel_summary(cp: dict[str, Any]) -> list[str]:
     b, a = cp["before"]["params"], cp["after"]["params"]
-    lines = [f"Parameters {b:,} → {a:,} ({_ratio(b, a)}); FLOPs: {cp['flops']}"]
+    lines = [f"Parameters {b:,} → {a:,} ({_ratio(b, a)}); FLOPs per sample: {_channel_flops(cp.get('flops'))}"]
     rec = cp.get("recovery")
     if rec:
         early = ", stopped early" if rec["stopped_early"] else ""
         lines.append(f"Recovered by {rec['method']}: {rec['epochs_run']} epoch(s){early}")
     return lines
+
+
+def _channel_flops(flops: Any) -> str:
+    """The channel report's FLOPs (2 x multiply-adds, per sample) before → after, and what was not counted."""
+    from kmemopt.profiling.flops import format_flops
+
+    if not isinstance(flops, dict) or "before" not in flops:
+        why = flops.get("not_computed") if isinstance(flops, dict) else flops
+        return f"not computed ({why})" if why and why != "not computed" else "not computed"
+    b, a = int(flops["before"]), int(flops["after"])
+    text = f"{format_flops(b)} → {format_flops(a)} ({_ratio(b, a)})"
+    missing = flops.get("not_counted") or []
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        text += f"; not counted: {', '.join(missing[:5])}{more}"
+    return text
 
 
 def _render_channels(data: dict[str, Any], console, all_layers: bool) -> None:

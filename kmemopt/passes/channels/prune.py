@@ -20,7 +20,7 @@ from kmemopt.passes.channels.select import (
     select,
 )
 
-FLOPS_NOT_COMPUTED = "not computed (kmemopt's static profile does not count FLOPs)"
+FLOPS_NOT_COMPUTED = "not computed"
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ChannelReport:
     left_alone: list[tuple[str, str, str]]  # (layer, class, why)
     before: Totals
     after: Totals
-    flops: str = FLOPS_NOT_COMPUTED
+    flops: dict[str, Any] = field(default_factory=lambda: {"not_computed": FLOPS_NOT_COMPUTED})
     batch_size: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -77,7 +77,7 @@ class ChannelReport:
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
             "param_ratio": round(self.param_ratio, 6),
-            "flops": self.flops,
+            "flops": dict(self.flops),
             "batch_size": self.batch_size,
             "notes": list(self.notes),
         }
@@ -200,6 +200,31 @@ def static_totals(model: Any, batch_size: int | None) -> Totals:
     return Totals(t.params, t.inference_peak_bytes, t.training_peak_bytes)
 
 
+def flops_before_after(model: Any, new: Any, seq_len: int | None = None) -> dict[str, Any]:
+    """Forward FLOPs per sample (kmemopt.profiling.flops' convention) of both models, in total and per
+    layer; `{"not_computed": why}` when a shape is unknown."""
+    from kmemopt.profiling.flops import CONVENTION, model_flops
+
+    try:
+        before, after = model_flops(model, seq_len=seq_len), model_flops(new, seq_len=seq_len)
+    except UsageError as exc:
+        return {"not_computed": str(exc)}
+    b, a = before.by_path(), after.by_path()
+    classes = {r.path: r.class_name for r in before.layers}
+    return {
+        "convention": CONVENTION,
+        "before": before.total,
+        "after": after.total,
+        "ratio": round(after.total / before.total, 6) if before.total else None,
+        "not_counted": sorted({f"{r.path} ({r.class_name})" for r in before.not_counted + after.not_counted}),
+        "layers": [
+            {"path": path, "class_name": classes[path], "before": b[path], "after": a.get(path)}
+            for path in b
+            if b[path] or a.get(path)
+        ],
+    }
+
+
 def prune_channels(
     model: Any,
     fraction: float | Amount,
@@ -210,6 +235,7 @@ def prune_channels(
     custom_objects: dict[str, Any] | None = None,
     scores: dict[int, np.ndarray] | None = None,
     analysis: Analysis | None = None,
+    seq_len: int | None = None,
 ) -> PruneResult:
     """Remove whole channels (filters, units, attention heads) and rebuild a smaller plain-Keras model.
 
@@ -218,7 +244,8 @@ def prune_channels(
     outputs never change width. `fraction=0` rebuilds the same model (identical outputs).
     `batch_size` prices the peaks of the report with the static profile (None: parameters only).
     `scores` and `analysis`, when the caller already has them (`model_analysis`, `scores_for`), are used
-    instead of being computed again.
+    instead of being computed again. The report's FLOPs are per sample (`seq_len` fills unknown input
+    lengths).
 
     Example:
         >>> result = prune_channels(model, 0.5)
@@ -240,6 +267,7 @@ def prune_channels(
         left_alone=left,
         before=static_totals(model, batch_size),
         after=static_totals(new, batch_size),
+        flops=flops_before_after(model, new, seq_len),
         batch_size=batch_size,
     )
     return PruneResult(new, report, selection)

@@ -106,7 +106,7 @@ def prune_step(
     say(f"Pruning {fraction:.1%} of channels ({criterion.value} importance, {ranking.value} ranking) ...")
     pruned = prune_channels(
         model, Amount(fraction, ranking), criterion=criterion, data=feed, batch_size=None, scores=scores,
-        analysis=analysis,
+        analysis=analysis, seq_len=seq_len,
     )  # fmt: skip
     result = PassResult(NAME)
     for row in pruned.report.layers:
