@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import provenance  # noqa: E402  (benchmarks/provenance.py, found through the path set above)
 import readme_figures  # noqa: E402
 
-SUITE_ORDER = ["estimate", "shrink", "speed"]
+SUITE_ORDER = ["estimate", "estimate_jax", "shrink", "speed"]
 
 
 def available_suites() -> list[str]:
