@@ -179,7 +179,7 @@ def shrink(
       `eval_data` (the fidelity data when `data` trains); instead of `prune_channels`, `target_params`
       ("0.3x" or a count) or `target_memory` ("0.5x" or "2GiB" of static training peak) prune the
       smallest amount that reaches it; `prune_criterion` ("magnitude", "bn", "activation", "gradient") and
-      `prune_scope` ("uniform", "global") choose which channels go; `keep_optimizer` (saved optimizer state is
+      `prune_scope` ("uniform", "global", "sensitivity") choose which channels go; `keep_optimizer` (saved optimizer state is
       dropped unless True), `prune` (a sparsity, 0.5 or "50%"; implies `compress`) with `prune_first_last`,
       `quantize` ("int8", "int4", "float16", "bfloat16"), `allow_custom_layers` (int8 convolutions
       with kmemopt's own layers), `mixed_precision` ("float16", "bfloat16"), `compress` (deflate),

@@ -637,3 +637,87 @@ def test_shrink_gradient_criterion_uses_the_labels_and_the_compile_loss(cli, dig
     data = json.loads(result.stdout)
     assert data["channel_pruning"]["criterion"] == "gradient"
     assert any("|activation x gradient|" in n for n in data["passes"][0]["notes"])
+
+
+# --------------------------------------------------------------------------------------------
+# --prune-scope sensitivity: each group pruned alone first, sensitive groups lose less
+
+
+@pytest.fixture(scope="module")
+def one_sensitive_layer(keras):
+    """`sensitive` feeds the output with weights of scale 1, `robust` with weights of scale 1e-3: pruning
+    `robust` alone barely moves the outputs, pruning `sensitive` alone moves them a lot."""
+    L = keras.layers
+    inp = keras.Input((8,), name="x")
+    h = L.Dense(16, activation="relu", name="sensitive")(inp)
+    g = L.Dense(16, activation="relu", name="robust")(h)
+    model = keras.Model(inp, L.Dense(4, name="out")(L.Concatenate(name="cat")([h, g])), name="two_paths")
+    rng = np.random.default_rng(0)
+    model.get_layer("sensitive").set_weights([rng.normal(0, 1, (8, 16)), np.full(16, 0.5)])
+    model.get_layer("robust").set_weights([rng.normal(0, 1, (16, 16)), np.full(16, 0.5)])
+    kernel = np.concatenate([rng.normal(0, 1, (16, 4)), rng.normal(0, 1e-3, (16, 4))])
+    model.get_layer("out").set_weights([kernel, np.zeros(4)])
+    return model
+
+
+def test_sensitivity_pass_measures_each_group_alone(keras, one_sensitive_layer):
+    from kmemopt.passes import fidelity as fid
+    from kmemopt.passes.channels.prune import model_analysis
+    from kmemopt.passes.channels.sensitivity import SPREAD, measure_sensitivity
+
+    model = one_sensitive_layer
+    analysis = model_analysis(model)
+    inputs = fid.load_inputs(model, None, samples=32)
+    measured = {m.layers: m for m in measure_sensitivity(analysis, model, 0.5, None, inputs)}
+    sensitive, robust = measured[("sensitive",)], measured[("robust",)]
+    assert (sensitive.size, sensitive.kept, robust.kept) == (16, 8, 8)
+    assert sensitive.relative_l2 > 100 * robust.relative_l2 > 0
+    # weights: the mean sensitivity over the group's, clipped to [1/SPREAD, SPREAD]
+    assert (sensitive.weight, robust.weight) == (
+        pytest.approx((1 + robust.relative_l2 / sensitive.relative_l2) / 2),
+        SPREAD,
+    )
+
+
+def test_sensitivity_scope_spends_the_uniform_parameters_where_they_hurt_least(keras, one_sensitive_layer):
+    from kmemopt.passes import fidelity as fid
+    from kmemopt.passes.channels.step import prune_step
+    from kmemopt.passes.pipeline import make_request
+
+    model = one_sensitive_layer
+    uniform = prune_step(model, make_request(prune_channels=0.5))
+    sens = prune_step(model, make_request(prune_channels=0.5, prune_scope="sensitivity"))
+    widths = {r["layer"]: r["after"] for r in sens.info["layers"]}
+    assert {r["layer"]: r["after"] for r in uniform.info["layers"]} == {"sensitive": 8, "robust": 8, "out": 4}
+    assert widths["sensitive"] > 8 and widths["robust"] < 8
+    assert sens.model.count_params() <= uniform.model.count_params() == 212  # the same parameter target
+    assert any("uniform 50% would" in note for note in sens.result.notes)
+    from kmemopt.report.shrink import channel_summary
+
+    shown = [line for line in channel_summary(sens.info) if line.startswith("Sensitivity")]
+    assert len(shown) == 1 and shown[0].index("sensitive ") < shown[0].index("robust ")
+    assert sens.info["ranking"] == "sensitivity"
+    assert [(row["layers"], row["size"]) for row in sens.info["sensitivity"]] == [(["sensitive"], 16), (["robust"], 16)]
+    x = fid.load_inputs(model, None, samples=64, seed=1).feed()
+    ref = model.predict(x, verbose=0)
+
+    def error(m):
+        return float(np.linalg.norm(m.predict(x, verbose=0) - ref) / np.linalg.norm(ref))
+
+    assert error(sens.model) < error(uniform.model)
+
+
+@pytest.mark.slow
+def test_shrink_sensitivity_scope_through_the_cli(keras, cli, digits_files):
+    import json
+
+    args = ("shrink", digits_files / "digits.keras", "--prune-channels", "50%", "--data", digits_files / "train.npz")
+    uniform = json.loads(cli(*args, "-o", digits_files / "u.keras", "--format", "json").stdout)["channel_pruning"]
+    result = cli(*args, "--prune-scope", "sensitivity", "-o", digits_files / "s.keras", "--format", "json")
+    assert result.exit_code == 0, result.output
+    cp = json.loads(result.stdout)["channel_pruning"]
+    assert cp["ranking"] == "sensitivity" and uniform["sensitivity"] is None
+    probed = {layer for row in cp["sensitivity"] for layer in row["layers"]}
+    assert probed == {r["layer"] for r in uniform["layers"] if r["after"] < r["before"]}
+    assert all(row["kept_at_probe"] == (row["size"] + 1) // 2 and row["relative_l2"] > 0 for row in cp["sensitivity"])
+    assert cp["after"]["params"] <= uniform["after"]["params"]

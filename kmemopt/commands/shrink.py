@@ -41,6 +41,7 @@ class CriterionChoice(str, Enum):
 class ScopeChoice(str, Enum):
     uniform = "uniform"
     global_ = "global"
+    sensitivity = "sensitivity"
 
 
 class RecoverChoice(str, Enum):
@@ -114,7 +115,8 @@ def command(
         ScopeChoice,
         typer.Option(
             "--prune-scope",
-            help="uniform: every layer loses the same fraction; global: one ranking, each layer keeps 10%.",
+            help="uniform: every layer loses the same fraction; global: one ranking, each layer keeps 10%; "
+            "sensitivity: each group pruned alone first (on --data or synthetic inputs), sensitive ones lose less.",
             rich_help_panel=PASSES,
         ),
     ] = ScopeChoice.uniform,

@@ -187,7 +187,7 @@ class ShrinkRequest:
     prune_target: Any = None  # channels.target.Target: prune the smallest amount reaching it (no prune_channels)
     # channel importance: magnitude, bn, activation, gradient; None: activation with data, else magnitude
     prune_criterion: str | None = None
-    prune_scope: str = "uniform"  # uniform, or global (one ranking, per-layer floor)
+    prune_scope: str = "uniform"  # uniform, global (one ranking, per-layer floor) or sensitivity
 
 
 def _fraction(value: float | str | None) -> float | None:
@@ -315,8 +315,8 @@ def _channel_choices(passes, data, target_params, target_memory, criterion, scop
         if criterion in ("activation", "gradient") and data is None:
             raise UsageError(f"--prune-criterion {criterion} ranks channels on your data; give --data.")
     scope = "uniform" if scope is None else str(getattr(scope, "value", scope)).lower()
-    if scope not in ("uniform", "global"):
-        raise UsageError(f"--prune-scope takes uniform or global. Received: {scope!r}.")
+    if scope not in ("uniform", "global", "sensitivity"):
+        raise UsageError(f"--prune-scope takes uniform, global or sensitivity. Received: {scope!r}.")
     if scope != "uniform" and not pruning:
         raise UsageError("--prune-scope sets how channels are pruned; give --prune-channels or a --target-* option.")
     return target, criterion, scope

@@ -70,6 +70,14 @@ def channel_rows(cp: dict[str, Any], all_layers: bool) -> list[dict[str, Any]]:
 def channel_summary(cp: dict[str, Any]) -> list[str]:
     b, a = cp["before"]["params"], cp["after"]["params"]
     lines = [f"Parameters {b:,} → {a:,} ({_ratio(b, a)}); FLOPs per sample: {_channel_flops(cp.get('flops'))}"]
+    sens = [row for row in cp.get("sensitivity") or [] if row["kept_at_probe"] < row["size"]]
+    if sens:
+        ranked = sorted(sens, key=lambda row: -row["relative_l2"])
+        shown = ", ".join(f"{'+'.join(row['layers'])} {row['relative_l2']:.3g}" for row in ranked[:3])
+        lines.append(
+            f"Sensitivity (each group pruned alone, output relative L2), most sensitive first: {shown}"
+            + (f"; least: {'+'.join(ranked[-1]['layers'])} {ranked[-1]['relative_l2']:.3g}" if len(ranked) > 3 else "")
+        )
     rec = cp.get("recovery")
     if rec:
         early = ", stopped early" if rec["stopped_early"] else ""

@@ -62,6 +62,7 @@ class ChannelReport:
     flops: dict[str, Any] = field(default_factory=lambda: {"not_computed": FLOPS_NOT_COMPUTED})
     batch_size: int | None = None
     notes: list[str] = field(default_factory=list)
+    sensitivity: list[dict[str, Any]] | None = None  # --prune-scope sensitivity: each group alone (sensitivity.py)
 
     @property
     def param_ratio(self) -> float:
@@ -80,6 +81,7 @@ class ChannelReport:
             "flops": dict(self.flops),
             "batch_size": self.batch_size,
             "notes": list(self.notes),
+            "sensitivity": self.sensitivity,
         }
 
 
@@ -236,6 +238,7 @@ def prune_channels(
     scores: dict[int, np.ndarray] | None = None,
     analysis: Analysis | None = None,
     seq_len: int | None = None,
+    weights: dict[int, float] | None = None,
 ) -> PruneResult:
     """Remove whole channels (filters, units, attention heads) and rebuild a smaller plain-Keras model.
 
@@ -244,7 +247,7 @@ def prune_channels(
     outputs never change width. `fraction=0` rebuilds the same model (identical outputs).
     `batch_size` prices the peaks of the report with the static profile (None: parameters only).
     `scores` and `analysis`, when the caller already has them (`model_analysis`, `scores_for`), are used
-    instead of being computed again. The report's FLOPs are per sample (`seq_len` fills unknown input
+    instead of being computed again; `weights` are sensitivity ranking's (sensitivity.py). The report's FLOPs are per sample (`seq_len` fills unknown input
     lengths).
 
     Example:
@@ -256,7 +259,7 @@ def prune_channels(
     analysis = analysis if analysis is not None else model_analysis(model)
     if scores is None and amount.fraction > 0:
         scores = scores_for(analysis, model, criterion, data)
-    selection = select(analysis, amount, scores)
+    selection = select(analysis, amount, scores, weights)
     new = rebuild(selection, model, custom_objects)
     left = [(name, _class_of(analysis, name), why) for name, why in analysis.left_alone.items()]
     report = ChannelReport(

@@ -1,4 +1,4 @@
-"""How many channels each group keeps, and which: amounts (uniform or global ranking) and importance.
+"""How many channels each group keeps, and which: amounts (uniform, global or sensitivity ranking) and importance.
 
 Widths under a uniform amount depend only on the group sizes, so they are known from the config alone
 (what `kmemopt plan` prices). Which channels survive depends on an importance score per channel:
@@ -30,6 +30,7 @@ class Criterion(str, Enum):
 class Ranking(str, Enum):
     uniform = "uniform"  # every group loses the same fraction
     global_ = "global"  # one ranking over all groups' (normalized) scores, with a per-group floor
+    sensitivity = "sensitivity"  # per-group amounts from a sensitivity pass (sensitivity.py), floors kept
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,28 @@ def uniform_widths(analysis: Analysis, amount: Amount) -> dict[int, int]:
     return {g: amount.keep(int(analysis.groups.size[g] or 0)) for g in analysis.prunable()}
 
 
-def select(analysis: Analysis, amount: Amount, scores: dict[int, np.ndarray] | None = None) -> Selection:
+def select(
+    analysis: Analysis,
+    amount: Amount,
+    scores: dict[int, np.ndarray] | None = None,
+    weights: dict[int, float] | None = None,
+) -> Selection:
     """Which channels each group keeps. Without scores, the first channels (what plan prices: the
-    widths are what matter); with scores, the highest-scoring ones."""
+    widths are what matter); with scores, the highest-scoring ones. Under sensitivity ranking,
+    `weights` (sensitivity.py) scale each group's fraction: a group of weight w loses w x `fraction`
+    of its channels, keeping at least its floor."""
     groups = analysis.groups
     prunable = analysis.prunable()
     widths = uniform_widths(analysis, amount)
     if amount.ranking is Ranking.global_ and scores:
         channel_groups = [g for g in prunable if groups.kind[g] == "channels"]
         widths.update(_global_widths(analysis, amount, channel_groups, scores))
+    if amount.ranking is Ranking.sensitivity and weights:
+        for g, w in weights.items():
+            if g in widths:
+                size = int(groups.size[g] or 0)
+                floor = min(size, max(1, math.ceil(amount.floor * size)))
+                widths[g] = max(floor, amount.keep(size, min(1.0, amount.fraction * w)))
     kept: dict[int, np.ndarray] = {}
     for g in prunable:
         size, k = int(groups.size[g] or 0), widths[g]

@@ -87,6 +87,9 @@ def prune_step(
     feed = inputs.feed() if inputs is not None else None
     labels = inputs.labels if inputs is not None else None
     scores = scores_for(analysis, model, criterion, feed, labels, _compile_loss(compile_config, labels))
+    weights, sensitivity, equal = None, None, None
+    if ranking is Ranking.sensitivity:
+        sensitivity, weights, equal = _sensitivity(model, request, analysis, scores, inputs, seq_len, say)
     search = None
     if target is not None:
         say(f"Searching the amount of channel pruning that reaches {target.option} {target.asked()} ...")
@@ -94,20 +97,25 @@ def prune_step(
             analysis,
             target,
             ranking=ranking,
-            scores=scores if ranking is Ranking.global_ else None,
+            scores=scores if ranking is not Ranking.uniform else None,
             batch_size=request.batch_size,
             optimizer=optimizer,
             seq_len=seq_len,
             input_shapes=dict(request.input_shapes) if request.input_shapes else None,
+            weights=weights,
         )
         fraction = search.fraction
+    elif equal is not None:
+        fraction = equal.fraction
     else:
         fraction = float(request.passes.prune_channels)
     say(f"Pruning {fraction:.1%} of channels ({criterion.value} importance, {ranking.value} ranking) ...")
     pruned = prune_channels(
         model, Amount(fraction, ranking), criterion=criterion, data=feed, batch_size=None, scores=scores,
-        analysis=analysis, seq_len=seq_len,
+        analysis=analysis, seq_len=seq_len, weights=weights,
     )  # fmt: skip
+    if sensitivity is not None:
+        pruned.report.sensitivity = [m.to_dict() for m in sensitivity]
     result = PassResult(NAME)
     for row in pruned.report.layers:
         if row.after < row.before:
@@ -121,6 +129,16 @@ def prune_step(
         f"importance: {CRITERIA[criterion]}; {ranking.value} ranking; "
         f"parameters {pruned.report.before.params:,} -> {pruned.report.after.params:,}"
     )
+    if sensitivity is not None and weights is None:
+        result.notes.append(
+            "sensitivity ranking: the sensitive groups hold too many parameters to match uniform pruning's count; "
+            "pruned uniformly"
+        )
+    if equal is not None:
+        result.notes.append(
+            f"sensitivity ranking: each group loses its weight x {fraction:.1%} of its channels, the amount that "
+            f"leaves at most the {equal.limit:,} parameters uniform {float(request.passes.prune_channels):.0%} would"
+        )
     info: dict[str, Any] = pruned.report.to_dict()
     info["target"] = search.to_dict() if search is not None else None
     if search is not None:
@@ -149,3 +167,34 @@ def prune_step(
     elif request.recover is None and fraction > 0:
         result.notes.append("not trained back: accuracy may drop a lot; --recover distill needs only inputs (--data)")
     return PruneStep(pruned.model, result, info)
+
+
+PROBE_FRACTION = 0.5  # the amount each group is probed at when a --target-* option sets the amount
+
+
+def _sensitivity(model, request, analysis, scores, inputs, seq_len, say):
+    """The sensitivity pass (on --data, else synthetic inputs), the groups' weights, and with
+    --prune-channels the search for the scale that spends the same parameters as uniform pruning."""
+    from kmemopt.load.build import build_from_config
+    from kmemopt.passes import fidelity as fid
+    from kmemopt.passes.channels.rewrite import pruned_config
+    from kmemopt.passes.channels.select import Amount, Ranking, select
+    from kmemopt.passes.channels.sensitivity import measure_sensitivity, probe_inputs, weights_of
+    from kmemopt.passes.channels.target import Target, search_fraction
+
+    asked = request.passes.prune_channels
+    at = float(asked) if asked is not None else PROBE_FRACTION
+    probe = probe_inputs(inputs if inputs is not None else fid.load_inputs(model, None, seq_len=seq_len))
+    measured = measure_sensitivity(analysis, model, at, scores, probe, progress=say)
+    weights = weights_of(measured)
+    if asked is None or at <= 0:
+        return measured, weights, None
+    uniform = int(build_from_config(pruned_config(select(analysis, Amount(at), scores))).count_params())
+    say(f"Searching the sensitivity-weighted amount with the parameters of uniform {at:.0%} ({uniform:,}) ...")
+    try:
+        equal = search_fraction(
+            analysis, Target("params", value=uniform), ranking=Ranking.sensitivity, scores=scores, weights=weights
+        )
+    except UsageError:  # the sensitive groups hold too much to match uniform pruning: prune uniformly
+        return measured, None, None
+    return measured, weights, equal

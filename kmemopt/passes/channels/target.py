@@ -114,8 +114,10 @@ def search_fraction(
     optimizer: Any = None,
     seq_len: int | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    weights: dict[int, float] | None = None,
 ) -> Search:
-    """The smallest fraction (in steps of 1/1000) whose pruned config reaches `target`; `UsageError`
+    """The smallest fraction (in steps of 1/1000) whose pruned config reaches `target` (under sensitivity
+    ranking, each group's fraction scaled by its `weights`); `UsageError`
     (exit 2) naming the closest reachable value when even the most pruning does not."""
     from kmemopt.load.build import build_from_config
     from kmemopt.passes.channels.rewrite import pruned_config
@@ -125,7 +127,7 @@ def search_fraction(
     def measure(step: int) -> int:
         fraction = step / STEPS
         if fraction not in evaluated:
-            model = build_from_config(pruned_config(select(analysis, Amount(fraction, ranking), scores)))
+            model = build_from_config(pruned_config(select(analysis, Amount(fraction, ranking), scores, weights)))
             if target.kind == "params":
                 evaluated[fraction] = int(model.count_params())
             else:
