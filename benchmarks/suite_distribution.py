@@ -90,6 +90,7 @@ def run(log) -> list[dict]:
                         "optimizer_bytes_jax": first["optimizer"],
                         "equal": v.equal,
                         "activation_bytes": v.compared["kmemopt_activation_bytes"],
+                        "allreduce_pending_bytes": d.allreduce_pending_bytes,
                         "activation_bytes_xla": v.compared["xla_activation_bytes"],
                         "activation_ratio": v.compared["activation_ratio"],
                         "activation_bytes_xla_one_device": v.compared["xla_one_device_activation_bytes"],
@@ -112,17 +113,19 @@ def markdown(rows: list[dict]) -> str:
         "Each row: one architecture split over 8 devices, kmemopt's static per-device numbers beside what "
         "Keras's own `keras.distribution` holds on JAX (8 virtual CPU devices; `verify` in "
         "kmemopt/profiling/distribution.py). MiB per device. Weights, gradients and optimizer state must be "
-        "equal (exact); activations (kept + backward transient, an estimate) are compared with XLA's "
+        "equal (exact); activations (kept + backward transient + the local gradients awaiting their "
+        "all-reduce over the batch axis, an estimate; under model parallel the outputs of layers whose kernel is "
+        "sharded on its output axis counted at their slice) are compared with XLA's "
         "temporaries of the sharded forward and backward passes, the training step's tensors with XLA's "
         "buffers of the whole step (ratio = kmemopt / XLA). The split ratio is XLA's per-device temporaries "
         "over XLA's own for one device running the per-device batch unsharded: near 1, splitting the batch "
         "is all the distribution changes, and kmemopt's per-device error is its single-device error; below "
-        "1, XLA splits activations over the model axis too (kmemopt keeps them whole: the safe side).",
+        "1, XLA splits activations over the model axis too.",
         "",
         "| model | kind | mesh | batch/device | sharded | weights (kmemopt / JAX) | gradients | optimizer "
-        "| equal | activations (kmemopt / XLA) | ratio | XLA, 1 device at the per-device batch | split ratio "
+        "| equal | activations (kmemopt / XLA) | of which all-reduce | ratio | XLA, 1 device at the per-device batch | split ratio "
         "| training step (kmemopt / XLA) | ratio | s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
@@ -133,7 +136,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {_mib(r['param_bytes'])} / {_mib(r['param_bytes_jax'])} "
             f"| {_mib(r['gradient_bytes'])} / {_mib(r['gradient_bytes_jax'])} "
             f"| {_mib(r['optimizer_bytes'])} / {_mib(r['optimizer_bytes_jax'])} | {'yes' if r['equal'] else 'NO'} "
-            f"| {_mib(r['activation_bytes'])} / {_mib(r['activation_bytes_xla'])} | {r['activation_ratio']} "
+            f"| {_mib(r['activation_bytes'])} / {_mib(r['activation_bytes_xla'])} "
+            f"| {_mib(r.get('allreduce_pending_bytes'))} | {r['activation_ratio']} "
             f"| {_mib(r['activation_bytes_xla_one_device'])} | {r['split_ratio']} "
             f"| {_mib(r['training_tensor_bytes'])} / {_mib(r['training_bytes_xla'])} | {r['training_ratio']} "
             f"| {r['seconds']} |"

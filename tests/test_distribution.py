@@ -265,6 +265,8 @@ def test_mlp_shards_equal_kmemopt_data_and_auto_model_parallel(needs_jax, mlp_fi
     r = kmemopt.profile(mlp_file, batch_size=16)
     data = _verified(r, mlp_file, devices=8, kind="data")
     assert data.verified.layouts["d2/kernel"] == [None, None]
+    # The activations with the local gradients awaiting their all-reduce: XLA's temporaries (1.004x here).
+    assert 0.8 <= data.verified.compared["activation_ratio"] <= 1.2
     model = _verified(r, mlp_file, devices=8, kind="model")
     assert model.verified.layouts["d2/kernel"] == [None, "model"]
     assert model.verified.layouts["adam/d2_kernel_momentum"] == [None, "model"]  # the slot took its layout
@@ -377,3 +379,35 @@ def test_a_weight_name_in_a_note_is_data_in_the_table(cli, keras, tmp_path):
     r = cli("profile", path, "-b", "3", "--devices", "3", "--distribution", "model")
     assert r.exit_code == 0, r.stderr
     assert "'[bold]wide/kernel'" in r.stdout  # printed as written, not read as rich markup
+
+
+def test_data_parallel_counts_the_local_gradients_awaiting_their_all_reduce(mlp_profile):
+    # XLA combines the gradients' all-reduces into one at the end of the backward pass, so the local
+    # gradients accumulate. This MLP's peak is d1's backward step (the last): every local gradient, the
+    # kept input x and d1's output, and the step's gradients of both; the pending bytes are what that
+    # adds over the kept activations and the largest backward step. One device has no all-reduce.
+    d = per_device(mlp_profile, devices=8, kind="data").per_device[0]
+    x, d1_out = 2 * 64 * F32, 2 * 512 * F32
+    at_d1 = d.gradient_bytes + 2 * (x + d1_out)
+    assert d.allreduce_pending_bytes == at_d1 - d.activation_bytes - d.backward_transient_bytes
+    assert d.training_peak_bytes - d.runtime_training_bytes == (
+        d.param_bytes
+        + d.gradient_bytes
+        + d.optimizer_bytes
+        + d.activation_bytes
+        + d.backward_transient_bytes
+        + d.allreduce_pending_bytes
+    )
+    assert per_device(mlp_profile, devices=1, kind="data").per_device[0].allreduce_pending_bytes == 0
+
+
+def test_model_parallel_splits_the_output_of_a_kernel_sharded_on_its_output_axis(mlp_profile):
+    # auto 1x8 shards d2/kernel (512, 1024) on 1024, its output axis: each device computes 1024 / 8 of
+    # d2's output (16, 1024), which d3's gradient keeps; the other activations stay whole.
+    whole = per_device(mlp_profile, devices=1, kind="data").per_device[0]
+    model = per_device(mlp_profile, devices=8, kind="model")
+    d = model.per_device[0]
+    d2_out = 16 * 1024 * F32
+    assert d.activation_bytes == whole.activation_bytes - d2_out + d2_out // 8
+    assert d.allreduce_pending_bytes == 0  # no batch axis to reduce over
+    assert any("1 layer(s) whose kernel is sharded on its output axis" in w for w in model.warnings)

@@ -213,7 +213,16 @@ def per_device(pricer: Any, spec: ModelSpec, phase: str):
         trained = variant.trainable[local_spec.frozen] = trainable_set(variant, local_spec.frozen)
     gradient = sum(found.weights[v] for v, _ in trained.variables)
     optimizer = found.globals_bytes + sum(found.slots.get(v, 0) for v, _ in trained.variables)
-    peak = (
+    # As `kmemopt profile --devices`: activations split over the model axis, local gradients awaiting
+    # their all-reduce (profiling.distribution.step_delta).
+    from kmemopt.profiling.distribution import step_delta
+
+    mesh, _, _, layout = _layout(variant.model, placement)
+    ids = {v for v, _ in trained.variables}
+    delta = step_delta(
+        variant.graph, b, layout, mesh, lambda w: found.weights.get(id(w), 0) if id(w) in ids else 0, gradient
+    )
+    peak = delta + (
         whole.peak_bytes
         - whole.param_bytes
         - whole.gradient_bytes

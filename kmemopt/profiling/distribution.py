@@ -23,9 +23,10 @@ and JAX require k to divide it: a rule that does not divide is refused), so each
 gradients (they take their weight's layout) and optimizer variables (Keras 3 creates a slot with its
 variable's layout; other optimizer variables go through the layout map by their own path, as Keras's
 `ModelParallel.get_variable_layout` does) are exact. Activations are an estimate: the static
-profile's activation terms at the per-device batch (B / the batch axis's size), assumed not sharded
-over the model axis (an upper bound: XLA may split some activations over it, following the weights).
-Peaks compose these per-device terms the way `profiling.static` composes its peaks.
+profile's activation terms at the per-device batch (B / the batch axis's size), the output of a layer
+whose kernel is sharded on its output axis counted at its slice (`_split_outputs`), plus, with a batch
+axis, the local gradients awaiting their all-reduce (`_backward_walk`). Peaks compose these per-device
+terms the way `profiling.static` composes its peaks.
 
 `_distribution_child.py` checks the exact numbers against JAX's own shards (`verify`).
 """
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -446,6 +447,9 @@ class DeviceBytes:
     backward_transient_bytes: int = 0
     runtime_inference_bytes: int = 0
     runtime_training_bytes: int = 0
+    # Local gradients awaiting their all-reduce over the batch axis, beyond the activations and backward
+    # workspace they overlap (`_backward_walk`): 0 without a batch axis.
+    allreduce_pending_bytes: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -486,6 +490,7 @@ class DistributionProfile:
                 "backward_transient_bytes",
                 "runtime_inference_bytes",
                 "runtime_training_bytes",
+                "allreduce_pending_bytes",
             ],
             "per_device": [d.to_dict() for d in self.per_device],
             "variables": list(self.variables),
@@ -508,7 +513,6 @@ def per_device(
     """
     from kmemopt.profiling import graph as g
     from kmemopt.profiling.internals import runtime_costs
-    from kmemopt.profiling.static import _step
 
     the_mesh = make_mesh(kind, devices, mesh)
     if not result.variables:
@@ -546,26 +550,38 @@ def per_device(
         else:
             opt += local
     b = batch // the_mesh.batch
-    saved = g.saved_for_backward(graph)
-    back = g.backward_transient(graph, b)
+    local_grads = {
+        v.path: nbytes(shard_shape(v.shape, lay.axes[v.path], the_mesh), jax_dtype(v.dtype))
+        for v in result.variables
+        if v.role == "weight" and v.trainable
+    }
+    split = _split_outputs(graph, lay, the_mesh)
+    trained = sum(local_grads.values())
+    saved, back, pending = _backward_walk(
+        graph, b, split, lambda w: local_grads.get(str(getattr(w, "path", "")), 0), trained if the_mesh.batch > 1 else 0
+    )
     act_peak = g.inference_peak(graph, b)[0].at(b)
     costs = runtime_costs(graph, param)
     run_inf = (costs["loader_residue"] + costs["inference_graph"] + costs["input_copy"]).at(b)
     run_train = (costs["loader_residue"] + costs["training_graph"] + costs["input_copy"]).at(b)
     unscaled = grad if result.optimizer.get("name") == "LossScaleOptimizer" else 0
-    step = _step(saved, back, unscaled, b).at(b)
+    # As profiling.static's _step composes it, with the per-device terms: the backward pass (activations
+    # kept, the largest backward step, the local gradients awaiting their all-reduce), or the unscaled
+    # gradients of a LossScaleOptimizer's update when larger (it runs after the backward pass).
+    step = max(saved + back + pending, unscaled)
     one = DeviceBytes(
         device=0,
         param_bytes=param,
         gradient_bytes=grad,
         optimizer_bytes=opt,
-        activation_bytes=saved.at(b),
+        activation_bytes=saved,
         inference_peak_bytes=param + act_peak + run_inf,
         training_peak_bytes=param + grad + opt + step + run_train,
         inference_activation_peak_bytes=act_peak,
-        backward_transient_bytes=back.at(b),
+        backward_transient_bytes=back,
         runtime_inference_bytes=run_inf,
         runtime_training_bytes=run_train,
+        allreduce_pending_bytes=pending,
     )
     # The layouts are even (every sharded dimension divides): each device holds the same bytes.
     import dataclasses
@@ -574,8 +590,9 @@ def per_device(
     warnings: list[str] = []
     if the_mesh.kind is Kind.model and the_mesh.model > 1:
         warnings.append(
-            "Activations per device assume none is split over the model axis (each device of a model group "
-            f"holds its batch slice's {b} sample(s) whole); where XLA splits them too, a device holds less."
+            f"Activations per device: the outputs of {len(split)} layer(s) whose kernel is sharded on its output "
+            f"axis are split over the model axis; every other activation is held whole for the batch slice's {b} "
+            "sample(s)."
         )
     return DistributionProfile(
         kind=the_mesh.kind,
@@ -587,6 +604,104 @@ def per_device(
         variables=tuple(rows),
         warnings=tuple(warnings) + lay.notes,
     )
+
+
+# Layers whose kernel's last axis is their output's last axis (a Dense's units, a convolution's filters,
+# an embedding's width): that kernel sharded on its last axis makes each device compute a slice of the
+# output, which XLA keeps split (the next layer's kernel, sharded on its input axis, consumes the slice).
+_OUTPUT_AXIS_LAST = frozenset({"Dense", "Conv1D", "Conv2D", "Conv3D", "Embedding"})
+
+
+def _split_outputs(graph, lay: Layout, mesh: Mesh) -> dict[int, int]:
+    """Tensor id -> the number of slices XLA splits it into per device (model axis), for the outputs of
+    layers whose kernel is sharded over the model axis on its output (last) axis."""
+    out: dict[int, int] = {}
+    if mesh.model <= 1:
+        return out
+    for call in graph.calls:
+        if type(call.layer).__name__ not in _OUTPUT_AXIS_LAST:
+            continue
+        kernel = getattr(call.layer, "kernel", None) if type(call.layer).__name__ != "Embedding" else None
+        kernel = kernel if kernel is not None else getattr(call.layer, "embeddings", None)
+        axes = lay.axes.get(str(getattr(kernel, "path", ""))) if kernel is not None else None
+        if axes and axes[-1] == MODEL_AXIS:
+            for t in call.outputs:
+                out[t] = mesh.model
+    return out
+
+
+def step_delta(graph, b: int, layout: Layout, mesh: Mesh, grad_of: Callable[[Any], int], trained: int) -> int:
+    """What one device's backward pass holds beyond the static profile's (kept + largest backward step) at
+    the per-device batch `b`: the activations split over the model axis (less) and the local gradients
+    awaiting their all-reduce (more). `grad_of(weight)`: a trained weight's gradient bytes on a device (0
+    for a frozen one); `trained`: their sum. `kmemopt plan --devices` prices its placements with it."""
+    from kmemopt.profiling import graph as g
+
+    saved, back, pending = _backward_walk(
+        graph, b, _split_outputs(graph, layout, mesh), grad_of, trained if mesh.batch > 1 else 0
+    )
+    return saved + back + pending - g.saved_for_backward(graph).at(b) - g.backward_transient(graph, b).at(b)
+
+
+def _backward_walk(
+    graph, b: int, split: dict[int, int], grad_of: Callable[[Any], int], trained: int
+) -> tuple[int, int, int]:
+    """(the activations a device keeps, its largest backward step, the gradients' pending all-reduce bytes
+    beyond what they overlap), at batch `b` a device.
+
+    Kept activations: the static profile's kept tensors (`graph.kept_tensors`) and layers' internal
+    saves; the largest backward step: one call's inputs and outputs (their gradients) and its internal
+    workspace (`graph.backward_transient`). A tensor XLA splits over the model axis (`split`), and so its
+    gradient, counted at its slice. Without a split both equal the static profile's terms.
+
+    Pending all-reduce: with a batch axis, each device's backward pass first computes its local gradients
+    (of its batch slice); SPMD then all-reduces them over the batch axis. XLA's all-reduce combiner merges
+    the gradients' all-reduces into one at the end of the backward pass (seen in a compiled data-parallel
+    MLP's HLO: one tuple all-reduce of every gradient, and temporaries of the gradients' bytes), so the
+    local gradients accumulate while the pass frees the activations it no longer needs. Walked backward
+    over the calls: at call i the device holds the kept tensors made by calls up to i, their internal saves,
+    the local gradients of the weights of calls from i on, and call i's backward workspace; the peak of
+    that walk over (kept + the largest workspace) is the third number (0 when `trained`, the local
+    gradients' total, is 0). `grad_of(weight)`: its local gradient's bytes (0 if not trained).
+    A weight is counted once, from its last call."""
+    from kmemopt.profiling import graph as g
+
+    kept = g.kept_tensors(graph)
+    maker = {t: i for i, call in enumerate(graph.calls) for t in call.outputs}
+
+    def size(t: int) -> int:
+        return graph.tensors[t].size.at(b) // split.get(t, 1)
+
+    extra = [c.saved_extra.at(b) for c in graph.calls]
+    casts = sum(line.at(b) for line in graph.input_casts.values())
+    total = sum(size(t) for t in kept) + sum(extra) + casts
+
+    def step(c) -> int:
+        return sum(size(t) for t in set(c.inputs) | set(c.outputs)) + c.backward_transient.at(b)
+
+    workspace = max((step(c) for c in graph.calls), default=0)
+    if not trained:
+        return total, workspace, 0
+    # kept bytes freed once the backward walk has passed call i (made by call i): a tensor made by no call
+    # (a model input) stays to the end.
+    freed = [0] * len(graph.calls)
+    for t in kept:
+        if t in maker:
+            freed[maker[t]] += size(t)
+    for i, e in enumerate(extra):
+        freed[i] += e
+    seen: set[int] = set()
+    live, grads, peak = total, 0, 0
+    for i in range(len(graph.calls) - 1, -1, -1):
+        call = graph.calls[i]
+        for w in getattr(call.layer, "trainable_weights", ()):
+            if id(w) not in seen:
+                seen.add(id(w))
+                grads += grad_of(w)
+        peak = max(peak, live + grads + step(call))
+        live -= freed[i]
+    peak = max(peak, live + trained)  # the end: every gradient, also of weights no call owns
+    return total, workspace, max(0, peak - (total + workspace))
 
 
 # ------------------------------------------------------------------------------------------ verification
@@ -692,7 +807,7 @@ def verify(
     # The forward and backward passes' temporaries: the activations kept and the backward workspace.
     xla_activations = value["xla"]["backward"]["temp_bytes"]
     one_device = value["xla"]["backward_one_device"]["temp_bytes"]
-    ours_activations = mine.activation_bytes + mine.backward_transient_bytes
+    ours_activations = mine.activation_bytes + mine.backward_transient_bytes + mine.allreduce_pending_bytes
     compared = {
         "kmemopt_training_tensor_bytes": tensors_training,
         "kmemopt_inference_tensor_bytes": tensors_inference,
