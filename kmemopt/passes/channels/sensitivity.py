@@ -119,3 +119,42 @@ def allocate(measured: list[GroupSensitivity]) -> list[GroupSensitivity]:
 
 def weights_of(measured: list[GroupSensitivity]) -> dict[int, float]:
     return {m.group: m.weight for m in measured}
+
+
+PROBE_FRACTION = 0.5  # the amount each group is probed at when no amount is asked (a --target-* option)
+
+
+def allocate_by_sensitivity(
+    model: Any,
+    analysis: Analysis,
+    fraction: float | None,
+    scores: dict[int, np.ndarray] | None,
+    inputs: Any,
+    *,
+    progress: Any = None,
+) -> tuple[list[GroupSensitivity], dict[int, float] | None, Any]:
+    """The sensitivity pass on (the first `PROBE_SAMPLES` of) `inputs`, the groups' weights, and, for an
+    asked `fraction`, the search (`target.Search`) for the sensitivity-weighted amount that keeps no more
+    parameters than uniform pruning at `fraction`. Weights None: even the most pruning of the insensitive
+    groups cannot match uniform pruning's count (prune uniformly instead)."""
+    from kmemopt.errors import UsageError
+    from kmemopt.load.build import build_from_config
+    from kmemopt.passes.channels.rewrite import pruned_config
+    from kmemopt.passes.channels.select import Ranking, select
+    from kmemopt.passes.channels.target import Target, search_fraction
+
+    say = progress or (lambda message: None)
+    at = float(fraction) if fraction is not None else PROBE_FRACTION
+    measured = measure_sensitivity(analysis, model, at, scores, probe_inputs(inputs), progress=say)
+    weights = weights_of(measured)
+    if fraction is None or at <= 0:
+        return measured, weights, None
+    uniform = int(build_from_config(pruned_config(select(analysis, Amount(at), scores))).count_params())
+    say(f"Searching the sensitivity-weighted amount with the parameters of uniform {at:.0%} ({uniform:,}) ...")
+    try:
+        equal = search_fraction(
+            analysis, Target("params", value=uniform), ranking=Ranking.sensitivity, scores=scores, weights=weights
+        )
+    except UsageError:
+        return measured, None, None
+    return measured, weights, equal

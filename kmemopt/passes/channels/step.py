@@ -169,32 +169,10 @@ def prune_step(
     return PruneStep(pruned.model, result, info)
 
 
-PROBE_FRACTION = 0.5  # the amount each group is probed at when a --target-* option sets the amount
-
-
 def _sensitivity(model, request, analysis, scores, inputs, seq_len, say):
-    """The sensitivity pass (on --data, else synthetic inputs), the groups' weights, and with
-    --prune-channels the search for the scale that spends the same parameters as uniform pruning."""
-    from kmemopt.load.build import build_from_config
+    """The sensitivity pass on --data (else synthetic inputs); see sensitivity.allocate_by_sensitivity."""
     from kmemopt.passes import fidelity as fid
-    from kmemopt.passes.channels.rewrite import pruned_config
-    from kmemopt.passes.channels.select import Amount, Ranking, select
-    from kmemopt.passes.channels.sensitivity import measure_sensitivity, probe_inputs, weights_of
-    from kmemopt.passes.channels.target import Target, search_fraction
+    from kmemopt.passes.channels.sensitivity import allocate_by_sensitivity
 
-    asked = request.passes.prune_channels
-    at = float(asked) if asked is not None else PROBE_FRACTION
-    probe = probe_inputs(inputs if inputs is not None else fid.load_inputs(model, None, seq_len=seq_len))
-    measured = measure_sensitivity(analysis, model, at, scores, probe, progress=say)
-    weights = weights_of(measured)
-    if asked is None or at <= 0:
-        return measured, weights, None
-    uniform = int(build_from_config(pruned_config(select(analysis, Amount(at), scores))).count_params())
-    say(f"Searching the sensitivity-weighted amount with the parameters of uniform {at:.0%} ({uniform:,}) ...")
-    try:
-        equal = search_fraction(
-            analysis, Target("params", value=uniform), ranking=Ranking.sensitivity, scores=scores, weights=weights
-        )
-    except UsageError:  # the sensitive groups hold too much to match uniform pruning: prune uniformly
-        return measured, None, None
-    return measured, weights, equal
+    probe = inputs if inputs is not None else fid.load_inputs(model, None, seq_len=seq_len)
+    return allocate_by_sensitivity(model, analysis, request.passes.prune_channels, scores, probe, progress=say)
