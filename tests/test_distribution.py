@@ -411,3 +411,33 @@ def test_model_parallel_splits_the_output_of_a_kernel_sharded_on_its_output_axis
     assert d.activation_bytes == whole.activation_bytes - d2_out + d2_out // 8
     assert d.allreduce_pending_bytes == 0  # no batch axis to reduce over
     assert any("1 layer(s) whose kernel is sharded on its output axis" in w for w in model.warnings)
+
+
+def test_the_report_says_what_the_pending_all_reduce_adds(mlp_profile):
+    from kmemopt.report.distribution import summary_lines
+
+    data = per_device(mlp_profile, devices=8, kind="data").to_dict()
+    pending = data["per_device"][0]["allreduce_pending_bytes"]
+    assert pending > 0
+    assert any("awaiting their all-reduce" in line for line in summary_lines(data))
+    one = per_device(mlp_profile, devices=1, kind="data").to_dict()
+    assert not any("all-reduce" in line for line in summary_lines(one))
+
+
+def test_the_html_profile_draws_each_device_s_training_peak_by_part(mlp_profile):
+    import dataclasses
+    import re
+
+    from kmemopt.report.html import profile_html
+
+    dist = per_device(mlp_profile, devices=8, kind="data")
+    hostile = dataclasses.replace(dist, warnings=("<script>alert(1)</script> & co",))
+    page = profile_html(dataclasses.replace(mlp_profile, distribution=hostile).to_dict())
+    d = dist.per_device[0]
+    bars = dict(re.findall(r'<rect class="device-([a-z]+)"[^>]* data-device="0-7" data-value="(\d+)"', page))
+    assert int(bars["params"]) == d.param_bytes and int(bars["gradients"]) == d.gradient_bytes
+    assert int(bars["optimizer"]) == d.optimizer_bytes and int(bars["activations"]) == d.activation_bytes
+    assert int(bars["step"]) == d.backward_transient_bytes + d.allreduce_pending_bytes
+    assert sum(int(v) for v in bars.values()) == d.training_peak_bytes
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+    assert 'id="distribution"' not in profile_html(mlp_profile.to_dict())

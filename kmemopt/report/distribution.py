@@ -51,6 +51,12 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         f"{data['batch_per_device']} per device; layout: {_layout(data)}.",
         "Weights, gradients and optimizer state per device are exact; * activations and peaks are estimates.",
     ]
+    pending = data["per_device"][0].get("allreduce_pending_bytes", 0)
+    if pending:
+        lines.append(
+            f"Local gradients awaiting their all-reduce over the batch axis add {format_bytes(pending)} a device "
+            "to the training peak (beyond the activations they overlap)."
+        )
     lines += [f"note: {w}" for w in data.get("warnings", [])]
     lines += verification_lines(data)
     return lines
@@ -60,7 +66,6 @@ def verification_lines(data: dict[str, Any]) -> list[str]:
     v = data.get("verified")
     if not v:
         return []
-    first = data["per_device"][0]
     got = {name: next(iter(v["measured"][name].values())) for name in ("weights", "gradients", "optimizer")}
     verdict = "equal kmemopt's on every device" if v["equal"] else "DIFFER: " + "; ".join(v["mismatches"][:3])
     lines = [
@@ -74,7 +79,7 @@ def verification_lines(data: dict[str, Any]) -> list[str]:
         f"  XLA per device: training step {format_bytes(xla['training']['total_bytes'])} (kmemopt's tensors "
         f"{format_bytes(c['kmemopt_training_tensor_bytes'])}, {_x(c['training_ratio'])}); forward+backward "
         f"temporaries {format_bytes(c['xla_activation_bytes'])} (kmemopt's activations "
-        f"{format_bytes(first['activation_bytes'] + first['backward_transient_bytes'])}, {_x(c['activation_ratio'])})"
+        f"{format_bytes(c['kmemopt_activation_bytes'])}, {_x(c['activation_ratio'])})"
     )
     if c.get("xla_one_device_activation_bytes") is not None:
         lines.append(

@@ -465,6 +465,79 @@ def layers_table(data: dict[str, Any]) -> str:
     return '<div class="scroll">' + "".join(out) + "</div>"
 
 
+_DEVICE_PARTS = (
+    ("params", "Weights", "#4e79a7", "exact"),
+    ("gradients", "Gradients", "#59a14f", "exact"),
+    ("optimizer", "Optimizer state", "#f28e2b", "exact"),
+    ("activations", "Activations kept", "#e15759", "estimated"),
+    ("step", "Backward step + pending all-reduce", "#edc948", "estimated"),
+    ("runtime", "Runtime allowance", "#bab0ac", "estimated"),
+)
+
+
+def _device_parts(d: dict[str, Any]) -> dict[str, int]:
+    """One device's training peak split into the stacked bars' parts (they sum to the peak)."""
+    parts = {
+        "params": d["param_bytes"],
+        "gradients": d["gradient_bytes"],
+        "optimizer": d["optimizer_bytes"],
+        "activations": d["activation_bytes"],
+        "runtime": d.get("runtime_training_bytes", 0),
+    }
+    parts["step"] = max(0, d["training_peak_bytes"] - sum(parts.values()))
+    return parts
+
+
+def distribution_html(dist: dict[str, Any]) -> str:
+    """`--devices N`: one stacked bar per group of devices holding the same bytes (the training peak's
+    parts), then the report's sentences, escaped."""
+    from kmemopt.report.distribution import summary_lines
+
+    groups: list[tuple[str, dict[str, Any]]] = []
+    for d in dist["per_device"]:
+        if groups and groups[-1][1] == {k: v for k, v in d.items() if k != "device"}:
+            start = groups[-1][0].split("-")[0]
+            groups[-1] = (f"{start}-{d['device']}", groups[-1][1])
+        else:
+            groups.append((str(d["device"]), {k: v for k, v in d.items() if k != "device"}))
+    top = max((d["training_peak_bytes"] for _, d in groups), default=0) or 1
+    width, label_w, bar_h, gap = 1040, 90, 24, 8
+    rows = []
+    for i, (ids, d) in enumerate(groups):
+        y = i * (bar_h + gap)
+        x = float(label_w)
+        rows.append(f'<text x="0" y="{_n(y + bar_h * 0.7)}" font-size="12">devices {_e(ids)}</text>')
+        parts = _device_parts(d)
+        for key, name, colour, _ in _DEVICE_PARTS:
+            n = parts[key]
+            if not n:
+                continue
+            w = n / top * (width - label_w)
+            rows.append(
+                f'<rect class="device-{key}" x="{_n(x)}" y="{_n(y)}" width="{_n(max(w, 1))}" height="{bar_h}" '
+                f'fill="{colour}" data-device="{_e(ids)}" data-value="{n}"><title>{_e(name)}: '
+                f"{_e(format_bytes(n))}</title></rect>"
+            )
+            x += w
+    height = max(len(groups) * (bar_h + gap) - gap, bar_h)
+    svg = (
+        f'<svg id="device-chart" class="chart" role="img" aria-label="Training peak per device" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+        f"{''.join(rows)}</svg>"
+    )
+    first = _device_parts(groups[0][1]) if groups else {}
+    legend = _legend([(c, name, f"{format_bytes(first.get(k, 0))} ({kind})") for k, name, c, kind in _DEVICE_PARTS])
+    sentences = '<ul class="plain">' + "".join(f"<li>{_e(line.strip())}</li>" for line in summary_lines(dist)) + "</ul>"
+    return (
+        f'<h2 id="distribution">Per device ({_e(dist["kind"])} parallel over {int(dist["devices"])} devices)</h2>'
+        f'<p class="muted">Each device\'s training peak, by part: weights, gradients and optimizer state '
+        f"{_kind('exact')} (JAX's shards), activations and the step {_kind('estimated')}.</p>"
+        + svg
+        + legend
+        + sentences
+    )
+
+
 def profile_html(data: dict[str, Any]) -> str:
     """The profile page: headline figures, the training-step timeline, per-layer table, batch line, file."""
     t, model = data["totals"], data["model"]
@@ -531,6 +604,8 @@ def profile_html(data: dict[str, Any]) -> str:
     if measured:
         body.append("<h2>Measured</h2>")
         body.append(_measured_table(measured))
+    if data.get("distribution"):
+        body.append(distribution_html(data["distribution"]))
     body.append(f"<h2>The file {_kind('exact')}</h2>")
     body.append(composition_svg(data))
     notes = list(data.get("warnings", []))
