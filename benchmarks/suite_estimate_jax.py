@@ -161,7 +161,9 @@ def run(log) -> list[dict]:
 
 
 def _mib(n) -> str:
-    return "-" if n is None else f"{n / 1024**2:,.0f}"
+    if n is None:
+        return "-"
+    return f"{n / 1024**2:,.1f}" if n < 10 * 1024**2 else f"{n / 1024**2:,.0f}"
 
 
 def _pct(e) -> str:
