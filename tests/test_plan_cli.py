@@ -202,6 +202,7 @@ def bert_paths(keras, tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow  # keras-hub backbone traced twice: make test
 def test_backbone_under_fixed_length_inputs_is_profiled_from_them(bert_paths):
     """The nested backbone's own inputs have an unknown length; the outer inputs fix it (was UnknownDimension)."""
     import kmemopt
@@ -215,6 +216,7 @@ def test_backbone_under_fixed_length_inputs_is_profiled_from_them(bert_paths):
     assert result.baseline_training_peak_bytes == free.training_peak_bytes
 
 
+@pytest.mark.slow  # a keras-hub backbone applied, written and reloaded (minutes under load): make test
 def test_freezing_inside_a_keras_hub_backbone_is_written_or_listed_as_lost(bert_paths, tmp_path):
     """A backbone's config is its constructor's arguments: its layers' trainable flags are not in the file.
     Freezing the whole backbone is (its own flag); freezing part of it is listed under not_in_file."""

@@ -138,6 +138,7 @@ def gpt2_path(keras, work):  # noqa: F811
     return path
 
 
+@pytest.mark.slow  # a keras-hub GPT-2 quantized, written and reloaded: make test
 def test_a_model_whose_config_lists_no_layers_is_quantized_in_place(gpt2_path, work):  # noqa: F811
     r = kmemopt.shrink(gpt2_path, work / "gpt2.slim.keras", quantize="int8", seq_len=16, samples=8)
     applied = {a.layer: a.action for a in _pass(r, "quantize").applied}
