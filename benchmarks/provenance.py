@@ -51,14 +51,20 @@ def current(machine: dict) -> dict:
 
 
 def stamp(rows: list[dict], provenance: dict) -> tuple[int, int]:
-    """Stamp the rows measured now; return (measured now, carried from earlier runs)."""
+    """Stamp the rows measured now; return (measured now, carried from earlier runs).
+
+    A row the suite stamped itself as it measured it (a stamp of this commit, dated at or after this
+    run's start: suites that stamp each child as it starts) was measured now, as `run_of` says."""
     fresh = carried = 0
     for row in rows:
-        if "measured_at" in row:
-            carried += 1
-        else:
+        at = row.get("measured_at")
+        if at is None:
             row["measured_at"] = dict(provenance)
             fresh += 1
+        elif at.get("commit") == provenance["commit"] and at.get("date", "") >= provenance["date"]:
+            fresh += 1
+        else:
+            carried += 1
     return fresh, carried
 
 

@@ -24,6 +24,14 @@ def test_stamp_keeps_the_stamp_of_rows_carried_from_an_earlier_run():
     assert carried["measured_at"] == OLD and fresh["measured_at"] == NOW
 
 
+def test_rows_a_suite_stamped_itself_during_the_run_count_as_measured():
+    """A suite that stamps each row as its child starts (same commit, after the run began) measured it;
+    a row of the same commit stamped before the run began was carried."""
+    during = {"model": "A", "measured_at": {**NOW, "date": "2026-12-03T10:07:00Z"}}
+    before = {"model": "B", "measured_at": {**NOW, "date": "2026-12-03T09:00:00Z"}}
+    assert provenance.stamp([during, before], NOW) == (1, 1)
+
+
 def test_rows_the_latest_run_did_not_measure_are_marked_and_counted():
     rows = [{"model": "A", "measured_at": dict(OLD)}, {"model": "B", "measured_at": dict(NOW)}]
     shown = provenance.marked(rows, RUN)
