@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
             results[mod.KEY] = rows
             results.setdefault("runs", {})[name] = {
-                "command": f"make bench SUITE={name}",
+                # with the KMEMOPT_BENCH_* settings that shaped the run (which models, carried rows, ...)
+                "command": " ".join(
+                    [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("KMEMOPT_BENCH_")]
+                    + [f"make bench SUITE={name}"]
+                ),
                 "started": stamp["date"],
                 "commit": stamp["commit"],
                 "dirty": stamp["dirty"],
