@@ -569,16 +569,7 @@ def markdown(rows: list[dict]) -> str:
             "Held-out models measured at batch 8 only (their other batch sizes were cut, or failed, to finish "
             "the run in its time; listed below): " + ", ".join(short) + ".",
         ]
-    failed = sorted(
-        {
-            (r["model"], r["batch_size"], r.get("status"), r.get("message", ""))
-            for r in rows
-            if not r.get("measured_bytes")
-        }
-    )
-    if failed:
-        out += ["", "Rows without a measurement:"]
-        out += [f"- {m} b={b}: {st or 'failed'}" + (f" ({msg})" if msg else "") for m, b, st, msg in failed]
+    out += unmeasured_lines(rows)
     outside = [
         f"{r['model']} b={r['batch_size']} {r['phase']} ({r['ratio']:.2f})"
         for r in rows
@@ -766,3 +757,19 @@ if __name__ == "__main__":
             "usage: python benchmarks/suite_estimate.py --refit [CALIBRATION.json]\n"
             "       python benchmarks/suite_estimate.py --reestimate [MODELS_DIR]"
         )
+
+
+def unmeasured_lines(rows: list[dict]) -> list[str]:
+    """The report's list of rows without a measurement (each model and batch once), or nothing."""
+    failed = sorted(
+        {
+            (r["model"], r["batch_size"], r.get("status"), r.get("message", ""))
+            for r in rows
+            if not r.get("measured_bytes")
+        }
+    )
+    if not failed:
+        return []
+    return ["", "Rows without a measurement:"] + [
+        f"- {m} b={b}: {st or 'failed'}" + (f" ({msg})" if msg else "") for m, b, st, msg in failed
+    ]

@@ -246,16 +246,7 @@ def markdown(rows: list[dict]) -> str:
         "",
         _figures("XLA, all models", rows, "xla"),
     ]
-    failed = sorted(
-        {
-            (r["model"], r["batch_size"], r.get("status"), r.get("message", ""))
-            for r in rows
-            if not r.get("measured_bytes")
-        }
-    )
-    if failed:
-        out += ["", "Rows without a measurement:"]
-        out += [f"- {m} b={b}: {st or 'failed'}" + (f" ({msg})" if msg else "") for m, b, st, msg in failed]
+    out += tf_suite.unmeasured_lines(rows)
     secs = {(r["model"], r["batch_size"]): r.get("measure_seconds") or 0 for r in rows}
     out += [
         "",
