@@ -125,10 +125,9 @@ def _layout(model: Any, placement: Placement):
     from kmemopt.profiling import distribution as d
 
     mesh = d.make_mesh(d.Kind(placement.kind), placement.devices, (placement.batch, placement.model))
-    seen: dict[int, Any] = {}
-    for v in model.weights:
-        seen.setdefault(id(v), v)
-    table = [d.VariableSpec(str(v.path), tuple(int(x) for x in v.shape), str(v.dtype), "weight") for v in seen.values()]
+    pairs = d.weight_table(model)
+    seen = [id(v) for v, _ in pairs]
+    table = [spec for _, spec in pairs]
     return mesh, seen, table, d.resolve_layout(table, mesh, d.AUTO if placement.kind == MODEL else None)
 
 
@@ -145,6 +144,8 @@ class Shards:
     weights: dict[int, int]  # id(variable) -> bytes on each device
     slots: dict[int, int]  # id(trainable variable) -> its optimizer slots' bytes on each device
     globals_bytes: int  # optimizer counters etc., replicated
+    mesh: Any = None  # profiling.distribution.Mesh and Layout the shards were cut by
+    layout: Any = None
 
 
 def shards(variant: Any, opt: Any, placement: Placement) -> Shards:
@@ -172,7 +173,7 @@ def shards(variant: Any, opt: Any, placement: Placement) -> Shards:
         # has no rule in the automatic layout and is replicated.
         axes = layout.axes[str(owner.path)] if tuple(shape) == owner_shape else (None,) * len(shape)
         slots[id(owner)] = slots.get(id(owner), 0) + local(shape, dtype, axes)
-    return Shards(weights, slots, globals_bytes)
+    return Shards(weights, slots, globals_bytes, mesh, layout)
 
 
 class Infeasible(Exception):
@@ -217,7 +218,7 @@ def per_device(pricer: Any, spec: ModelSpec, phase: str):
     # their all-reduce (profiling.distribution.step_delta).
     from kmemopt.profiling.distribution import step_delta
 
-    mesh, _, _, layout = _layout(variant.model, placement)
+    mesh, layout = found.mesh, found.layout  # cut once per variant and placement
     ids = {v for v, _ in trained.variables}
     delta = step_delta(
         variant.graph, b, layout, mesh, lambda w: found.weights.get(id(w), 0) if id(w) in ids else 0, gradient

@@ -96,26 +96,31 @@ def jax_dtype(dtype: str) -> str:
     return _JAX_32.get(dtype, dtype)
 
 
-def variable_table(model, opt: OptimizerState) -> tuple[VariableSpec, ...]:
-    """Every weight of `model` (each once, as the profile counts them) and every variable of the
-    optimizer the profile built over it, with the paths Keras's `LayoutMap` matches."""
-    trainable = list(model.trainable_variables)
-    trainable_ids = {id(v) for v in trainable}
+def weight_table(model) -> list[tuple[Any, VariableSpec]]:
+    """Every weight of `model`, each once (as the profile counts them), beside its `VariableSpec`."""
+    trainable_ids = {id(v) for v in model.trainable_variables}
     seen: set[int] = set()
-    rows: list[VariableSpec] = []
+    rows: list[tuple[Any, VariableSpec]] = []
     for v in model.weights:
         if id(v) in seen:
             continue
         seen.add(id(v))
-        rows.append(
-            VariableSpec(
-                path=str(v.path),
-                shape=tuple(int(d) for d in v.shape),
-                dtype=str(v.dtype),
-                role="weight",
-                trainable=id(v) in trainable_ids,
-            )
+        spec = VariableSpec(
+            path=str(v.path),
+            shape=tuple(int(d) for d in v.shape),
+            dtype=str(v.dtype),
+            role="weight",
+            trainable=id(v) in trainable_ids,
         )
+        rows.append((v, spec))
+    return rows
+
+
+def variable_table(model, opt: OptimizerState) -> tuple[VariableSpec, ...]:
+    """Every weight of `model` (each once, as the profile counts them) and every variable of the
+    optimizer the profile built over it, with the paths Keras's `LayoutMap` matches."""
+    trainable = list(model.trainable_variables)
+    rows = [spec for _, spec in weight_table(model)]
     for path, shape, dtype, index in opt.variables:
         owner = str(trainable[index].path) if index is not None else None
         rows.append(VariableSpec(path, shape, dtype, "slot" if owner is not None else "global", owner=owner))
