@@ -77,6 +77,14 @@ def reader_modules(request, arrays):
 """
 
 
+@pytest.fixture(autouse=True)
+def fresh_reads():
+    """Every test here reads its files with the reading child: nothing remembered from an earlier test."""
+    archive.forget_reads()
+    yield
+    archive.forget_reads()
+
+
 @pytest.fixture()
 def targets(tmp_path, monkeypatch) -> str:
     """Child processes can run `kmemopt._test_targets:<function>` (the functions of TARGETS)."""
@@ -206,6 +214,56 @@ def test_the_metadata_reader_never_forks_and_reads_in_a_child(mlp_path, monkeypa
     monkeypatch.setattr(os, "fork", no_fork)
     monkeypatch.setattr(archive, "_read_by_content", not_here)  # the parent's copy only
     assert archive.read_model_file(mlp_path) == in_process
+
+
+def _count_reading_children(monkeypatch) -> list[str]:
+    started: list[str] = []
+    real = sandbox.run_child
+
+    def counted(target, *args, **kwargs):
+        started.append(target)
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(sandbox, "run_child", counted)
+    monkeypatch.delenv("KMEMOPT_MAX_READ_SECONDS", raising=False)
+    return started
+
+
+def test_a_file_read_again_unchanged_costs_no_second_child(mlp_path, tmp_path, monkeypatch):
+    started = _count_reading_children(monkeypatch)
+    link = tmp_path / "same.keras"
+    link.symlink_to(mlp_path)
+    first = archive.read_model_file(mlp_path)
+    first.config["config"]["name"] = "edited by a caller"  # a caller's edit is its own copy
+    again = archive.read_model_file(link)
+    assert started == [archive.READ_TARGET]
+    assert again.path == link  # named as this caller named it
+    assert again.config == archive.read_model_file(mlp_path, archive.Limits(max_read_seconds=0)).config
+    assert again.weights == first.weights and again.identity == first.identity
+
+
+def test_a_file_rewritten_in_place_is_read_again(mlp_path, tmp_path, monkeypatch):
+    """Same size and modification time put back: the status-change time still tells the bytes apart."""
+    started = _count_reading_children(monkeypatch)
+    path = tmp_path / "m.keras"
+    path.write_bytes(mlp_path.read_bytes())
+    archive.read_model_file(path)
+    before = path.stat()
+    with open(path, "r+b") as fh:  # the same bytes written again: a rewrite all the same
+        fh.write(fh.read())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    archive.read_model_file(path)
+    assert started == [archive.READ_TARGET] * 2
+
+
+def test_a_refused_file_is_read_and_refused_every_time(tmp_path, monkeypatch):
+    started = _count_reading_children(monkeypatch)
+    path = tmp_path / "junk.keras"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 200)
+    for _ in range(2):
+        with pytest.raises((UnsafeModelError, archive.MalformedModelError)):
+            archive.read_model_file(path)
+    assert started == [archive.READ_TARGET] * 2
 
 
 def test_the_metadata_reader_imports_no_framework(targets, mlp_path):

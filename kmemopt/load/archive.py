@@ -8,7 +8,9 @@ storage are refused, and the zip is never extracted to disk.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -16,6 +18,7 @@ import os
 import re
 import stat
 import struct
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -396,7 +399,41 @@ def read_model_file(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) ->
         raise MalformedModelError(f"{path} is empty; it is not a Keras model file.")
     with open(path, "rb") as fh:
         identity = file_identity(fh)
-    return _read_bounded(path, size, limits, identity)
+        changed_ns = os.fstat(fh.fileno()).st_ctime_ns
+    key = (identity, changed_ns, limits)
+    with _READ_LOCK:
+        known = _READ_MEMO.get(key)
+        if known is not None:
+            _READ_MEMO.move_to_end(key)
+    if known is not None:
+        # The same bytes, checked already in this process: a fresh copy of what their read found.
+        return dataclasses.replace(
+            known, path=path, config=copy.deepcopy(known.config), compile_config=copy.deepcopy(known.compile_config)
+        )
+    model_file = _read_bounded(path, size, limits, identity)
+    with _READ_LOCK:
+        _READ_MEMO[key] = dataclasses.replace(
+            model_file, config=copy.deepcopy(model_file.config), compile_config=copy.deepcopy(model_file.compile_config)
+        )
+        while len(_READ_MEMO) > _READ_MEMO_SIZE:
+            _READ_MEMO.popitem(last=False)
+    return model_file
+
+
+# Reads that passed, by the identity of the bytes read: a command (or a library user) that reads one file
+# several times (shrink reads its input, then profiles it; plan prices every variant of it) pays for the
+# reading child once. The key is the file's device, inode, size, modification and status-change times
+# (ctime, which no user call can set back) and the limits it was read under; refusals are never kept, so
+# a refused file is read, and refused, again. Bounded: the least recently used read goes first.
+_READ_MEMO: collections.OrderedDict[tuple, ModelFile] = collections.OrderedDict()
+_READ_MEMO_SIZE = 16
+_READ_LOCK = threading.Lock()
+
+
+def forget_reads() -> None:
+    """Drop every remembered read: the next `read_model_file` of any file runs the reading child again."""
+    with _READ_LOCK:
+        _READ_MEMO.clear()
 
 
 def file_identity(fh) -> tuple[int, ...]:
