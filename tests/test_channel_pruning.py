@@ -369,6 +369,7 @@ def _kl(p, q):
     return float(np.mean(np.sum(p * np.log(p / q), axis=-1)))
 
 
+@pytest.mark.slow  # trains for epochs; the fast tier keeps finetune's recovery: `make test` runs it
 def test_distillation_needs_inputs_only_and_brings_the_student_closer(keras, digits_cnn):
     from kmemopt.passes.channels.recover import recover
 
@@ -477,6 +478,7 @@ def test_shrink_channel_usage_errors_exit_2(cli, digits_files, args, message):
     assert not (digits_files / "never.keras").exists()
 
 
+@pytest.mark.slow  # a CLI shrink with its reload check; the fast tier keeps the in-process identity checks: `make test` runs it
 def test_shrink_zero_percent_changes_nothing(cli, digits_files):
     import json
 

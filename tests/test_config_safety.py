@@ -307,12 +307,14 @@ def walk_peaks(long_list_path) -> dict[str, int]:
     return {"precheck": precheck, "check": check}
 
 
+@pytest.mark.slow  # a child measuring its own peak; the fast tier keeps the refusal while reading: `make test` runs it
 @pytest.mark.parametrize("walk", ["precheck", "check"])
 def test_walking_a_long_list_costs_no_memory(walk_peaks, walk):
     """Walkers keep one iterator a level of nesting: nothing a list element."""
     assert walk_peaks[walk] < 64 * 1024**2  # was 3 GB
 
 
+@pytest.mark.slow  # a CLI run in its own process; the fast tier keeps the refusal while reading: `make test` runs it
 def test_profile_of_a_long_list_config_stays_small(long_list_path):
     out, peak = _run_measured(PROFILE, str(long_list_path))
     assert out.stdout.splitlines()[0] == "OK", out.stderr

@@ -157,6 +157,7 @@ def test_profile_html_shows_hostile_names_as_escaped_text(cli, hostile_path):
     assert page.count("<script>") == 1  # the page's own (table sorting), none from a name
 
 
+@pytest.mark.slow  # a CLI run under a terminal; the fast tier keeps the one-line error check: `make test` runs it
 def test_profile_on_a_terminal_prints_no_hostile_sequence(hostile_path):
     """With colours on (a terminal), rich's own styles are ESC sequences; the file's are not among them."""
     proc = _run_cli("profile", hostile_path, env={"FORCE_COLOR": "1", "COLUMNS": "200"})

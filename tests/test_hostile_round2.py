@@ -253,11 +253,27 @@ def runs2(request, corpus2):
 FULL_CORPUS = os.environ.get("KMEMOPT_FULL_CORPUS") == "1"
 
 
+# Of the runs above, the fast tier leaves out those that get past the checks into Keras (a TensorFlow import,
+# 7-10 CPU-seconds each) where it checks the same elsewhere: the commands that load weights on the cases
+# that reach Keras keep one run (the library call), and of the two markup names `profile` keeps the
+# layer's (the class's is test_escaping's). `make test` runs them all.
+SLOW_RUNS = frozenset(
+    {
+        (command, name)
+        for command in ("measure", "shrink", "api")
+        for name in ("unwritten_lzf_h5", "input_1e6_by_4", "activation_deserialize_h5")
+        if (command, name) != ("api", "activation_deserialize_h5")
+    }
+    | {("profile", "markup_class_name")}
+)
+
+
 def _params():
     for name in ROUND2_CASE_NAMES:
         for command in ROUND2_COMMANDS:
             extra = command != "profile" and name not in FAST or name == "convnext_tiny"
-            marks = [pytest.mark.slow] if extra or (command == "profile" and name not in FAST_PROFILE) else []
+            slow = extra or (command == "profile" and name not in FAST_PROFILE) or (command, name) in SLOW_RUNS
+            marks = [pytest.mark.slow] if slow else []
             if extra and not FULL_CORPUS:
                 marks.append(pytest.mark.skip(reason="one case a class by default; KMEMOPT_FULL_CORPUS=1 runs all"))
             yield pytest.param(command, name, id=f"{command}-{name}", marks=marks)

@@ -372,6 +372,7 @@ def test_measured_profile_page_draws_the_measured_peak(load, mlp_path):
     assert 'class="kind measured"' in page.content()
 
 
+@pytest.mark.slow  # a pruning shrink with its reload check; the fast tier keeps the profile and plan pages: `make test` runs it
 def test_shrink_page_shows_each_pruned_layers_widths(keras, tmp_path):
     """--prune-channels: the page lists every layer whose width changed, with the JSON's widths."""
     import kmemopt

@@ -128,6 +128,7 @@ def test_the_table_shows_xla_beside_the_estimate_and_it_can_be_skipped(needs_jax
     assert json.loads(skipped.stdout)["xla_estimate"] is None
 
 
+@pytest.mark.slow  # a JAX child; the fast tier keeps profile on JAX: `make test` runs it
 def test_an_unallocated_build_and_xla_accounting_on_jax_allocate_no_weight(needs_jax, keras, tmp_path):
     model = dense_stack(keras, [32768, 32768, 16])  # 1.07 billion float32 parameters: 4.3 GB, 12.9 GB with Adam
     weight_bytes = model.count_params() * 4
@@ -162,6 +163,7 @@ def test_an_unallocated_build_and_xla_accounting_on_jax_allocate_no_weight(needs
     assert result["growth"] < weight_bytes / 4  # allocating the weights alone would add 4.3 GB
 
 
+@pytest.mark.slow  # a JAX child; the fast tier keeps profile on JAX: `make test` runs it
 def test_the_lean_loader_on_jax_gives_keras_own_weights(needs_jax, bn_path):
     """Weights read in place into unallocated variables (JAX's `_initialize` assigns through
     `_direct_assign`, which kmemopt patches while loading) equal Keras's own load, value for value."""

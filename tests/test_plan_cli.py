@@ -124,6 +124,7 @@ def test_applied_file_trains_with_plain_keras(keras, applied, mlp_path):
     assert not np.array_equal(before, np.asarray(model.get_layer("out").kernel))
 
 
+@pytest.mark.slow  # a written plan with its reload check; the fast tier keeps test_apply_writes_the_plans_state_exactly: `make test` runs it
 def test_lora_is_not_written_and_says_why(keras, tmp_path):
     inp = keras.Input((512,), name="x")
     h = inp

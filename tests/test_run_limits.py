@@ -132,6 +132,7 @@ def test_data_rows_set_the_samples(keras, tmp_path):
     assert (batch, n) == (7, 7)
 
 
+@pytest.mark.slow  # a measuring child (a TensorFlow import); the fast tier keeps the refusals of a run over the limit: `make test` runs it
 def test_data_sizes_the_unknown_dimensions_it_will_run(keras, tmp_path, cli):
     """A model of unknown length run on long --data sequences is checked at the data's length, not 16."""
     tokens = keras.Input((None,), dtype="int32", name="tokens")
@@ -156,6 +157,7 @@ def test_data_sizes_the_unknown_dimensions_it_will_run(keras, tmp_path, cli):
 # ------------------------------------------------------------------------------------- the sandbox
 
 
+@pytest.mark.slow  # several children each importing TensorFlow; test_runner's fast tier checks errors by type with light children: `make test` runs it
 def test_child_errors_come_back_by_type_with_their_traceback(keras, tmp_path):
     inp = keras.Input((4,))
     path = tmp_path / "lambda.keras"

@@ -115,6 +115,7 @@ def test_weights_not_stored_exit_3(cli, keras, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["declared.keras"]
 
 
+@pytest.mark.slow  # two shrinks with their reload checks; the fast tier keeps this module's other shrinks: `make test` runs it
 def test_markdown_and_table_reports(cli, folder):
     src = folder / "mlp.keras"
     result = cli("shrink", src, "-q", "float16", "--samples", "4", "-f", "markdown", "-o", folder / "a.keras")

@@ -9,9 +9,11 @@ import sys
 import time
 
 import psutil
+import pytest
 from conftest import SAMPLES
 
 
+@pytest.mark.slow  # a shrink killed in its reload check (two TensorFlow imports); test_shrink_cli's fast tier kills a reload process too: `make test` runs it
 def test_sigkill_during_the_reload_check_leaves_nothing(tmp_path):
     source = tmp_path / "mlp.keras"
     shutil.copy(SAMPLES / "digits_mlp.keras", source)

@@ -82,6 +82,7 @@ def test_rewriting_without_the_file_frees_the_original_as_it_copies(keras, cnn_p
     assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in expected.items()}
 
 
+@pytest.mark.slow  # a shrink with its reload check; the fast tier keeps the rewrite-from-file equality: `make test` runs it
 def test_the_callers_model_is_never_freed(keras, cnn_path, work):  # noqa: F811
     import kmemopt
 
