@@ -125,3 +125,30 @@ def test_devices_usage_errors(cli, wide_path, args, needle):
     result = cli("plan", wide_path, "--budget", "1GiB", *args)
     assert result.exit_code == 2
     assert needle in result.stderr
+
+
+def test_a_lora_variant_splits_its_outputs_like_the_plain_one_and_reads_no_weight(wide_path):
+    """A LoRA-enabled Dense's `kernel` property computes kernel + A @ B: the output split must come from the
+    kernel variable itself, or pricing a LoRA variant on a model axis initializes every weight (and, on a
+    large model, allocates it) and loses the split."""
+    import json as _json
+    import zipfile
+
+    from kmemopt.keras_compat.variables import is_unallocated
+    from kmemopt.plan.devices import MODEL, Placement, _layout
+    from kmemopt.plan.pricing import Pricer
+    from kmemopt.plan.strategy import ModelSpec
+    from kmemopt.profiling import distribution as d
+
+    with zipfile.ZipFile(wide_path) as z:
+        config = _json.loads(z.read("config.json"))
+    pricer = Pricer()
+    placement = Placement(MODEL, 1, 8)
+    splits = {}
+    for rank in (None, 4):
+        variant = pricer.variant(ModelSpec(model_config=config, optimizer_config=None, batch_size=16, lora_rank=rank))
+        mesh, _, _, layout = _layout(variant.model, placement)
+        assert all(is_unallocated(w) for w in variant.model.weights)
+        splits[rank] = d._split_outputs(variant.graph, layout, mesh)
+        assert all(is_unallocated(w) for w in variant.model.weights)  # nothing was read, so none initialized
+    assert splits[4] == splits[None] and set(splits[None].values()) == {8}

@@ -626,8 +626,10 @@ def _split_outputs(graph, lay: Layout, mesh: Mesh) -> dict[int, int]:
     for call in graph.calls:
         if type(call.layer).__name__ not in _OUTPUT_AXIS_LAST:
             continue
-        kernel = getattr(call.layer, "kernel", None) if type(call.layer).__name__ != "Embedding" else None
-        kernel = kernel if kernel is not None else getattr(call.layer, "embeddings", None)
+        # The variable itself, by its name: a LoRA-enabled layer's `kernel` property computes kernel + A @ B,
+        # which reads (so, in an unallocated build, initializes) every weight it touches.
+        wanted = "embeddings" if type(call.layer).__name__ == "Embedding" else "kernel"
+        kernel = next((w for w in call.layer.weights if w.name == wanted), None)
         axes = lay.axes.get(str(getattr(kernel, "path", ""))) if kernel is not None else None
         if axes and axes[-1] == MODEL_AXIS:
             for t in call.outputs:
