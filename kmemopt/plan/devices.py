@@ -137,7 +137,7 @@ def layout_rules(model: Any, placement: Placement) -> list[tuple[str, tuple[str 
     return [(v_path, axes) for v_path, axes in layout.axes.items() if any(a is not None for a in axes)]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Shards:
     """Each device's bytes of every weight and optimizer variable of one variant under one placement."""
 
@@ -146,6 +146,7 @@ class Shards:
     globals_bytes: int  # optimizer counters etc., replicated
     mesh: Any = None  # profiling.distribution.Mesh and Layout the shards were cut by
     layout: Any = None
+    runtime: Any = None  # profiling.internals.runtime_costs at these shards' weight bytes, once computed
 
 
 def shards(variant: Any, opt: Any, placement: Placement) -> Shards:
@@ -201,7 +202,9 @@ def per_device(pricer: Any, spec: ModelSpec, phase: str):
     from kmemopt.profiling.internals import runtime_costs
 
     b = local_spec.batch_size
-    costs = runtime_costs(variant.graph, param)
+    if found.runtime is None:  # a function of the variant's graph and the weights on a device: once per shards
+        found.runtime = runtime_costs(variant.graph, param)
+    costs = found.runtime
     graph_term = costs["inference_graph"] if phase == "infer" else costs["training_graph"]
     runtime = (costs["loader_residue"] + graph_term + costs["input_copy"]).at(b)
     if phase == "infer":

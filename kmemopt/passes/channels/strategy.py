@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kmemopt.plan.strategy import Cost, ModelSpec, Setting
@@ -41,6 +41,13 @@ class ChannelPruning:
     phases: frozenset[str] = BOTH
     applies_to_file: bool = True  # kmemopt shrink --prune-channels writes it
     fractions: tuple[float, ...] = (0.25, 0.5)
+    # (id of the source config, fraction) -> (the source config, the pruned one). The planner applies a
+    # setting to the same config in every combination it prices; a spec's config is never mutated, so the
+    # graph analysis and the rewrite run once per source and fraction. The source is held so that its id
+    # is not reused while the entry lives.
+    _pruned: dict[tuple[int, float], tuple[Any, dict[str, Any] | None]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def settings(self, spec: ModelSpec, phase: str) -> Iterable[Setting]:
         analysis = _analysis(dict(spec.model_config))
@@ -58,14 +65,19 @@ class ChannelPruning:
         from kmemopt.passes.channels.rewrite import pruned_config
         from kmemopt.passes.channels.select import Amount, select
 
-        config = dict(spec.model_config)
-        analysis = _analysis(config)
-        if analysis is None:
-            return spec
         fraction = float(setting.settings["fraction"])
-        pruned = pruned_config(select(analysis, Amount(fraction)))
-        if "compile_config" in config:
-            pruned["compile_config"] = copy.deepcopy(config["compile_config"])
+        key = (id(spec.model_config), fraction)
+        known = self._pruned.get(key)
+        if known is None or known[0] is not spec.model_config:
+            config = dict(spec.model_config)
+            analysis = _analysis(config)
+            pruned = None if analysis is None else pruned_config(select(analysis, Amount(fraction)))
+            if pruned is not None and "compile_config" in config:
+                pruned["compile_config"] = copy.deepcopy(config["compile_config"])
+            known = self._pruned[key] = (spec.model_config, pruned)
+        pruned = known[1]
+        if pruned is None:
+            return spec
         extra = {**dict(spec.extra), "channel_pruning": {"fraction": fraction}}
         return spec.with_changes(model_config=pruned, extra=extra)
 
