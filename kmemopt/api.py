@@ -22,11 +22,12 @@ def resolve_custom_objects(custom_objects: dict[str, Any] | str | os.PathLike | 
 
 def open_checked(path: str | os.PathLike, custom_objects=None):
     """Read a model file's metadata, check it against the allowlist, build it unallocated."""
-    from kmemopt.load.build import build_from_file
     from kmemopt.load.trust import build_allowlist, mentions_keras_hub, precheck_file
 
     model_file = read_model_file(path)
     precheck_file(model_file, custom_objects=custom_objects is not None)  # before Keras is imported
+    from kmemopt.load.build import build_from_file  # NumPy and the Keras boundary: after the refusals
+
     allow = build_allowlist(resolve_custom_objects(custom_objects), keras_hub=mentions_keras_hub(model_file.config))
     model = build_from_file(model_file, allow=allow)
     return model_file, model, allow
@@ -43,8 +44,6 @@ def profile(
     custom_objects=None,
     xla: bool | None = False,
 ):
-    from kmemopt.profiling.static import profile_model
-
     budget_bytes = parse_size(budget) if budget is not None else None
     if isinstance(path_or_model, (str, os.PathLike)):
         model_file, model, _ = open_checked(path_or_model, custom_objects)
@@ -56,6 +55,8 @@ def profile(
             from kmemopt.errors import UsageError
 
             raise UsageError(f"profile() takes a path or a keras.Model. Received: {type(model).__name__}.")
+    from kmemopt.profiling.static import profile_model
+
     return profile_model(
         model,
         model_file=model_file,
