@@ -141,3 +141,13 @@ class RunPool:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# The modules that take longest, first: `--dist loadfile` hands whole modules to the workers in collection
+# order, and a long module handed out last keeps one worker busy while the other waits.
+LONGEST_FIRST = ("test_security.py", "test_hostile_round2.py", "test_measure.py", "test_config_safety.py")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

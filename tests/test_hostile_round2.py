@@ -255,8 +255,10 @@ FULL_CORPUS = os.environ.get("KMEMOPT_FULL_CORPUS") == "1"
 
 # Of the runs above, the fast tier leaves out those that get past the checks into Keras (a TensorFlow import,
 # 7-10 CPU-seconds each) where it checks the same elsewhere: the commands that load weights on the cases
-# that reach Keras keep one run (the library call), and of the two markup names `profile` keeps the
-# layer's (the class's is test_escaping's). `make test` runs them all.
+# that reach Keras keep one run (the library call); of the two markup names `profile` keeps the layer's
+# (the class's is test_escaping's); a zip named .h5 is the polyglot family's (h5_then_zip_keras stays),
+# a BOM before the config is test_config_safety's, an allocating input test_run_limits', and a compression
+# bomb test_format_confusion's (in this process). `make test` runs them all.
 SLOW_RUNS = frozenset(
     {
         (command, name)
@@ -264,7 +266,10 @@ SLOW_RUNS = frozenset(
         for name in ("unwritten_lzf_h5", "input_1e6_by_4", "activation_deserialize_h5")
         if (command, name) != ("api", "activation_deserialize_h5")
     }
-    | {("profile", "markup_class_name")}
+    | {
+        ("profile", name)
+        for name in ("markup_class_name", "zip_named_h5", "bom_config", "input_1e6_by_4", "gzip_zeros_ratio_keras")
+    }
 )
 
 
@@ -364,8 +369,8 @@ def test_format_confusion_canaries_are_live(corpus2):
 @pytest.mark.parametrize(
     "case_name",
     [
-        "markup_layer_name",
-        # positive controls (plain Keras in a child, seconds each): one in the fast tier
+        # positive controls (plain Keras in a child, a TensorFlow import each): `make test` runs them
+        pytest.param("markup_layer_name", marks=pytest.mark.slow),
         pytest.param("bom_config", marks=pytest.mark.slow),
         pytest.param("bom_config_and_metadata", marks=pytest.mark.slow),
         pytest.param("convnext_tiny", marks=pytest.mark.slow),
@@ -390,7 +395,7 @@ def test_activation_strings_resolve_under_plain_keras(corpus2):
         assert f"'relu', '{case.keras_resolves}']" in result.stdout, result.stdout[-500:] + result.stderr[-500:]
 
 
-def test_markup_layer_name_is_shown_as_text(corpus2, runs2):
+def test_markup_layer_name_is_shown_as_text(corpus2, runs2, cli):
     """The layer name reaches the table as text (a markup-interpreting printer would eat "[bold"), and the
     JSON report holds it exactly (JSON escapes the control characters)."""
     from hostile import MARKUP_NAME
@@ -400,14 +405,8 @@ def test_markup_layer_name_is_shown_as_text(corpus2, runs2):
     assert "[bold" in run.stdout
     assert "\nok: all good" not in run.stdout  # the newline in the name is shown, not printed
     path = next(c.path for c in corpus2.cases if c.name == "markup_layer_name")
-    done = subprocess.run(
-        [str(KMEMOPT), "profile", str(path), "-f", "json"],
-        capture_output=True,
-        text=True,
-        timeout=HANG_S,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    assert done.returncode == 0, done.stderr
+    done = cli("profile", path, "-f", "json")  # in this process: the run above was the one in its own
+    assert done.exit_code == 0, done.stderr
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
     assert MARKUP_NAME in [layer["name"] for layer in json.loads(done.stdout)["layers"]]
 

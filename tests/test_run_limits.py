@@ -70,7 +70,12 @@ def big_models(keras, tmp_path_factory) -> dict[str, Path]:
 # One model in the fast tier: the check is the same static comparison for each (`make test` runs all).
 @pytest.mark.parametrize(
     "name",
-    [pytest.param("long_input", marks=pytest.mark.slow), pytest.param("repeat", marks=pytest.mark.slow), "huge_input"],
+    [
+        pytest.param("long_input", marks=pytest.mark.slow),
+        pytest.param("repeat", marks=pytest.mark.slow),
+        # the same refusal as profile --measure's below (a CLI process each, a TensorFlow import): `make test`
+        pytest.param("huge_input", marks=pytest.mark.slow),
+    ],
 )
 def test_shrink_refuses_a_run_over_the_default_limit(big_models, tmp_path, name):
     out = tmp_path / "out.keras"

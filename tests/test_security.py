@@ -75,24 +75,63 @@ def selected(command: str, name: str) -> bool:
     return command == "profile" or FULL_CORPUS or name in LOAD_CASES[command]
 
 
-# The fast tier (-m "not slow") leaves out the runs that cost a TensorFlow import (7-10 CPU-seconds here)
-# where the fast tier checks the same thing elsewhere; `make test` runs them all:
-# - `profile --measure` and `shrink` of the models that get past every check (the clean model, and the
-#   bombs that `profile` accepts with weights not stored): their refusal of a model too large to run is
-#   in test_run_limits' fast tier, and their run of a clean model in test_measure's and test_shrink's;
-# - the family representatives that `shrink` refuses with the allowlist `profile` already applies;
-# - of `profile`'s own allowlist refusals, all but one a kind.
-SLOW_RUNS = frozenset(
-    {(command, name) for command in ("measure", "shrink") for name in ("clean", "shape_bomb", "dense_units_2pow40")}
-    | {("shrink", "lambda_nested"), ("shrink", "zip_bomb_weights"), ("shrink", "h5_external_link")}
-    | {("profile", name) for name in ("input_shape_2pow40", "eval_regularizer", "keras_private_module_class")}
+# The fast tier (-m "not slow") runs `profile` on one case of each rule and on every case refused as
+# malformed, accepted, or a usage error; `make test` runs every case with all three commands. Left out:
+# - `profile --measure` and `shrink` (each a CLI process; on the models that get past every check, the
+#   clean one and the bombs `profile` accepts with weights not stored, a TensorFlow import, 7-10 CPU-s):
+#   they refuse a file with the checks `profile` runs; the refusal of a model too large to run, made
+#   before either runs it, is in test_run_limits' fast tier, and their run of a clean model in
+#   test_measure's and test_shrink's;
+# - the other cases of a rule (test_security_rules checks the rules in this process, nested places
+#   included); of the allowlist's own refusals (TRUST-UNKNOWN, a TensorFlow import each), test_escaping's
+#   fast tier runs one through the CLI.
+OTHER_CASES_OF_A_RULE = frozenset(
+    {
+        # TRUST-CODE (lambda_nested and lambda_legacy_h5 stay)
+        "lambda_top",
+        "lambda_in_wrapper",
+        "lambda_keras2_h5",
+        "tfsm_layer",
+        "typespec_marker",
+        # TRUST-FUNCTION (os_system_activation stays)
+        "builtins_eval_activation",
+        "keras_get_file_activation",
+        "keras_unsafe_toggle",
+        # TRUST-MODULE (subprocess_popen_layer and import_on_path stay)
+        "os_system_class",
+        "popen_initializer",
+        "popen_constraint",
+        "popen_dtype_policy",
+        "popen_in_bidirectional",
+        "popen_in_compile_config",
+        "import_keras_cv_on_path",
+        "deep_hidden_object",
+        # accepted with no weights stored, as dense_units_2pow40 (which stays): a TensorFlow import
+        "input_shape_2pow40",
+        # TRUST-UNKNOWN
+        "eval_regularizer",
+        "keras_private_module_class",
+        "registered_function_as_class",
+        # ARCHIVE-NAME, CONFIG-JSON, HDF5-LINK, HDF5-EXTERNAL (the first of each stays)
+        "zip_absolute",
+        "zip_assets_traversal",
+        "deep_json_objects",
+        "deep_json_legacy_h5",
+        "h5_soft_link",
+        "h5_external_link_legacy",
+        "h5_virtual_dataset",
+    }
 )
+
+
+def _slow(command: str, name: str) -> bool:
+    return command != "profile" or name in OTHER_CASES_OF_A_RULE
 
 
 def _case_params():
     for name in CASE_NAMES:
         for command in COMMANDS:
-            marks = [pytest.mark.slow] if (command, name) in SLOW_RUNS else []
+            marks = [pytest.mark.slow] if _slow(command, name) else []
             yield pytest.param(command, name, id=f"{command}-{name}", marks=marks)
 
 

@@ -71,7 +71,7 @@ def int8(cnn_path, data_path, work):
     return kmemopt.shrink(cnn_path, work / "int8.keras", quantize="int8", data=data_path)
 
 
-@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps two of this module's: `make test` runs it
+@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps this module's int8 and in-memory shrinks: `make test` runs it
 def test_int8_portable_stores_what_keras_and_float16_can(int8, cnn_path):
     assert int8.written and int8.output.endswith("int8.keras")
     dtypes = _dtypes_by_layer(int8.output)
@@ -135,7 +135,7 @@ def test_json_report_has_the_documented_keys(int8):
     assert data["output"] == int8.output and data["loads_with_plain_keras"] is True
 
 
-@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps two of this module's: `make test` runs it
+@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps this module's int8 and in-memory shrinks: `make test` runs it
 def test_allow_custom_layers_quantizes_convolutions(cnn_path, data_path, work, int8):
     r = kmemopt.shrink(cnn_path, work / "custom.keras", quantize="int8", allow_custom_layers=True, data=data_path)
     dtypes = _dtypes_by_layer(r.output)
@@ -147,6 +147,7 @@ def test_allow_custom_layers_quantizes_convolutions(cnn_path, data_path, work, i
     assert r.fidelity.top1_agreement >= 0.9
 
 
+@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps this module's int8 and in-memory shrinks: `make test` runs it
 def test_float16_keeps_normalisation_and_final_softmax(cnn_path, work):
     r = kmemopt.shrink(cnn_path, work / "f16.keras", quantize="float16", samples=16)
     dtypes = _dtypes_by_layer(r.output)

@@ -20,7 +20,7 @@ def compressed_only(cnn_path, work):  # noqa: F811
     return kmemopt.shrink(cnn_path, work / "deflated.keras", compress=True, keep_optimizer=True, samples=8)
 
 
-@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps two of this module's: `make test` runs it
+@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; test_shrink's fast tier keeps two shrinks: `make test` runs it
 def test_compress_and_keep_optimizer_are_lossless(compressed_only, cnn_path):  # noqa: F811
     r = compressed_only
     with zipfile.ZipFile(r.output) as zf:
@@ -30,6 +30,7 @@ def test_compress_and_keep_optimizer_are_lossless(compressed_only, cnn_path):  #
     assert r.after.file_bytes < r.before.file_bytes
 
 
+@pytest.mark.slow  # two shrinks with their reload checks (TensorFlow imports); test_shrink's fast tier keeps a shrink: `make test` runs it
 def test_prune_zeroes_kernels_and_saves_bytes_compressed(cnn_path, work, compressed_only):  # noqa: F811
     r = kmemopt.shrink(cnn_path, work / "pruned.keras", prune=0.5, samples=8)
     applied = {a.layer: a for a in _pass(r, "prune").applied}
@@ -43,7 +44,7 @@ def test_prune_zeroes_kernels_and_saves_bytes_compressed(cnn_path, work, compres
     assert r.after.file_bytes < compressed_only.after.file_bytes
 
 
-@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps two of this module's: `make test` runs it
+@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; test_shrink's fast tier keeps two shrinks: `make test` runs it
 def test_mixed_precision_lowers_the_training_peak_not_the_file(cnn_path, work):  # noqa: F811
     r = kmemopt.shrink(cnn_path, work / "mixed.keras", mixed_precision="float16", samples=8)
     assert r.after.training_peak_bytes < r.before.training_peak_bytes
@@ -53,7 +54,7 @@ def test_mixed_precision_lowers_the_training_peak_not_the_file(cnn_path, work): 
     assert skipped["classes"] is Reason.FINAL_SOFTMAX
 
 
-@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps two of this module's: `make test` runs it
+@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; test_shrink's fast tier keeps two shrinks: `make test` runs it
 def test_skip_regex_leaves_layers_alone(cnn_path, work):  # noqa: F811
     r = kmemopt.shrink(cnn_path, work / "skip.keras", quantize="int8", skip="^conv", samples=8)
     dtypes = _dtypes_by_layer(r.output)
@@ -62,7 +63,7 @@ def test_skip_regex_leaves_layers_alone(cnn_path, work):  # noqa: F811
     assert skipped["conv"] is Reason.SKIP_REGEX
 
 
-@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps two of this module's: `make test` runs it
+@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; test_shrink's fast tier keeps two shrinks: `make test` runs it
 def test_attention_is_stored_float16_because_keras_cannot_reload_its_quantized_sublayers(keras, work):  # noqa: F811
     from kmemopt.passes.quantize import COMPOSITE_NOT_RELOADABLE
 
@@ -101,8 +102,8 @@ def keras_int8_path(keras, work):  # noqa: F811
 @pytest.mark.parametrize(
     "options, pass_name",
     [
-        (dict(quantize="float16"), "quantize"),
-        # the same rule for every pass (a shrink run each): one in the fast tier
+        # the same rule for every pass (a shrink run each, with its reload check): `make test` runs them
+        pytest.param(dict(quantize="float16"), "quantize", marks=pytest.mark.slow),
         pytest.param(dict(quantize="int8"), "quantize", marks=pytest.mark.slow),
         pytest.param(dict(prune=0.5, prune_first_last=True), "prune", marks=pytest.mark.slow),
         pytest.param(dict(mixed_precision="float16"), "mixed-precision", marks=pytest.mark.slow),
@@ -118,7 +119,7 @@ def test_layers_already_quantized_in_the_input_are_kept(keras_int8_path, work, o
     assert "int8" in dtypes["first"] and "int8" in dtypes["last"]  # the input's int8 kernels, untouched
 
 
-@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; the fast tier keeps two of this module's: `make test` runs it
+@pytest.mark.slow  # a shrink and its reload check (a TensorFlow import) each; test_shrink's fast tier keeps two shrinks: `make test` runs it
 def test_a_compiled_in_memory_model_is_written_without_its_optimizer(keras, cnn_path, work):  # noqa: F811
     model = keras.models.load_model(cnn_path)  # compiled, with Adam's trained state
     assert model.optimizer is not None and model.optimizer.variables
