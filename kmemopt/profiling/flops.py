@@ -22,71 +22,47 @@ from dataclasses import dataclass
 from typing import Any
 
 from kmemopt.profiling import graph as g
+from kmemopt.profiling.layer_kinds import MERGE, RNN_GATES, SPATIAL
 
 CONVENTION = "2 x multiply-adds per sample (batch 1); elementwise layers, bias adds and activations count 0"
 
 # Layers whose work is elementwise (or none): no multiply-adds.
-ELEMENTWISE = frozenset(
-    {
-        "InputLayer",
-        "Activation",
-        "ReLU",
-        "LeakyReLU",
-        "ELU",
-        "PReLU",
-        "Softmax",
-        "Dropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
-        "Identity",
-        "Masking",
-        "BatchNormalization",
-        "LayerNormalization",
-        "RMSNormalization",
-        "GroupNormalization",
-        "UnitNormalization",
-        "Normalization",
-        "Rescaling",
-        "Add",
-        "Subtract",
-        "Multiply",
-        "Maximum",
-        "Minimum",
-        "Average",
-        "Concatenate",
-        "Flatten",
-        "Reshape",
-        "Permute",
-        "RepeatVector",
-        "MaxPooling1D",
-        "MaxPooling2D",
-        "MaxPooling3D",
-        "AveragePooling1D",
-        "AveragePooling2D",
-        "AveragePooling3D",
-        "GlobalAveragePooling1D",
-        "GlobalAveragePooling2D",
-        "GlobalAveragePooling3D",
-        "GlobalMaxPooling1D",
-        "GlobalMaxPooling2D",
-        "GlobalMaxPooling3D",
-        "UpSampling1D",
-        "UpSampling2D",
-        "UpSampling3D",
-        "ZeroPadding1D",
-        "ZeroPadding2D",
-        "ZeroPadding3D",
-        "Cropping1D",
-        "Cropping2D",
-        "Cropping3D",
-    }
+ELEMENTWISE = (
+    frozenset(
+        {
+            "InputLayer",
+            "Activation",
+            "ReLU",
+            "LeakyReLU",
+            "ELU",
+            "PReLU",
+            "Softmax",
+            "Dropout",
+            "SpatialDropout1D",
+            "SpatialDropout2D",
+            "SpatialDropout3D",
+            "GaussianNoise",
+            "GaussianDropout",
+            "AlphaDropout",
+            "ActivityRegularization",
+            "Identity",
+            "Masking",
+            "BatchNormalization",
+            "LayerNormalization",
+            "RMSNormalization",
+            "GroupNormalization",
+            "UnitNormalization",
+            "Normalization",
+            "Rescaling",
+            "Concatenate",
+            "Flatten",
+            "Reshape",
+            "Permute",
+        }
+    )
+    | SPATIAL
+    | MERGE
 )
-RNN_GATES = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}
 
 UNKNOWN_LAYER = "kmemopt does not count this layer's FLOPs"
 UNKNOWN_SHAPE = "a dimension is unknown (set it with --input-shape or --seq-len)"

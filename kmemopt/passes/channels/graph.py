@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kmemopt.profiling.layer_kinds import MERGE, RNN_GATES, SPATIAL
+
 Ref = tuple[str, int, int]  # (layer name, node index, tensor index), as the config's keras_history says
 
 # Classes a pass-through handler accepts: the channel axis is left alone, channel c out is channel c in.
@@ -41,38 +43,10 @@ ELEMENTWISE = frozenset(
         "Masking",
     }
 )
-SPATIAL = frozenset(
-    {
-        "MaxPooling1D",
-        "MaxPooling2D",
-        "MaxPooling3D",
-        "AveragePooling1D",
-        "AveragePooling2D",
-        "AveragePooling3D",
-        "GlobalAveragePooling1D",
-        "GlobalAveragePooling2D",
-        "GlobalAveragePooling3D",
-        "GlobalMaxPooling1D",
-        "GlobalMaxPooling2D",
-        "GlobalMaxPooling3D",
-        "UpSampling1D",
-        "UpSampling2D",
-        "UpSampling3D",
-        "ZeroPadding1D",
-        "ZeroPadding2D",
-        "ZeroPadding3D",
-        "Cropping1D",
-        "Cropping2D",
-        "Cropping3D",
-        "RepeatVector",
-    }
-)
 CONV = frozenset({"Conv1D", "Conv2D", "Conv3D"})
 CONV_TRANSPOSE = frozenset({"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"})
 DEPTHWISE = frozenset({"DepthwiseConv1D", "DepthwiseConv2D"})
 SEPARABLE = frozenset({"SeparableConv1D", "SeparableConv2D"})
-MERGE = frozenset({"Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average"})
-RNN_GATES = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}
 PER_CHANNEL = frozenset({"BatchNormalization", "LayerNormalization", "RMSNormalization", "PReLU"})
 
 # Why a group keeps its width. The values are what the report prints.
