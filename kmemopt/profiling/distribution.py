@@ -627,7 +627,8 @@ def _split_outputs(graph, lay: Layout, mesh: Mesh) -> dict[int, int]:
         if type(call.layer).__name__ not in _OUTPUT_AXIS_LAST:
             continue
         # The variable itself, by its name: a LoRA-enabled layer's `kernel` property computes kernel + A @ B,
-        # which reads (so, in an unallocated build, initializes) every weight it touches.
+        # which in an unallocated build runs the initializers into full-size temporary tensors, and is no
+        # variable (no path), so the layout never found it.
         wanted = "embeddings" if type(call.layer).__name__ == "Embedding" else "kernel"
         kernel = next((w for w in call.layer.weights if w.name == wanted), None)
         axes = lay.axes.get(str(getattr(kernel, "path", ""))) if kernel is not None else None
