@@ -161,6 +161,7 @@ def shrink(
     prune_channels: float | str | None = None,
     recover: str | None = None,
     epochs: int = 5,
+    learning_rate: float | None = None,
     eval_data: str | os.PathLike | None = None,
     target_params: float | str | None = None,
     target_memory: int | str | None = None,
@@ -175,7 +176,8 @@ def shrink(
 
     - passes, in the order they apply: `prune_channels` (a fraction of channels, 0.5 or "50%", removed:
       a smaller network; first, so the other passes work on it) with `recover` ("distill" from the
-      original on `data`'s inputs, or "finetune" on its labels, at most `epochs` epochs) and
+      original on `data`'s inputs, or "finetune" on its labels, at most `epochs` epochs; distill starts
+      at `learning_rate`, default the model's own, else 1e-3) and
       `eval_data` (the fidelity data when `data` trains); instead of `prune_channels`, `target_params`
       ("0.3x" or a count) or `target_memory` ("0.5x" or "2GiB" of static training peak) prune the
       smallest amount that reaches it; `prune_criterion` ("magnitude", "bn", "activation", "gradient") and
@@ -230,6 +232,7 @@ def shrink(
         prune_channels=prune_channels,
         recover=recover,
         epochs=epochs,
+        learning_rate=learning_rate,
         eval_data=eval_data,
         target_params=target_params,
         target_memory=target_memory,

@@ -392,6 +392,46 @@ def test_distillation_needs_inputs_only_and_brings_the_student_closer(keras, dig
         np.testing.assert_array_equal(a, b)
 
 
+def test_recovery_starts_at_the_rate_the_model_was_trained_with(keras):
+    from kmemopt.passes.channels.recover import trained_learning_rate
+
+    L = keras.layers
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    assert trained_learning_rate(model) == (1e-3, "Adam's default; the model carries no learning rate")
+    model.compile(keras.optimizers.Adam(2e-3), "mse")
+    rate, source = trained_learning_rate(model)
+    assert rate == pytest.approx(2e-3) and source == "the model's optimizer"
+    schedule = keras.optimizers.schedules.ExponentialDecay(5e-3, decay_steps=10, decay_rate=0.5)
+    model.compile(keras.optimizers.SGD(schedule), "mse")
+    assert trained_learning_rate(model)[0] == pytest.approx(5e-3)  # where the schedule starts
+    uncompiled = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    config = {"optimizer": {"class_name": "RMSprop", "config": {"learning_rate": 0.0004}}, "loss": "mse"}
+    assert trained_learning_rate(uncompiled, config) == (0.0004, "the model's compile config")
+
+
+def test_distillation_is_seeded_and_reports_its_rate(keras, digits_cnn):
+    from kmemopt.errors import UsageError
+    from kmemopt.passes.channels.recover import recover
+
+    teacher, x, _ = digits_cnn
+    weights = []
+    for _ in range(2):
+        keras.utils.set_random_seed(123)  # a different global state each time: recover seeds its own
+        student = prune_channels(teacher, 0.5, batch_size=None).model
+        keras.utils.set_random_seed(len(weights))
+        result = recover(student, teacher, x[:300], mode="distill", epochs=2, batch_size=64)
+        weights.append(student.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+    assert result.learning_rate == pytest.approx(1e-3)  # compile("adam"): the optimizer's own rate
+    assert "Adam at 0.001 (the model's optimizer)" in result.method
+    assert result.to_dict()["learning_rate"] == result.learning_rate
+    given = recover(student, teacher, x[:300], mode="distill", epochs=1, learning_rate=3e-4)
+    assert given.learning_rate == 3e-4 and "(given)" in given.method
+    with pytest.raises(UsageError, match="positive"):
+        recover(student, teacher, x[:300], mode="distill", learning_rate=-1.0)
+
+
 def test_finetune_uses_the_models_compile_config_and_needs_labels(keras, digits_cnn):
     from kmemopt.errors import UsageError
     from kmemopt.passes.channels.recover import recover
@@ -456,6 +496,7 @@ def test_shrink_prunes_first_recovers_then_quantizes(keras, cli, digits_files):
     assert [p["name"] for p in data["passes"]][:3] == ["prune-channels", "strip-optimizer", "quantize"]
     cp = data["channel_pruning"]
     assert cp["criterion"] == "activation" and cp["recovery"]["epochs_run"] <= 2
+    assert cp["recovery"]["learning_rate"] == pytest.approx(1e-3)  # the file's Adam, compiled as "adam"
     assert {(r["layer"], r["before"], r["after"]) for r in cp["layers"]} >= {("conv2d", 16, 8), ("conv2d_2", 32, 16)}
     assert data["fidelity"]["samples"] == 297  # --eval-data, not the training data
     assert not any("trained on" in w for w in data["warnings"])
@@ -470,6 +511,8 @@ def test_shrink_prunes_first_recovers_then_quantizes(keras, cli, digits_files):
         (["--recover", "distill"], "give --prune-channels too"),
         (["--prune-channels", "50%", "--recover", "distill"], "give --data"),
         (["--prune-channels", "1.5"], "--prune-channels takes a fraction"),
+        (["--prune-channels", "50%", "--learning-rate", "0.01"], "give --recover distill"),
+        (["--prune-channels", "50%", "--recover", "distill", "--learning-rate", "0"], "must be a positive number"),
     ],
 )
 def test_shrink_channel_usage_errors_exit_2(cli, digits_files, args, message):

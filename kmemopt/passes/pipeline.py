@@ -183,6 +183,7 @@ class ShrinkRequest:
     timeout: float | None = None  # seconds the reload check's child may run; None: its default
     recover: str | None = None  # after --prune-channels: "distill" (inputs only) or "finetune" (labels) on `data`
     epochs: int = 5  # at most this many recovery epochs (early stop on a held-out split)
+    learning_rate: float | None = None  # distillation's starting rate; None: the model's own, else 1e-3
     eval_data: Path | None = None  # the fidelity check's data when `data` trains the pruned model
     prune_target: Any = None  # channels.target.Target: prune the smallest amount reaching it (no prune_channels)
     # channel importance: magnitude, bn, activation, gradient; None: activation with data, else magnitude
@@ -226,6 +227,7 @@ def make_request(
     prune_channels: float | str | None = None,
     recover: str | None = None,
     epochs: int = 5,
+    learning_rate: float | None = None,
     eval_data: str | os.PathLike | None = None,
     target_params: float | str | None = None,
     target_memory: int | str | None = None,
@@ -251,6 +253,8 @@ def make_request(
     prune_target, prune_criterion, prune_scope = _channel_choices(
         passes, data, target_params, target_memory, prune_criterion, prune_scope
     )
+    if learning_rate is not None and not 0 < learning_rate < float("inf"):
+        raise UsageError(f"--learning-rate must be a positive number. Received: {learning_rate!r}.")
     if recover is not None:
         recover = str(getattr(recover, "value", recover)).lower()
         if recover not in ("distill", "finetune"):
@@ -259,6 +263,10 @@ def make_request(
             raise UsageError("--recover trains a channel-pruned model back; give --prune-channels too.")
         if data is None:
             raise UsageError(f"--recover {recover} trains on your data; give --data (a .npy or .npz file).")
+    if learning_rate is not None and recover != "distill":
+        raise UsageError(
+            "--learning-rate sets --recover distill's rate (finetune uses the model's own); give --recover distill."
+        )
     if epochs < 1:
         raise UsageError(f"--epochs must be at least 1. Received: {epochs}.")
     if batch_size < 1:
@@ -286,6 +294,7 @@ def make_request(
         timeout=timeout,
         recover=recover,
         epochs=epochs,
+        learning_rate=learning_rate,
         eval_data=Path(eval_data) if eval_data is not None else None,
         prune_target=prune_target,
         prune_criterion=prune_criterion,

@@ -156,6 +156,7 @@ def prune_step(
             inputs.labels,
             mode=request.recover,
             epochs=request.epochs,
+            learning_rate=request.learning_rate,
             batch_size=request.batch_size,
             compile_config=compile_config,
             progress=say,
