@@ -570,6 +570,7 @@ def markdown(rows: list[dict]) -> str:
             "the run in its time; listed below): " + ", ".join(short) + ".",
         ]
     out += unmeasured_lines(rows)
+    out += refit_since_lines()
     outside = [
         f"{r['model']} b={r['batch_size']} {r['phase']} ({r['ratio']:.2f})"
         for r in rows
@@ -613,6 +614,57 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def estimate_now(cal: dict, phase: str) -> int:
+    """A calibration row's estimate with the runtime constants in kmemopt/profiling/internals.py now: the
+    part no constant touches (`static_*_bytes`, committed with the row) plus the fitted terms, exactly as
+    `internals.runtime_costs` adds them. Rebuilds nothing."""
+    import kmemopt.profiling.internals as k
+
+    loader = (
+        int(
+            k.LOADER_WEIGHT_FRACTION * cal["param_bytes"] + k.LOADER_LARGEST_WEIGHT_FACTOR * cal["largest_weight_bytes"]
+        )
+        + k.LOADER_BYTES_PER_LAYER * cal["layer_calls"]
+    )
+    per_unit = k.GRAPH_BYTES_PER_UNIT_INFERENCE if phase == "inference" else k.GRAPH_BYTES_PER_UNIT_TRAINING
+    return cal[f"static_{phase}_bytes"] + loader + per_unit * cal["op_units"]
+
+
+def refit_since_lines(calibration: Path = CALIBRATION) -> list[str]:
+    """When the constants were refit after the run the table shows: the same measured rows estimated with
+    the constants now (`estimate_now`), fitted and held-out apart. Nothing when they are the run's own."""
+    if not Path(calibration).exists():
+        return []
+    cal_rows = [r for r in json.loads(Path(calibration).read_text())["rows"] if r.get("status") == "ok"]
+    pairs = [(r, phase) for r in cal_rows for phase in ("inference", "training") if r.get(f"{phase}_peak_bytes")]
+    if all(abs(estimate_now(r, phase) - r[f"estimated_{phase}_bytes"]) <= 1 for r, phase in pairs):
+        return []
+    parts = []
+    for label, held in (("in-sample", False), ("held-out", True)):
+        ratios = sorted(
+            (estimate_now(r, phase) / r[f"{phase}_peak_bytes"], r["model"], r["batch_size"], phase)
+            for r, phase in pairs
+            if (r["model"] in HELD_OUT) == held
+        )
+        if not ratios:
+            continue
+        band = sum(BAND[0] <= x <= BAND[1] for x, *_ in ratios)
+        under = sum(x < 1 for x, *_ in ratios)
+        x, model, b, phase = ratios[0]
+        parts.append(
+            f"{label} {band} of {len(ratios)} within 0.8-1.25x, {under} under-estimates (the lowest {x:.2f}x: "
+            f"{model}, b={b}, {phase})"
+        )
+    return [
+        "",
+        "**The runtime constants were refit after this run**, on its own measurements "
+        "(`python benchmarks/suite_estimate.py --refit`; docs/measure.md): the estimates above were made with "
+        "the constants before the refit. The same measured rows estimated with the constants in the code now "
+        "(each row's unfitted part, committed in calibration.json, plus the fitted terms; computed, nothing "
+        "measured or rebuilt): " + "; ".join(parts) + ".",
+    ]
+
+
 # --------------------------------------------------------------------------------------------- refitting
 
 
@@ -623,9 +675,12 @@ def fit_constants(calibration: Path = CALIBRATION, names=MODELS) -> dict[str, fl
     weights, a factor of the largest weight, bytes per layer call) is fitted on the measured load
     phase; the traced-graph bytes per op unit (inference, training) on the measured peaks with the
     loader terms held fixed, the rest of the estimate (`static_*_bytes`) taken as it is. Both by least
-    squares on the relative error, over the fitted six architectures' rows that measured ok.
+    squares on the relative error with every constant at least 0 (`scipy.optimize.nnls`: each stands
+    for bytes a process holds, never bytes it gives back), over the fitted six architectures' rows that
+    measured ok.
     """
     import numpy as np
+    from scipy.optimize import nnls
 
     data = json.loads(Path(calibration).read_text())
     rows = [r for r in data["rows"] if r["model"] in names and r.get("status") == "ok"]
@@ -637,7 +692,7 @@ def fit_constants(calibration: Path = CALIBRATION, names=MODELS) -> dict[str, fl
         load = r["load_bytes"]
         a.append([r["param_bytes"] / load, r["largest_weight_bytes"] / load, r["layer_calls"] / load])
         y.append((load - r["param_bytes"]) / load)
-    (frac, big, per_layer), *_ = np.linalg.lstsq(np.array(a), np.array(y), rcond=None)
+    (frac, big, per_layer), _ = nnls(np.array(a), np.array(y))
     a, y = [], []
     for r in rows:
         loader = frac * r["param_bytes"] + big * r["largest_weight_bytes"] + per_layer * r["layer_calls"]
@@ -646,7 +701,7 @@ def fit_constants(calibration: Path = CALIBRATION, names=MODELS) -> dict[str, fl
             units = r["op_units"] / truth
             a.append([units, 0] if phase == "inference" else [0, units])
             y.append((truth - r[f"static_{phase}_bytes"] - loader) / truth)
-    (g_inf, g_train), *_ = np.linalg.lstsq(np.array(a), np.array(y), rcond=None)
+    (g_inf, g_train), _ = nnls(np.array(a), np.array(y))
     return {
         "LOADER_WEIGHT_FRACTION": float(frac),
         "LOADER_LARGEST_WEIGHT_FACTOR": float(big),

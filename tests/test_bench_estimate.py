@@ -177,3 +177,26 @@ def test_in_band_by_model_compares_todays_estimates_with_the_committed_ones():
     table = suite_estimate.reestimate_table(rows)
     assert "  total                  1/1  (committed 1/1)" in table  # in-sample
     assert "  total                  1/3  (committed 1/3)" in table  # held out
+
+
+def test_a_refit_after_the_run_is_shown_with_the_rows_estimated_by_the_constants_now(tmp_path, monkeypatch):
+    """`refit_since_lines`: nothing while each row's committed estimate is what the code's constants
+    give; once a constant changes, the same measured rows re-estimated (static part + fitted terms)."""
+    import kmemopt.profiling.internals as internals
+
+    rows = _synthetic_rows()
+    for r in rows:
+        r["model"] = suite_estimate.HELD_OUT[0] if r["model"] == "ResNet50" else r["model"]
+        for phase in ("inference", "training"):
+            r[f"estimated_{phase}_bytes"] = suite_estimate.estimate_now(r, phase)
+            r[f"{phase}_peak_bytes"] = r[f"estimated_{phase}_bytes"]  # every row exact: 1.00x
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"rows": rows}))
+    assert suite_estimate.refit_since_lines(path) == []
+    monkeypatch.setattr(internals, "GRAPH_BYTES_PER_UNIT_TRAINING", internals.GRAPH_BYTES_PER_UNIT_TRAINING + 50 * MiB)
+    lines = suite_estimate.refit_since_lines(path)
+    assert lines[1].startswith("**The runtime constants were refit after this run**")
+    # inference rows unchanged (in the band); every training row over by 50 MiB x its op units (at least 5):
+    # more than its whole synthetic peak, so out of the band
+    assert "in-sample 15 of 30 within 0.8-1.25x, 0 under-estimates" in lines[1]
+    assert "held-out 3 of 6 within 0.8-1.25x, 0 under-estimates" in lines[1]

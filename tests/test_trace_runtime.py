@@ -62,11 +62,11 @@ def test_the_traced_graph_term_follows_the_composite_layers_units(keras, chain_c
     x = keras.Input((D,), name="x")
     t = kmemopt.profile(keras.Model(x, chain_class(name="chain")(x)), batch_size=3).totals
     # One layer call (chain: 3 op units), weights a and b: 2 x (6 x 4 + 4) floats = 224 bytes, largest 96.
-    # loader = int(0.149 x 224 + 1.69 x 96) + int(0.089 MiB) = int(195.616) + 93,323 = 93,518;
-    # graph = 3 x int(0.1316 MiB) = 413,976 (inference) or 3 x int(1.858 MiB) = 5,844,762 (training);
+    # loader = int(0.000 x 224 + 0.00 x 96) + int(0.054 MiB) = 0 + 56,623 = 56,623;
+    # graph = 3 x int(0.1423 MiB) = 447,636 (inference) or 3 x int(2.155 MiB) = 6,779,043 (training);
     # input copy = 3 x 6 floats = 72 bytes.
-    assert t.runtime_inference_bytes == 93_518 + 413_976 + 72
-    assert t.runtime_training_bytes == 93_518 + 5_844_762 + 72
+    assert t.runtime_inference_bytes == 56_623 + 447_636 + 72
+    assert t.runtime_training_bytes == 56_623 + 6_779_043 + 72
 
 
 def test_an_element_wise_chain_reuses_one_buffer(keras, chain_class):
