@@ -3,6 +3,9 @@
 
 Each measurement runs in a fresh process (wall time from spawn to exit, peak RSS from the kernel's
 accounting of that one child), three times; the table shows the median time and the largest peak.
+The first row is the floor under every other: a process that only imports Keras on TensorFlow. The
+start-up of the framework moves with the machine and the installed libraries (a fresh install took
+the 7 B row from 5.1 to 9.7 s with kmemopt unchanged), so a row is read against it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ REPEAT = 3
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 KMEMOPT = str(Path(PY).parent / "kmemopt")
+FRAMEWORK = "(no model: the framework's start-up)"
 
 _RUNNER = (
     "import json, resource, subprocess, sys, time\n"
@@ -78,6 +82,11 @@ def run(log) -> list[dict]:
         resnet = str(files["resnet50"])
         cases = [
             (
+                FRAMEWORK,
+                "import keras",
+                [PY, "-c", "import os; os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3'); import keras"],
+            ),
+            (
                 "ResNet50",
                 "keras.models.load_model",
                 [
@@ -101,6 +110,9 @@ def run(log) -> list[dict]:
         for model, tool, cmd in cases:
             log(f"{model}: {tool} x{REPEAT}")
             result = measure(cmd)
+            if model == FRAMEWORK:
+                rows.append({"model": model, "tool": tool, "file_bytes": None, "params": None, **result})
+                continue
             rows.append(
                 {
                     "model": model,
@@ -122,11 +134,20 @@ def markdown(rows: list[dict]) -> str:
         "|---|---:|---:|---|---:|---:|",
     ]
     for r in rows:
+        params = "-" if r.get("params") is None else f"{r['params'] / 1e9:.2f} B"
+        size = "-" if r.get("file_bytes") is None else f"{r['file_bytes'] / 1e6:,.1f} MB"
         out.append(
-            f"| {r['model']} | {r['params'] / 1e9:.2f} B | {r['file_bytes'] / 1e6:,.1f} MB | `{r['tool']}` | "
+            f"| {r['model']} | {params} | {size} | `{r['tool']}` | "
             f"{r['seconds']:.2f} | {r['peak_rss_bytes'] / 1024**2:,.0f} MiB |"
         )
     by = {(r["model"], r["tool"]): r for r in rows}
+    floor = by.get((FRAMEWORK, "import keras"))
+    if floor:
+        out += [
+            "",
+            f"Python with `import keras` (TensorFlow backend) alone takes {floor['seconds']:.2f} s and "
+            f"{floor['peak_rss_bytes'] / 1024**2:,.0f} MiB on this run's machine: every row includes it.",
+        ]
     load, prof = by.get(("ResNet50", "keras.models.load_model")), by.get(("ResNet50", "kmemopt profile"))
     if load and prof:
         out += [

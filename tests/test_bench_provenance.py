@@ -107,3 +107,22 @@ def test_readme_figures_say_in_sample_vs_held_out_and_put_fidelity_beside_size()
     assert "1 under-estimates (the lowest 0.70x: A, b=8, training)" in text
     assert "held-out models it was not fitted on (B;" in text and "1 of 1 rows" in text
     assert "0.250x (50.0% top-1 agreement, relative L2 0.2 on 8 synthetic inputs, random weights)" in text
+
+
+def test_the_speed_rows_are_read_against_the_frameworks_own_start_up():
+    """The speed suite's first row is a process that only imports Keras: the table and the README say
+    how much of a row it is, and a row without a model renders without one."""
+    import suite_speed
+
+    mib = 1024**2
+    rows = [
+        {"model": suite_speed.FRAMEWORK, "tool": "import keras", "file_bytes": None, "params": None,
+         "seconds": 7.9, "peak_rss_bytes": 600 * mib, "measured_at": NOW},
+        {"model": "Llama 7B (declared, unstored)", "tool": "kmemopt profile", "file_bytes": 2_000_000,
+         "params": 6_738_415_616, "seconds": 13.9, "peak_rss_bytes": 921 * mib, "measured_at": NOW},
+    ]  # fmt: skip
+    text = suite_speed.markdown(rows)
+    assert f"| {suite_speed.FRAMEWORK} | - | - | `import keras` | 7.90 | 600 MiB |" in text
+    assert "`import keras` (TensorFlow backend) alone takes 7.90 s and 600 MiB" in text
+    (line,) = readme_figures._speed(rows)
+    assert "profiles in 13.9 s (7.9 s of it the framework's start-up alone) with 921 MiB peak RSS" in line
