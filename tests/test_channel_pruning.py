@@ -409,6 +409,18 @@ def test_recovery_starts_at_the_rate_the_model_was_trained_with(keras):
     assert trained_learning_rate(uncompiled, config) == (0.0004, "the model's compile config")
 
 
+def test_the_plateau_cut_leaves_a_scheduled_rate_alone(keras):
+    """A model compiled with a learning-rate schedule (finetune recompiles with it): Keras cannot set
+    that rate, so no ReduceLROnPlateau; a plain rate gets one, cutting to at least rate / 100."""
+    from kmemopt.passes.channels.recover import plateau_callback
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(5e-3, decay_steps=10, decay_rate=0.5)
+    assert plateau_callback(keras, keras.optimizers.SGD(schedule), 6, 5e-3) is None
+    cut = plateau_callback(keras, keras.optimizers.Adam(2e-3), 6, 2e-3)
+    assert isinstance(cut, keras.callbacks.ReduceLROnPlateau)
+    assert (cut.factor, cut.patience, cut.min_lr) == (0.3, 2, pytest.approx(2e-5))
+
+
 def test_distillation_is_seeded_and_reports_its_rate(keras, digits_cnn):
     from kmemopt.errors import UsageError
     from kmemopt.passes.channels.recover import recover

@@ -164,11 +164,9 @@ def recover(
     if val is not None:
         stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
         callbacks.append(stopper)
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.3, patience=max(1, patience // 3), min_lr=rate / 100
-            )
-        )
+        plateau = plateau_callback(keras, trainer.optimizer, patience, rate)
+        if plateau is not None:
+            callbacks.append(plateau)
     try:
         history = trainer.fit(
             *fit_args,
@@ -186,6 +184,17 @@ def recover(
     ]
     stopped = bool(stopper is not None and stopper.stopped_epoch > 0)
     return RecoveryResult(mode.value, method, len(rows), stopped, rows, rate)
+
+
+def plateau_callback(keras: Any, optimizer: Any, patience: int, rate: float) -> Any:
+    """`ReduceLROnPlateau` (0.3x after a third of `patience` without a better held-out loss, down to
+    rate / 100), or None for an optimizer whose rate is a schedule: it already decays, and Keras refuses
+    to set a schedule's rate (the callback would fail on its first cut)."""
+    if isinstance((optimizer.get_config() or {}).get("learning_rate"), dict):
+        return None
+    return keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", factor=0.3, patience=max(1, patience // 3), min_lr=rate / 100
+    )
 
 
 def trained_learning_rate(model: Any, compile_config: dict[str, Any] | None = None) -> tuple[float, str]:
